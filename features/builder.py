@@ -1,0 +1,265 @@
+"""Model features for (lead, as_of) pairs: batch over tables, or one lead at request time, through one engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import pandas as pd
+
+from features.engine import (
+    MAX_LEADS_PER_BLOCK,
+    MAX_TIMESTAMP,
+    NEVER,
+    TS_BITS,
+    FeatureConfig,
+    FunnelBlock,
+    compute_engagement,
+    engagement_feature_names,
+    plan_engine,
+)
+from features.fit import DEFAULT_MIN_CATEGORY_COUNT, FitEncoder
+from features.spec import ACTIVITY_TYPES, DEFAULT_CONTRACT, LIFECYCLE_CHAIN, LeadContract
+from features.validation import normalize_activity_type
+
+log = logging.getLogger(__name__)
+
+NS_PER_SECOND = 1_000_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TYPE_CODE = {t: i for i, t in enumerate(ACTIVITY_TYPES)}
+# Batch blocks hold whole accounts and about this many activities: large enough to amortise numpy calls, small
+# enough that the per-block work arrays (a few dozen bytes per activity and type) stay well under a gigabyte.
+DEFAULT_BLOCK_ACTIVITIES = 1_000_000
+
+
+_INT64_MIN = np.iinfo(np.int64).min
+_ONE_MICROSECOND = dt.timedelta(microseconds=1)
+MICROS_PER_SECOND = 1_000_000
+
+
+def stamps_to_seconds(ns: np.ndarray) -> np.ndarray:
+    """Epoch nanoseconds (int64, NaT as int64 min) to epoch seconds rounded up; NaT becomes NEVER."""
+    return np.where(ns == _INT64_MIN, NEVER, -(-ns // NS_PER_SECOND))
+
+
+def as_of_to_seconds(ns: np.ndarray) -> np.ndarray:
+    """Epoch nanoseconds of as_of rounded down, so that a touch in the same second is never counted."""
+    return ns // NS_PER_SECOND
+
+
+def record_seconds(value: object, *, round_up: bool) -> int:
+    """Epoch seconds of one datetime, pandas Timestamp or ISO string (naive means UTC); NEVER for null.
+
+    Integer arithmetic only, so the result equals the batch path's rounding of the same instant exactly.
+    """
+    if value is None or value is pd.NaT:
+        return int(NEVER)
+    if isinstance(value, pd.Timestamp):
+        ns = int(value.value)  # UTC nanoseconds whether or not the Timestamp carries a zone
+        return -(-ns // NS_PER_SECOND) if round_up else ns // NS_PER_SECOND
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"expected a timestamp, got {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    micros = int((value - _EPOCH) // _ONE_MICROSECOND)
+    return -(-micros // MICROS_PER_SECOND) if round_up else micros // MICROS_PER_SECOND
+
+
+def _type_code(value: object) -> int:
+    code = _TYPE_CODE.get(value) if isinstance(value, str) else None
+    if code is None:
+        code = _TYPE_CODE.get(normalize_activity_type(str(value)))
+        if code is None:
+            raise ValueError(f"unknown activity type {value!r}; accepted: {', '.join(ACTIVITY_TYPES)}")
+    return code
+
+
+def series_ns(series: pd.Series) -> np.ndarray:
+    """Epoch nanoseconds (int64, NaT as int64 min) of a canonical UTC timestamp column."""
+    return series.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _check_range(seconds: np.ndarray, what: str) -> None:
+    real = seconds[seconds != NEVER]
+    if real.size and (real.min() < 0 or real.max() > MAX_TIMESTAMP):
+        raise ValueError(f"{what}: timestamps must lie between 1970 and 2106")
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """Leads and activities as arrays in block order (leads sorted by account, activities by lead and time)."""
+
+    lead_ids: pd.Index
+    lifecycle: np.ndarray
+    account_start: np.ndarray
+    account_end: np.ndarray
+    act_key: np.ndarray
+    act_type: np.ndarray
+    fit: np.ndarray
+
+
+class FeatureBuilder:
+    """Computes model features (fit + engagement) for (lead, as_of) pairs from leads and activities.
+
+    `fit` learns the category vocabularies from training leads. `transform` serves batch snapshots;
+    `transform_records` serves one lead at request time with the very same engine, so both give identical rows.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: FeatureConfig | None = None,
+        contract: LeadContract = DEFAULT_CONTRACT,
+        min_category_count: int = DEFAULT_MIN_CATEGORY_COUNT,
+    ) -> None:
+        self.config = config
+        self.contract = contract
+        self.min_category_count = min_category_count
+
+    @property
+    def config_(self) -> FeatureConfig:
+        """The engagement configuration in force (the default when none was given)."""
+        return self.config if self.config is not None else FeatureConfig()
+
+    def fit(self, leads: pd.DataFrame) -> Self:
+        """Learn category vocabularies from canonical (validated) training leads."""
+        self.fit_encoder_ = FitEncoder(contract=self.contract, min_category_count=self.min_category_count).fit(leads)
+        self.fit_feature_names_ = list(self.fit_encoder_.feature_names_)
+        self.engagement_feature_names_ = engagement_feature_names(self.config_)
+        self.plan_ = plan_engine(self.config_)
+        self.feature_names_ = self.fit_feature_names_ + self.engagement_feature_names_
+        self.categorical_features_ = [*self.fit_encoder_.categorical_features_, "stage"]
+        return self
+
+    # ---- batch -------------------------------------------------------------------------------------------------
+    def _tables(self, leads: pd.DataFrame, activities: pd.DataFrame) -> _Tables:
+        order = np.lexsort((leads["lead_id"].to_numpy(), leads["account_id"].to_numpy()))
+        leads = leads.iloc[order]
+        if len(leads) > MAX_LEADS_PER_BLOCK:
+            raise ValueError(f"at most {MAX_LEADS_PER_BLOCK} leads per call")
+        lead_ids = pd.Index(leads["lead_id"].to_numpy())
+        account_codes, _ = pd.factorize(leads["account_id"].to_numpy())
+        starts = np.flatnonzero(np.r_[True, account_codes[1:] != account_codes[:-1]])
+        ends = np.r_[starts[1:], len(leads)]
+        sizes = ends - starts
+        lifecycle = (
+            np.column_stack([stamps_to_seconds(series_ns(leads[c])) for c in LIFECYCLE_CHAIN])
+            if len(leads)
+            else np.empty((0, len(LIFECYCLE_CHAIN)), dtype=np.int64)
+        )
+        _check_range(lifecycle, "leads")
+        codes = lead_ids.get_indexer(pd.Index(activities["lead_id"]))
+        if (codes < 0).any():
+            raise ValueError("activities reference leads that are not in the leads table")
+        ts = stamps_to_seconds(series_ns(activities["occurred_at"]))
+        _check_range(ts, "activities")
+        act_type = activities["activity_type"].cat.codes.to_numpy().astype(np.int64)
+        key = (codes.astype(np.int64) << TS_BITS) | ts
+        act_order = np.lexsort((act_type, key))
+        return _Tables(
+            lead_ids=lead_ids,
+            lifecycle=lifecycle,
+            account_start=np.repeat(starts, sizes),
+            account_end=np.repeat(ends, sizes),
+            act_key=key[act_order],
+            act_type=act_type[act_order],
+            fit=self.fit_encoder_.transform(leads),
+        )
+
+    def _blocks(self, tables: _Tables, max_activities: int) -> Iterator[tuple[int, int, int, int]]:
+        """(first lead, end lead, first activity, end activity) of consecutive blocks of whole accounts."""
+        n_leads = len(tables.lead_ids)
+        lead_act_start = np.searchsorted(tables.act_key, np.arange(n_leads + 1, dtype=np.int64) << TS_BITS)
+        account_bounds = np.r_[np.unique(tables.account_start), n_leads]
+        act_at_bound = lead_act_start[account_bounds]
+        i = 0
+        while i < len(account_bounds) - 1:
+            # Grow the block by whole accounts until it holds about max_activities touches (at least one account).
+            j = int(np.searchsorted(act_at_bound, act_at_bound[i] + max_activities, side="right")) - 1
+            j = max(j, i + 1)
+            yield (int(account_bounds[i]), int(account_bounds[j]), int(act_at_bound[i]), int(act_at_bound[j]))
+            i = j
+
+    def transform(
+        self,
+        leads: pd.DataFrame,
+        activities: pd.DataFrame,
+        pairs: pd.DataFrame,
+        *,
+        max_block_activities: int = DEFAULT_BLOCK_ACTIVITIES,
+    ) -> pd.DataFrame:
+        """Features for every (lead_id, as_of) row of `pairs`, in the same order, from canonical tables.
+
+        Only activities and lifecycle stamps strictly before each row's as_of are used.
+        """
+        tables = self._tables(leads, activities)
+        lead = tables.lead_ids.get_indexer(pd.Index(pairs["lead_id"]))
+        if (lead < 0).any():
+            missing = pairs["lead_id"].to_numpy()[lead < 0][:5]
+            raise ValueError(f"pairs name leads that are not in the leads table, e.g. {list(missing)}")
+        as_of_col = pd.to_datetime(pairs["as_of"], utc=True).astype("datetime64[ns, UTC]")
+        as_of = as_of_to_seconds(series_ns(as_of_col))
+        _check_range(as_of, "as_of")
+        engagement = np.empty((len(pairs), len(self.engagement_feature_names_)), dtype=np.float64)
+        order = np.argsort(lead, kind="stable")
+        sorted_lead = lead[order]
+        for lo, hi, a_lo, a_hi in self._blocks(tables, max_block_activities):
+            p_lo, p_hi = np.searchsorted(sorted_lead, [lo, hi])
+            if p_lo == p_hi:
+                continue
+            rows = order[p_lo:p_hi]
+            block = FunnelBlock(
+                lifecycle=tables.lifecycle[lo:hi],
+                account_start=tables.account_start[lo:hi] - lo,
+                account_end=tables.account_end[lo:hi] - lo,
+                act_key=tables.act_key[a_lo:a_hi] - (np.int64(lo) << TS_BITS),
+                act_type=tables.act_type[a_lo:a_hi],
+            )
+            engagement[rows] = compute_engagement(block, lead[rows] - lo, as_of[rows], self.plan_)
+        frame = pd.DataFrame(np.hstack([tables.fit[lead], engagement]), columns=self.feature_names_)
+        frame.insert(0, "as_of", as_of_col.to_numpy())
+        frame.insert(0, "lead_id", pairs["lead_id"].to_numpy())
+        return frame
+
+    # ---- request time ------------------------------------------------------------------------------------------
+    def transform_records(
+        self,
+        lead: Mapping[str, object],
+        activities: Sequence[Mapping[str, object]],
+        as_of: dt.datetime,
+        colleagues: Sequence[Mapping[str, object]] = (),
+    ) -> np.ndarray:
+        """Feature row of one lead at as_of, from its profile, its touches and its colleagues at the same account.
+
+        `activities` holds the touches of the lead and of the colleagues (each with lead_id, occurred_at,
+        activity_type); touches at or after as_of are ignored, like in batch.
+        """
+        people = [lead, *colleagues]
+        index = {str(p["lead_id"]): i for i, p in enumerate(people)}
+        lifecycle = np.array(
+            [[record_seconds(p.get(c), round_up=True) for c in LIFECYCLE_CHAIN] for p in people], dtype=np.int64
+        )
+        n = len(people)
+        codes = np.array([index[str(a["lead_id"])] for a in activities], dtype=np.int64)
+        ts = np.array([record_seconds(a["occurred_at"], round_up=True) for a in activities], dtype=np.int64)
+        types = np.array([_type_code(a["activity_type"]) for a in activities], dtype=np.int64)
+        _check_range(ts, "activities")
+        _check_range(lifecycle, "leads")
+        key = (codes << TS_BITS) | ts
+        order = np.lexsort((types, key))
+        block = FunnelBlock(
+            lifecycle=lifecycle,
+            account_start=np.zeros(n, dtype=np.int64),
+            account_end=np.full(n, n, dtype=np.int64),
+            act_key=key[order],
+            act_type=types[order],
+        )
+        at = np.array([record_seconds(as_of, round_up=False)], dtype=np.int64)
+        engagement = compute_engagement(block, np.zeros(1, dtype=np.int64), at, self.plan_)[0]
+        return np.concatenate([self.fit_encoder_.transform_record(lead), engagement])

@@ -1,0 +1,127 @@
+"""Turn lead history into labelled (lead, as_of) training examples without looking past as_of.
+
+Label rules (the choices, and why):
+
+Readiness -- "should someone call them now?"
+- Snapshots sit on a fixed weekly grid (Mondays 00:00 UTC by default). A fixed grid, not event-driven as_of dates,
+  because event-driven dates (say, the day of a demo request) tell the model when something happened.
+- A (lead, as_of) pair is an example only while the lead is being nurtured or worked towards qualification: created
+  strictly before as_of and at stage lead, MQL, SAL or recycled at as_of (stage = its latest lifecycle stamp strictly
+  before as_of). Leads already SQL, requalified, lost (and not recycled) or won are not readiness examples: the
+  question no longer applies to them.
+- Label 1 iff the lead becomes SQL (sql_at, or requalified_at for a recycled lead) in [as_of, as_of + H).
+- Censoring: a snapshot whose label window runs past the end of the data (as_of + H > data_end) is dropped; keeping
+  it would label as 0 leads whose SQL simply has not been observed yet.
+- A recycled lead is an example again from its recycled_at on, and its label is its requalification.
+- Long nurture histories would otherwise dominate (a lead nurtured for a year yields 50 near-identical rows), so at
+  most `max_per_lead` of a lead's eligible grid dates are kept, drawn at random with a fixed seed.
+
+ICP fit -- "should we ever sell to them?"
+- One example per lead, as of its creation (fit features do not change over time).
+- Label 1 iff the lead was ever won. Label 0 iff it was not won and was created at least `fit_horizon_days` before
+  the end of the data (enough time for a typical sales cycle); younger, unwon leads are censored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.builder import as_of_to_seconds, series_ns, stamps_to_seconds
+from features.engine import NOT_YET_CREATED, READINESS_STAGES, SECONDS_PER_DAY, SQL_STAMPS, STAGE_CODE, STAGES, stage_at
+from features.spec import LIFECYCLE_CHAIN
+
+# 1970-01-05 was a Monday: grids anchored there fall on Mondays, when sales teams plan their week.
+DEFAULT_GRID_ANCHOR = "1970-01-05"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotConfig:
+    """How history is cut into labelled examples."""
+
+    horizon_days: int = 30
+    every_days: int = 7
+    anchor: str = DEFAULT_GRID_ANCHOR
+    max_per_lead: int | None = 12
+    fit_horizon_days: int = 180
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.horizon_days < 1 or self.every_days < 1 or self.fit_horizon_days < 1:
+            raise ValueError("horizon_days, every_days and fit_horizon_days must be positive")
+        if self.max_per_lead is not None and self.max_per_lead < 1:
+            raise ValueError("max_per_lead must be positive (or None for every grid date)")
+
+
+def data_end_of(leads: pd.DataFrame, activities: pd.DataFrame) -> pd.Timestamp:
+    """The latest timestamp present in either table: the end of what was observed."""
+    stamps = [leads[c].max() for c in LIFECYCLE_CHAIN] + [activities["occurred_at"].max()]
+    return pd.Timestamp(max(s for s in stamps if not pd.isna(s)))
+
+
+def _seconds(value: pd.Timestamp | str) -> int:
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(as_of_to_seconds(np.array([ts.value], dtype=np.int64))[0])
+
+
+def build_readiness_snapshots(
+    leads: pd.DataFrame, data_end: pd.Timestamp, config: SnapshotConfig | None = None
+) -> pd.DataFrame:
+    """Readiness examples: lead_id, as_of, stage, label (see module docstring for the rules)."""
+    config = config or SnapshotConfig()
+    lifecycle = np.column_stack([stamps_to_seconds(series_ns(leads[c])) for c in LIFECYCLE_CHAIN])
+    created = lifecycle[:, 0]
+    step = config.every_days * SECONDS_PER_DAY
+    horizon = config.horizon_days * SECONDS_PER_DAY
+    anchor = _seconds(config.anchor)
+    last_k = (_seconds(data_end) - horizon - anchor) // step
+    first_k = (created - anchor) // step + 1  # first grid date strictly after creation
+    counts = np.maximum(last_k - first_k + 1, 0)
+    row = np.repeat(np.arange(len(leads)), counts)
+    k = np.arange(row.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts) + first_k[row]
+    as_of = anchor + k * step
+
+    stage = stage_at(lifecycle[row], as_of)
+    eligible = np.isin(stage, [STAGE_CODE[s] for s in READINESS_STAGES]) & (stage != NOT_YET_CREATED)
+    row, as_of, stage = row[eligible], as_of[eligible], stage[eligible]
+
+    if config.max_per_lead is not None:
+        rng = np.random.default_rng(config.seed)
+        order = np.lexsort((rng.random(row.shape[0]), row))
+        row_sorted = row[order]
+        group_start = np.r_[0, np.flatnonzero(row_sorted[1:] != row_sorted[:-1]) + 1]
+        rank = np.arange(row_sorted.shape[0]) - np.repeat(group_start, np.diff(np.r_[group_start, row_sorted.size]))
+        keep = np.sort(order[rank < config.max_per_lead])
+        row, as_of, stage = row[keep], as_of[keep], stage[keep]
+
+    sql = lifecycle[row][:, [LIFECYCLE_CHAIN.index(c) for c in SQL_STAMPS]]
+    label = ((sql >= as_of[:, None]) & (sql < (as_of + horizon)[:, None])).any(axis=1)
+    return pd.DataFrame(
+        {
+            "lead_id": leads["lead_id"].to_numpy()[row],
+            "as_of": pd.to_datetime(as_of, unit="s", utc=True).astype("datetime64[ns, UTC]"),
+            "stage": pd.Categorical.from_codes(stage, categories=pd.Index(STAGES)),
+            "label": label.astype(np.int8),
+        }
+    )
+
+
+def build_fit_examples(
+    leads: pd.DataFrame, data_end: pd.Timestamp, config: SnapshotConfig | None = None
+) -> pd.DataFrame:
+    """ICP-fit examples: lead_id, as_of (creation), label won / not won, censored leads left out."""
+    config = config or SnapshotConfig()
+    won = leads["won_at"].notna().to_numpy()
+    old_enough = (leads["created_at"] + pd.Timedelta(days=config.fit_horizon_days) <= data_end).to_numpy()
+    keep = won | old_enough
+    return pd.DataFrame(
+        {
+            "lead_id": leads["lead_id"].to_numpy()[keep],
+            # Fit features ignore time; one second after creation makes the lead itself "known" at as_of.
+            "as_of": (leads["created_at"] + pd.Timedelta(seconds=1)).to_numpy()[keep],
+            "label": won[keep].astype(np.int8),
+        }
+    ).reset_index(drop=True)
