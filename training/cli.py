@@ -1,25 +1,44 @@
-"""The `leadscore` command line: generate demo data, build training sets (train, evaluate, promote come next)."""
+"""The `leadscore` command line: generate demo data, build training sets, train, evaluate and promote models."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import mlflow
 import pandas as pd
 import typer
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.validation import ContractError
 from training.data import load_tables, read_table, replace_dir_atomic, write_parquet_atomic
 from training.dataset import TrainingSet, build_training_set
 from training.evaluation import oracle_auc
+from training.models import BoosterConfig
+from training.pipeline import BASELINES, MODEL_NAME, TrainConfig, TrainResult, train_models
+from training.promotion import Decision, Holdout, default_gate, evaluate_scorer, promote
 from training.simulator import SimulationConfig, conversion_rates, write_simulation
-from training.snapshots import SnapshotConfig
+from training.snapshots import SnapshotConfig, data_end_of
+from training.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_EXPERIMENT,
+    LoggedModel,
+    configure_tracking,
+    load_scorer,
+    log_training,
+    version_by_alias,
+)
 
 log = logging.getLogger("leadscore")
 app = typer.Typer(help="leadscore: calibrated, explained lead scoring.", no_args_is_help=True)
@@ -28,10 +47,14 @@ console = Console()
 # Exit codes scripts can rely on.
 EXIT_BAD_DATA = 2
 EXIT_MISSING_INPUT = 3
+EXIT_GATE_REFUSED = 4
 
 DEFAULT_WORKDIR = Path("leadscore-demo")
 # Defaults shown in --help come from the simulator config itself (one home for each value).
 _SIM = SimulationConfig()
+# The demo simulates more leads than the simulator's default: wins are ~1 % of leads, and the fit model needs a few
+# hundred of them for its holdout to say anything.
+QUICKSTART_LEADS = 20_000
 
 
 @app.callback()
@@ -141,15 +164,176 @@ def _report(training_set: TrainingSet, data: Path) -> None:
     console.print(table)
 
 
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
+]
+ExperimentOption = Annotated[str, typer.Option(help="MLflow experiment.")]
+_BOOSTER = BoosterConfig()
+
+
+def _train(
+    data: Path,
+    snapshot_config: SnapshotConfig,
+    config: TrainConfig,
+    experiment: str,
+    data_end: str | None = None,
+) -> LoggedModel:
+    leads, activities = _load(data)
+    end = pd.Timestamp(data_end, tz="UTC") if data_end else None
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        step = bar.add_task("building snapshots and point-in-time features", total=None)
+        training_set = build_training_set(leads, activities, snapshot_config=snapshot_config, data_end=end)
+        try:
+            result = train_models(training_set, leads, config, progress=lambda what: bar.update(step, description=what))
+        except ValueError as err:
+            console.print(f"[red]cannot train on these data:[/red] {err}")
+            raise typer.Exit(EXIT_BAD_DATA) from err
+        bar.update(step, description="logging to MLflow and registering the model")
+        oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
+        logged = log_training(
+            result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
+        )
+    _report_training(result, logged)
+    return logged
+
+
+def _report_training(result: TrainResult, logged: LoggedModel) -> None:
+    table = Table(title=f"out-of-time holdout: lead-scorer version {logged.version} (@challenger)")
+    table.add_column("scorer")
+    for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
+        table.add_column(f"readiness {metric}", justify="right")
+    table.add_column("fit roc_auc", justify="right")
+    for scorer in ("model", *BASELINES):
+        ready = result.readiness.metrics[scorer]
+        row = [f"{ready[m]:.3f}" for m in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10")]
+        table.add_row(scorer, *row, f"{result.fit.metrics[scorer]['roc_auc']:.3f}")
+    console.print(table)
+    console.print(f"run {logged.run_id}; model {logged.model_uri}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Folder with the leads and activities tables.")] = DEFAULT_WORKDIR / "data",
+    tracking_uri: TrackingOption = None,
+    experiment: ExperimentOption = DEFAULT_EXPERIMENT,
+    horizon_days: Annotated[int, typer.Option(min=1, help="Readiness = SQL within this many days.")] = 30,
+    data_end: Annotated[str | None, typer.Option(help="End of observation (ISO date); default: latest stamp.")] = None,
+    holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Latest share of rows held out.")] = 0.2,
+    learning_rate: Annotated[float, typer.Option(min=0.001, max=1.0, help="LightGBM learning rate.")] = (
+        _BOOSTER.learning_rate
+    ),
+    num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM leaves per tree.")] = _BOOSTER.num_leaves,
+    max_rounds: Annotated[int, typer.Option(min=1, help="Most boosting rounds (early stopping ends sooner).")] = (
+        _BOOSTER.max_rounds
+    ),
+    rules: Annotated[Path | None, typer.Option(help="Point-rules baseline table (YAML).")] = None,
+) -> None:
+    """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger)."""
+    configure_tracking(tracking_uri)
+    readiness = replace(_BOOSTER, learning_rate=learning_rate, num_leaves=num_leaves, max_rounds=max_rounds)
+    default = TrainConfig()
+    fit = replace(default.fit, learning_rate=learning_rate, max_rounds=max_rounds)
+    config = TrainConfig(readiness=readiness, fit=fit, holdout_fraction=holdout_fraction, rules_path=rules)
+    _train(data, SnapshotConfig(horizon_days=horizon_days), config, experiment, data_end)
+
+
+def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float) -> Decision:
+    client = MlflowClient()
+    challenger = version_by_alias(client, CHALLENGER)
+    champion = version_by_alias(client, CHAMPION)
+    leads = activities = None
+    if challenger is not None and champion is not None and champion.version != challenger.version:
+        if data is None:
+            run = client.get_run(challenger.tags.get("leadscore.run_id") or str(challenger.run_id))
+            data = Path(run.data.params.get("data_dir", ""))
+        leads, activities = _load(data)
+    return promote(client, leads, activities, rules=default_gate(auc_tolerance, ece_tolerance))
+
+
+@app.command("promote")
+def promote_command(
+    tracking_uri: TrackingOption = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data holding the challenger's holdout; default: the data it was trained on.")
+    ] = None,
+    auc_tolerance: Annotated[float, typer.Option(min=0.0, help="How much lower a challenger's AUC may be.")] = 0.005,
+    ece_tolerance: Annotated[float, typer.Option(min=0.0, help="How much higher its calibration error may be.")] = 0.01,
+) -> None:
+    """Move @champion to @challenger if the challenger is not worse on the same holdout (exit 4 when refused)."""
+    configure_tracking(tracking_uri)
+    decision = _decide(data, auc_tolerance, ece_tolerance)
+    for line in decision.lines:
+        console.print(f"  {line}")
+    if not decision.promoted:
+        console.print(f"[yellow]not promoted[/yellow]: champion stays version {decision.champion_before}")
+        raise typer.Exit(EXIT_GATE_REFUSED if decision.champion_before else EXIT_MISSING_INPUT)
+    console.print(f"[green]promoted[/green] version {decision.challenger} to @{CHAMPION}")
+
+
+@app.command()
+def evaluate(
+    model_uri: Annotated[str, typer.Option(help="Model to evaluate.")] = f"models:/{MODEL_NAME}@{CHAMPION}",
+    data: Annotated[Path, typer.Option(help="Folder with the leads and activities tables.")] = DEFAULT_WORKDIR / "data",
+    tracking_uri: TrackingOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="Holdout start (ISO date); default: the model's own holdout start.")
+    ] = None,
+    data_end: Annotated[str | None, typer.Option(help="End of observation (ISO date); default: latest stamp.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the metrics here as JSON.")] = None,
+) -> None:
+    """Score a holdout period of `data` with a registered model and print its metrics."""
+    configure_tracking(tracking_uri)
+    leads, activities = _load(data)
+    try:
+        scorer = load_scorer(model_uri)
+    except MlflowException as err:
+        console.print(f"[red]cannot load {model_uri}:[/red] {err.message}")
+        raise typer.Exit(EXIT_MISSING_INPUT) from err
+    holdout = Holdout.of_scorer(scorer)
+    end = pd.Timestamp(data_end, tz="UTC") if data_end else data_end_of(leads, activities)
+    start = pd.Timestamp(since, tz="UTC") if since else None
+    holdout = replace(
+        holdout,
+        data_end=end,
+        readiness_start=start or holdout.readiness_start,
+        fit_start=start or holdout.fit_start,
+    )
+    try:
+        metrics = evaluate_scorer(scorer, leads, activities, holdout)
+    except ValueError as err:
+        console.print(f"[red]cannot evaluate:[/red] {err}")
+        raise typer.Exit(EXIT_BAD_DATA) from err
+    table = Table(
+        title=f"{model_uri} on {data} (readiness from {holdout.readiness_start}, fit from {holdout.fit_start})"
+    )
+    table.add_column("metric")
+    table.add_column("readiness", justify="right")
+    table.add_column("fit", justify="right")
+    for name in metrics["readiness"]:
+        table.add_row(name, f"{metrics['readiness'][name]:.4g}", f"{metrics['fit'][name]:.4g}")
+    console.print(table)
+    if out is not None:
+        out.write_text(json.dumps(metrics, indent=2))
+
+
 @app.command()
 def quickstart(
     workdir: Annotated[Path, typer.Option(help="Where demo data and outputs go.")] = DEFAULT_WORKDIR,
-    leads: Annotated[int, typer.Option(min=100, help="Number of demo leads.")] = _SIM.n_leads,
+    leads: Annotated[int, typer.Option(min=100, help="Number of demo leads.")] = QUICKSTART_LEADS,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _SIM.seed,
+    tracking_uri: TrackingOption = None,
+    experiment: ExperimentOption = DEFAULT_EXPERIMENT,
 ) -> None:
-    """The whole job on embedded defaults: simulate demo data, validate it, build training sets."""
+    """The whole job on embedded defaults: simulate demo data, train, register, promote a champion."""
+    configure_tracking(tracking_uri)
     config = SimulationConfig(n_leads=leads, seed=seed)
     _generate(workdir / "data", config)
     training_set = _build(workdir / "data", workdir / "datasets", SnapshotConfig(), data_end=None)
     _report(training_set, workdir / "data")
-    console.print(f"training sets written to {workdir / 'datasets'}")
+    _train(workdir / "data", SnapshotConfig(), TrainConfig(), experiment)
+    decision = _decide(workdir / "data", 0.005, 0.01)
+    for line in decision.lines:
+        console.print(f"  {line}")
+    state = "promoted to @champion" if decision.promoted else "not promoted"
+    console.print(f"lead-scorer version {decision.challenger}: {state}; tracking store {mlflow.get_tracking_uri()}")

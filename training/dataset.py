@@ -23,6 +23,7 @@ class TrainingSet:
     fit: pd.DataFrame  # lead_id, as_of, label, then builder.fit_feature_names_
     builder: FeatureBuilder
     data_end: pd.Timestamp
+    snapshot_config: SnapshotConfig
 
 
 def build_training_set(
@@ -36,6 +37,7 @@ def build_training_set(
 ) -> TrainingSet:
     """Snapshots, labels and point-in-time features for validated leads and activities."""
     end = data_end if data_end is not None else data_end_of(leads, activities)
+    snapshot_config = snapshot_config or SnapshotConfig()
     builder = FeatureBuilder(config=feature_config, contract=contract).fit(leads)
     snapshots = build_readiness_snapshots(leads, end, snapshot_config)
     features = builder.transform(leads, activities, snapshots[["lead_id", "as_of"]])
@@ -56,4 +58,4 @@ def build_training_set(
         100 * fit["label"].mean() if len(fit) else 0.0,
         end,
     )
-    return TrainingSet(readiness=readiness, fit=fit, builder=builder, data_end=end)
+    return TrainingSet(readiness=readiness, fit=fit, builder=builder, data_end=end, snapshot_config=snapshot_config)

@@ -18,8 +18,10 @@ Readiness -- "should someone call them now?"
 
 ICP fit -- "should we ever sell to them?"
 - One example per lead, as of its creation (fit features do not change over time).
-- Label 1 iff the lead was ever won. Label 0 iff it was not won and was created at least `fit_horizon_days` before
-  the end of the data (enough time for a typical sales cycle); younger, unwon leads are censored.
+- Only leads created at least `fit_horizon_days` before the end of the data (enough time for a typical sales cycle)
+  are examples; label 1 iff the lead was won by the end of the data. Younger leads are censored whatever their
+  outcome: keeping the young winners but not the young others would select on the outcome and make recent leads
+  look like sure wins (an out-of-time holdout would then measure that artefact, not the model).
 """
 
 from __future__ import annotations
@@ -112,11 +114,10 @@ def build_readiness_snapshots(
 def build_fit_examples(
     leads: pd.DataFrame, data_end: pd.Timestamp, config: SnapshotConfig | None = None
 ) -> pd.DataFrame:
-    """ICP-fit examples: lead_id, as_of (creation), label won / not won, censored leads left out."""
+    """ICP-fit examples: lead_id, as_of (creation), label won / not won; leads too young to judge left out."""
     config = config or SnapshotConfig()
     won = leads["won_at"].notna().to_numpy()
-    old_enough = (leads["created_at"] + pd.Timedelta(days=config.fit_horizon_days) <= data_end).to_numpy()
-    keep = won | old_enough
+    keep = (leads["created_at"] + pd.Timedelta(days=config.fit_horizon_days) <= data_end).to_numpy()
     return pd.DataFrame(
         {
             "lead_id": leads["lead_id"].to_numpy()[keep],

@@ -101,16 +101,17 @@ def test_max_per_lead_samples_deterministically() -> None:
     assert len(draws) > 1  # each lead gets its own draw
 
 
-def test_fit_label_won_or_old_enough_else_censored() -> None:
+def test_fit_label_is_won_for_old_enough_leads_and_young_leads_are_censored_whatever_their_outcome() -> None:
     leads = validate_leads(
         leads_frame(
-            lead("won", created_at="2024-05-20", sql_at="2024-05-25", won_at="2024-05-30"),
+            lead("old_won", created_at="2024-01-10", sql_at="2024-02-25", won_at="2024-05-30"),
+            lead("young_won", created_at="2024-05-20", sql_at="2024-05-25", won_at="2024-05-30"),
             lead("old", created_at="2024-01-01"),
             lead("young", created_at="2024-05-01"),
         )
     )
     frame = build_fit_examples(leads, ts("2024-06-03"), SnapshotConfig(fit_horizon_days=90))
-    assert dict(zip(frame["lead_id"], frame["label"], strict=True)) == {"won": 1, "old": 0}
+    assert dict(zip(frame["lead_id"], frame["label"], strict=True)) == {"old_won": 1, "old": 0}
 
 
 def test_invalid_config_is_refused() -> None:

@@ -1,0 +1,283 @@
+"""Human-readable reasons: model contributions summed per reason group and phrased from the lead's own values."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from features.engine import STAGES
+from features.spec import ACTIVITY_TYPES
+
+Side = Literal["fit", "behaviour"]
+
+# What a touch of each kind says in a sentence ("requested a demo 2 days ago").
+ACTIVITY_PHRASES: Mapping[str, str] = {
+    "page_view": "visited the website",
+    "pricing_page_view": "viewed the pricing page",
+    "email_open": "opened a marketing e-mail",
+    "email_click": "clicked a link in an e-mail",
+    "form_submit": "submitted a form",
+    "content_download": "downloaded content",
+    "webinar_registered": "registered for a webinar",
+    "webinar_attended": "attended a webinar",
+    "demo_request": "requested a demo",
+    "free_trial_signup": "signed up for a free trial",
+    "meeting_booked": "booked a meeting",
+    "unsubscribe": "unsubscribed from e-mail",
+}
+# The same touches counted, for leads that have none ("no demo requests so far").
+ACTIVITY_NOUNS: Mapping[str, str] = {
+    "page_view": "website visits",
+    "pricing_page_view": "pricing-page views",
+    "email_open": "e-mail opens",
+    "email_click": "e-mail clicks",
+    "form_submit": "form submissions",
+    "content_download": "content downloads",
+    "webinar_registered": "webinar registrations",
+    "webinar_attended": "webinars attended",
+    "demo_request": "demo requests",
+    "free_trial_signup": "free-trial signups",
+    "meeting_booked": "meetings booked",
+    "unsubscribe": "unsubscribes",
+}
+_CATEGORY_LABELS: Mapping[str, str] = {
+    "industry": "industry",
+    "country": "country",
+    "region": "region",
+    "seniority": "seniority",
+    "department": "department",
+    "source": "lead source",
+    "channel": "channel",
+}
+_WINDOWED = re.compile(r"^n_(?P<type>[a-z_]+)_(?P<days>\d+)d$")
+_GROUP_OF_PREFIX: tuple[tuple[str, str], ...] = (
+    ("account_", "buying_group"),
+    ("n_high_intent_", "high_intent"),
+    ("n_touches_", "activity_level"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One reason behind a score: which side (fit or behaviour), its signed impact in log-odds, and a sentence."""
+
+    group: str
+    side: Side
+    impact: float
+    label: str
+
+
+def reason_group(feature: str, fit_features: Sequence[str]) -> tuple[str, Side]:
+    """The reason group a model feature belongs to, and whether it speaks of fit or behaviour."""
+    if feature in fit_features:
+        if feature in ("employee_count_log", "size_band"):
+            return "company_size", "fit"
+        if feature in ("seniority", "seniority_rank", "title_rank"):
+            return "seniority", "fit"
+        if feature == "annual_revenue_log":
+            return "revenue", "fit"
+        if feature == "email_free_domain":
+            return "email_domain", "fit"
+        return feature, "fit"
+    if feature.startswith("days_since_last_") and feature.removeprefix("days_since_last_") in ACTIVITY_TYPES:
+        return feature.removeprefix("days_since_last_"), "behaviour"
+    match = _WINDOWED.match(feature)
+    if match and match["type"] in ACTIVITY_TYPES:
+        return match["type"], "behaviour"
+    if feature == "unsubscribed":
+        return "unsubscribe", "behaviour"
+    for prefix, group in _GROUP_OF_PREFIX:
+        if feature.startswith(prefix):
+            return group, "behaviour"
+    if feature in ("days_since_last_touch", "engagement_decayed", "engagement_velocity"):
+        return "activity_level", "behaviour"
+    if feature == "days_since_created":
+        return "lead_age", "behaviour"
+    return "lifecycle", "behaviour"  # stage, days_in_stage, days_since_mql
+
+
+def _finite(value: float) -> bool:
+    return not math.isnan(value)
+
+
+def _ago(days: float) -> str:
+    whole = int(days)
+    if whole == 0:
+        return "today"
+    return "yesterday" if whole == 1 else f"{whole} days ago"
+
+
+def _count(n: float, noun: str) -> str:
+    k = int(n)
+    return f"{k} {noun}" if k == 1 else f"{k} {noun}s"
+
+
+class ReasonLabeler:
+    """Groups feature contributions into reasons and phrases each from the lead's feature values.
+
+    Built from the feature names and the fit encoder's vocabularies, so it travels inside the logged model.
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_names: Sequence[str],
+        fit_features: Sequence[str],
+        vocabularies: Mapping[str, Sequence[str]],
+        windows_days: Sequence[int],
+        buying_group_window_days: int,
+    ) -> None:
+        self.feature_names = list(feature_names)
+        self.fit_features = list(fit_features)
+        self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
+        self.windows_days = list(windows_days)
+        self.buying_group_window_days = buying_group_window_days
+        groups: list[str] = []
+        sides: list[Side] = []
+        member = np.zeros(len(self.feature_names), dtype=np.int64)
+        for j, name in enumerate(self.feature_names):
+            group, side = reason_group(name, self.fit_features)
+            if group not in groups:
+                groups.append(group)
+                sides.append(side)
+            member[j] = groups.index(group)
+        self.groups = groups
+        self.sides = sides
+        # (features x groups) 0/1 matrix: contributions @ membership sums each group's features in one product.
+        self.membership = np.zeros((len(self.feature_names), len(groups)))
+        self.membership[np.arange(len(self.feature_names)), member] = 1.0
+        self._index = {name: j for j, name in enumerate(self.feature_names)}
+
+    def group_impacts(self, contributions: np.ndarray) -> np.ndarray:
+        """(rows x groups) log-odds impacts from (rows x features) contributions."""
+        return contributions @ self.membership
+
+    def top_reasons(
+        self, impacts: np.ndarray, values: np.ndarray, *, side: Side, k: int, min_impact: float = 0.0
+    ) -> list[Reason]:
+        """The k groups of one side with the largest |impact| for one row, phrased from that row's values."""
+        candidates = [g for g, s in enumerate(self.sides) if s == side]
+        ranked = sorted(candidates, key=lambda g: -abs(float(impacts[g])))
+        reasons: list[Reason] = []
+        for g in ranked:
+            impact = float(impacts[g])
+            if abs(impact) <= min_impact or len(reasons) == k:
+                break
+            reasons.append(Reason(self.groups[g], side, round(impact, 4), self.describe(self.groups[g], values)))
+        return reasons
+
+    def _value(self, values: np.ndarray, name: str) -> float:
+        j = self._index.get(name)
+        return float(values[j]) if j is not None else math.nan
+
+    def _category(self, name: str, code: float) -> str:
+        if not _finite(code):
+            return "unknown"
+        vocab = self.vocabularies.get(name, [])
+        return vocab[int(code)] if int(code) < len(vocab) else "other"
+
+    def describe(self, group: str, values: np.ndarray) -> str:
+        """A short sentence for one reason group of one lead."""
+        describers: Mapping[str, Callable[[np.ndarray], str]] = {
+            "company_size": self._company_size,
+            "revenue": self._revenue,
+            "seniority": self._seniority,
+            "email_domain": self._email_domain,
+            "activity_level": self._activity_level,
+            "high_intent": self._high_intent,
+            "buying_group": self._buying_group,
+            "lead_age": lambda v: f"lead created {_ago(self._value(v, 'days_since_created'))}",
+            "lifecycle": self._lifecycle,
+        }
+        if group in describers:
+            return describers[group](values)
+        if group in ACTIVITY_PHRASES:
+            return self._activity(group, values)
+        label = _CATEGORY_LABELS.get(group, group.replace("_", " "))
+        if group in self.vocabularies:
+            return f"{label}: {self._category(group, self._value(values, group))}"
+        value = self._value(values, group)
+        return f"{label}: {value:g}" if _finite(value) else f"{label}: unknown"
+
+    def _company_size(self, values: np.ndarray) -> str:
+        log_employees = self._value(values, "employee_count_log")
+        if not _finite(log_employees):
+            return "company size unknown"
+        return f"company of {round(math.expm1(log_employees)):,} employees"
+
+    def _revenue(self, values: np.ndarray) -> str:
+        log_revenue = self._value(values, "annual_revenue_log")
+        if not _finite(log_revenue):
+            return "annual revenue unknown"
+        return f"annual revenue ${math.expm1(log_revenue) / 1e6:,.1f}M"
+
+    def _seniority(self, values: np.ndarray) -> str:
+        declared = self._category("seniority", self._value(values, "seniority"))
+        if declared not in ("unknown", "other"):
+            return f"seniority: {declared}"
+        rank = self._value(values, "title_rank")
+        if _finite(rank):
+            names = ("student", "individual contributor", "manager", "director", "vp", "c-level")
+            return f"job title reads as {names[int(rank)]}"
+        return "seniority unknown"
+
+    def _email_domain(self, values: np.ndarray) -> str:
+        free = self._value(values, "email_free_domain")
+        if not _finite(free):
+            return "e-mail domain unknown"
+        return "uses a free e-mail address" if free == 1.0 else "uses a business e-mail address"
+
+    def _activity(self, activity: str, values: np.ndarray) -> str:
+        phrase = ACTIVITY_PHRASES[activity]
+        last = self._value(values, f"days_since_last_{activity}")
+        if not _finite(last):
+            return f"no {ACTIVITY_NOUNS[activity]} so far"
+        longest = self.windows_days[-1]
+        shortest_window = next((w for w in self.windows_days if last < w), longest)
+        n = self._value(values, f"n_{activity}_{shortest_window}d")
+        sentence = f"{phrase} {_ago(last)}"
+        if _finite(n) and n > 1:
+            sentence += f" ({int(n)} times in {shortest_window} days)"
+        return sentence
+
+    def _activity_level(self, values: np.ndarray) -> str:
+        window = self.windows_days[min(1, len(self.windows_days) - 1)]
+        n = self._value(values, f"n_touches_{window}d")
+        velocity = self._value(values, "engagement_velocity")
+        trend = ""
+        if _finite(velocity) and abs(velocity) >= 0.5:
+            trend = ", rising" if velocity > 0 else ", slowing down"
+        return f"{_count(n if _finite(n) else 0, 'touch')} in the last {window} days{trend}".replace(
+            "touchs", "touches"
+        )
+
+    def _high_intent(self, values: np.ndarray) -> str:
+        window = self.buying_group_window_days
+        n = self._value(values, f"n_high_intent_{window}d")
+        count = _count(n if _finite(n) else 0, "high-intent touch").replace("touchs", "touches")
+        return f"{count} (pricing, demo, trial, meeting) in {window} days"
+
+    def _buying_group(self, values: np.ndarray) -> str:
+        window = self.buying_group_window_days
+        engaged = self._value(values, f"account_engaged_colleagues_{window}d")
+        sql = self._value(values, "account_sql_colleagues")
+        known = self._value(values, "account_known_colleagues")
+        if _finite(sql) and sql > 0:
+            return f"{_count(sql, 'colleague')} at the account already sales-qualified"
+        if _finite(engaged) and engaged > 0:
+            return f"{_count(engaged, 'colleague')} at the account active in the last {window} days"
+        if _finite(known) and known > 0:
+            return f"{_count(known, 'colleague')} known at the account, none active lately"
+        return "no colleagues known at the account"
+
+    def _lifecycle(self, values: np.ndarray) -> str:
+        stage = self._value(values, "stage")
+        days = self._value(values, "days_in_stage")
+        name = STAGES[int(stage)] if _finite(stage) and 0 <= stage < len(STAGES) else "unknown"
+        name = {"mql": "MQL", "sal": "SAL", "sql": "SQL"}.get(name, name)
+        return f"in stage {name} for {int(days)} days" if _finite(days) else f"in stage {name}"

@@ -1,0 +1,220 @@
+"""The trained lead scorer: feature code, both boosters, calibrators and reasons in one object shared by all callers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features.builder import FeatureBuilder
+from features.reasons import Reason, ReasonLabeler
+
+CalibrationKind = Literal["isotonic", "sigmoid"]
+Model = Literal["fit", "readiness"]
+GRADES: tuple[str, ...] = ("A", "B", "C", "D")
+READINESS_STAGES: tuple[str, ...] = ("nurture", "MQL", "SQL")
+# Reference quantiles kept per model: 0..100, so a score is the percentile of the probability among holdout leads.
+SCORE_PERCENTILES = np.linspace(0.0, 100.0, 101)
+# Calibrated probabilities stay this far from 0 and 1: an isotonic plateau at exactly 0 would claim certainty
+# (and an infinite log loss) from a few validation rows.
+PROBABILITY_FLOOR = 1e-4
+
+
+@dataclass(frozen=True, slots=True)
+class Calibrator:
+    """Maps a booster's raw log-odds to a calibrated probability (fitted in training, applied with numpy only).
+
+    isotonic: piecewise-linear interpolation through (x_, y_), clipped at the ends (what sklearn's
+    IsotonicRegression does with out_of_bounds="clip"); sigmoid: 1 / (1 + exp(-(a * x + b))) (Platt scaling).
+    """
+
+    kind: CalibrationKind
+    x_: tuple[float, ...] = ()
+    y_: tuple[float, ...] = ()
+    a: float = 1.0
+    b: float = 0.0
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for raw log-odds."""
+        if self.kind == "isotonic":
+            p = np.interp(raw, np.asarray(self.x_), np.asarray(self.y_))
+        else:
+            p = 1.0 / (1.0 + np.exp(-(self.a * raw + self.b)))
+        return np.asarray(np.clip(p, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreScale:
+    """Turns a probability into a 0-100 score: its percentile among a reference set (the holdout leads).
+
+    Probabilities of a rare outcome (a win is ~1 % of leads) read poorly as scores; percentiles read the same for
+    every model. Tied reference values (isotonic calibration has plateaus) take the middle of their percentile span.
+    """
+
+    probabilities: tuple[float, ...]
+    percentiles: tuple[float, ...]
+
+    @classmethod
+    def from_reference(cls, reference: np.ndarray) -> ScoreScale:
+        """Scale from reference probabilities (for example, the calibrated holdout scores)."""
+        quantiles = np.quantile(np.asarray(reference, dtype=np.float64), SCORE_PERCENTILES / 100.0)
+        unique, inverse = np.unique(quantiles, return_inverse=True)
+        middle = np.bincount(inverse, weights=SCORE_PERCENTILES) / np.bincount(inverse)
+        return cls(tuple(float(v) for v in unique), tuple(float(v) for v in middle))
+
+    def score(self, probabilities: np.ndarray) -> np.ndarray:
+        """Scores 0-100 (one decimal) for probabilities."""
+        xp, fp = np.asarray(self.probabilities), np.asarray(self.percentiles)
+        if xp.size == 1:
+            return np.full(np.shape(probabilities), 50.0)
+        return np.asarray(np.round(np.interp(probabilities, xp, fp, left=0.0, right=100.0), 1), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class CutOffs:
+    """Default routing cut-offs shipped with a model (sales ops replace them with a tuned policy).
+
+    fit_grades: minimum fit score (0-100) for grades A, B, C (D below); readiness: minimum readiness probability
+    for MQL and SQL.
+    """
+
+    fit_grades: tuple[float, float, float] = (80.0, 60.0, 30.0)
+    readiness_mql: float = 0.2
+    readiness_sql: float = 0.5
+
+    def grade(self, fit_score: float) -> str:
+        """Grade A-D of a fit score."""
+        for grade, bound in zip(GRADES, self.fit_grades, strict=False):
+            if fit_score >= bound:
+                return grade
+        return GRADES[-1]
+
+    def stage(self, readiness_probability: float) -> str:
+        """nurture, MQL or SQL for a readiness probability."""
+        if readiness_probability >= self.readiness_sql:
+            return "SQL"
+        return "MQL" if readiness_probability >= self.readiness_mql else "nurture"
+
+
+@dataclass(frozen=True, slots=True)
+class LeadScore:
+    """One lead's scores and reasons."""
+
+    lead_id: str
+    fit_probability: float
+    fit_score: float
+    fit_grade: str
+    readiness_probability: float
+    readiness_score: float
+    readiness_stage: str
+    fit_reasons: list[Reason]
+    behaviour_reasons: list[Reason]
+
+
+@dataclass(slots=True)
+class LeadScorer:
+    """Everything scoring needs, fitted in training and loaded as one object by the logged model and the service.
+
+    The fit booster reads the builder's fit features; the readiness booster reads all of them. Both output
+    raw log-odds that the calibrators map to probabilities; scores are percentiles among the holdout leads.
+    """
+
+    builder: FeatureBuilder
+    fit_booster: lgb.Booster
+    readiness_booster: lgb.Booster
+    fit_calibrator: Calibrator
+    readiness_calibrator: Calibrator
+    fit_scale: ScoreScale
+    readiness_scale: ScoreScale
+    labeler: ReasonLabeler
+    cutoffs: CutOffs = field(default_factory=CutOffs)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_fit(self) -> int:
+        """Number of fit features (the first columns of a feature row)."""
+        return len(self.builder.fit_feature_names_)
+
+    def _raw(self, model: Model, features: np.ndarray, *, threads: int) -> np.ndarray:
+        booster = self.fit_booster if model == "fit" else self.readiness_booster
+        x = features[:, : self.n_fit] if model == "fit" else features
+        return np.asarray(booster.predict(x, raw_score=True, num_threads=threads), dtype=np.float64)
+
+    def probabilities(self, features: np.ndarray, *, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated (fit, readiness) probabilities for a feature matrix in builder column order."""
+        fit = self.fit_calibrator.apply(self._raw("fit", features, threads=threads))
+        readiness = self.readiness_calibrator.apply(self._raw("readiness", features, threads=threads))
+        return fit, readiness
+
+    def contributions(self, model: Model, features: np.ndarray, *, threads: int = 0) -> np.ndarray:
+        """TreeSHAP contributions (rows x features, log-odds, bias column dropped)."""
+        booster = self.fit_booster if model == "fit" else self.readiness_booster
+        x = features[:, : self.n_fit] if model == "fit" else features
+        contrib = np.asarray(booster.predict(x, pred_contrib=True, num_threads=threads), dtype=np.float64)
+        return contrib[:, :-1]
+
+    def score_features(
+        self, lead_ids: Sequence[str], features: np.ndarray, *, top_k: int = 3, threads: int = 0
+    ) -> list[LeadScore]:
+        """Scores, grades and reasons for rows of features."""
+        fit_p, ready_p = self.probabilities(features, threads=threads)
+        fit_s = self.fit_scale.score(fit_p)
+        ready_s = self.readiness_scale.score(ready_p)
+        fit_contrib = self.contributions("fit", features, threads=threads)
+        ready_contrib = self.contributions("readiness", features, threads=threads)
+        padded = np.zeros((features.shape[0], features.shape[1]))
+        padded[:, : self.n_fit] = fit_contrib
+        fit_impacts = self.labeler.group_impacts(padded)
+        ready_impacts = self.labeler.group_impacts(ready_contrib)
+        scores = []
+        for i, lead_id in enumerate(lead_ids):
+            scores.append(
+                LeadScore(
+                    lead_id=str(lead_id),
+                    fit_probability=float(fit_p[i]),
+                    fit_score=float(fit_s[i]),
+                    fit_grade=self.cutoffs.grade(float(fit_s[i])),
+                    readiness_probability=float(ready_p[i]),
+                    readiness_score=float(ready_s[i]),
+                    readiness_stage=self.cutoffs.stage(float(ready_p[i])),
+                    fit_reasons=self.labeler.top_reasons(fit_impacts[i], features[i], side="fit", k=top_k),
+                    behaviour_reasons=self.labeler.top_reasons(
+                        ready_impacts[i], features[i], side="behaviour", k=top_k
+                    ),
+                )
+            )
+        return scores
+
+    def score_record(
+        self,
+        lead: Mapping[str, object],
+        activities: Sequence[Mapping[str, object]],
+        as_of: dt.datetime,
+        colleagues: Sequence[Mapping[str, object]] = (),
+        *,
+        top_k: int = 3,
+    ) -> LeadScore:
+        """One lead at request time, through the same feature engine as training (one thread: fastest for a row)."""
+        row = self.builder.transform_records(lead, activities, as_of, colleagues)
+        return self.score_features([str(lead["lead_id"])], row[None, :], top_k=top_k, threads=1)[0]
+
+    def score_frame(self, leads: pd.DataFrame, activities: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Batch probabilities and scores for (lead_id, as_of) pairs of canonical tables (no reasons: fast)."""
+        features = self.builder.transform(leads, activities, pairs)
+        matrix = features[self.builder.feature_names_].to_numpy(dtype=np.float64)
+        fit_p, ready_p = self.probabilities(matrix)
+        return pd.DataFrame(
+            {
+                "lead_id": features["lead_id"].to_numpy(),
+                "as_of": features["as_of"].to_numpy(),
+                "fit_probability": fit_p,
+                "fit_score": self.fit_scale.score(fit_p),
+                "readiness_probability": ready_p,
+                "readiness_score": self.readiness_scale.score(ready_p),
+            }
+        )

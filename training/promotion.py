@@ -1,0 +1,144 @@
+"""Evaluate registered models on one holdout and move the `champion` alias only through a gate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from features.scoring import LeadScorer
+from training.metrics import binary_metrics
+from training.pipeline import MODEL_NAME
+from training.snapshots import SnapshotConfig, build_fit_examples, build_readiness_snapshots
+from training.tracking import CHALLENGER, CHAMPION, load_scorer, version_by_alias
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Holdout:
+    """An out-of-time holdout definition: data end, where each model's holdout starts, and the label rules."""
+
+    data_end: pd.Timestamp
+    readiness_start: pd.Timestamp
+    fit_start: pd.Timestamp
+    snapshot_config: SnapshotConfig
+
+    @classmethod
+    def of_scorer(cls, scorer: LeadScorer) -> Holdout:
+        """The holdout a scorer was evaluated on at training (kept in its metadata)."""
+        meta = scorer.metadata
+        return cls(
+            data_end=pd.Timestamp(meta["data_end"]),
+            readiness_start=pd.Timestamp(meta["readiness_holdout_start"]),
+            fit_start=pd.Timestamp(meta["fit_holdout_start"]),
+            snapshot_config=SnapshotConfig(**meta["snapshot_config"]),
+        )
+
+
+def evaluate_scorer(
+    scorer: LeadScorer, leads: pd.DataFrame, activities: pd.DataFrame, holdout: Holdout
+) -> dict[str, dict[str, float]]:
+    """Readiness and fit metrics of a scorer on a holdout, its features computed with its own feature code."""
+    snapshots = build_readiness_snapshots(leads, holdout.data_end, holdout.snapshot_config)
+    snapshots = snapshots[snapshots["as_of"] >= holdout.readiness_start].reset_index(drop=True)
+    fit_examples = build_fit_examples(leads, holdout.data_end, holdout.snapshot_config)
+    fit_examples = fit_examples[fit_examples["as_of"] >= holdout.fit_start].reset_index(drop=True)
+    if snapshots.empty or fit_examples.empty:
+        raise ValueError("the holdout period holds no examples in these data")
+    ready = scorer.score_frame(leads, activities, snapshots[["lead_id", "as_of"]])
+    fit = scorer.score_frame(leads, activities, fit_examples[["lead_id", "as_of"]])
+    return {
+        "readiness": binary_metrics(snapshots["label"].to_numpy(), ready["readiness_probability"].to_numpy()),
+        "fit": binary_metrics(fit_examples["label"].to_numpy(), fit["fit_probability"].to_numpy()),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class GateRule:
+    """One comparison of the gate: the challenger may be worse than the champion by at most `tolerance`."""
+
+    task: str
+    metric: str
+    higher_is_better: bool
+    tolerance: float
+
+
+def default_gate(auc_tolerance: float = 0.005, ece_tolerance: float = 0.01) -> tuple[GateRule, ...]:
+    """Ranking must not drop on either model, and readiness must stay calibrated."""
+    return (
+        GateRule("readiness", "roc_auc", True, auc_tolerance),
+        GateRule("fit", "roc_auc", True, auc_tolerance),
+        GateRule("readiness", "ece", False, ece_tolerance),
+    )
+
+
+@dataclass(slots=True)
+class Decision:
+    """What promote decided and why, with both figures per rule."""
+
+    promoted: bool
+    challenger: str | None
+    champion_before: str | None
+    lines: list[str] = field(default_factory=list)
+
+
+def _compare(
+    rules: tuple[GateRule, ...], new: dict[str, dict[str, float]], old: dict[str, dict[str, float]]
+) -> tuple[bool, list[str]]:
+    ok = True
+    lines = []
+    for rule in rules:
+        a, b = new[rule.task][rule.metric], old[rule.task][rule.metric]
+        worse_by = (b - a) if rule.higher_is_better else (a - b)
+        passed = not worse_by > rule.tolerance
+        ok &= passed
+        verdict = "ok" if passed else "WORSE"
+        lines.append(
+            f"{rule.task} {rule.metric}: challenger {a:.4f} vs champion {b:.4f} "
+            f"(tolerance {rule.tolerance:g}) {verdict}"
+        )
+    return ok, lines
+
+
+def promote(
+    client: MlflowClient,
+    leads: pd.DataFrame | None,
+    activities: pd.DataFrame | None,
+    *,
+    rules: tuple[GateRule, ...] | None = None,
+    name: str = MODEL_NAME,
+) -> Decision:
+    """Point `champion` at the challenger if it is not worse than the champion on the challenger's holdout.
+
+    Both models are re-scored on the same rows with their own feature code; the first model becomes champion.
+    """
+    rules = rules or default_gate()
+    challenger = version_by_alias(client, CHALLENGER, name)
+    if challenger is None:
+        return Decision(False, None, None, [f"no model has the alias @{CHALLENGER}: train one first"])
+    champion = version_by_alias(client, CHAMPION, name)
+    if champion is None:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", "first model: promoted")
+        return Decision(True, challenger.version, None, [f"no champion yet: version {challenger.version} promoted"])
+    if champion.version == challenger.version:
+        return Decision(False, challenger.version, champion.version, ["the challenger already is the champion"])
+    if leads is None or activities is None:
+        raise ValueError("comparing against a champion needs the holdout data")
+    new_scorer = load_scorer(f"models:/{name}/{challenger.version}")
+    old_scorer = load_scorer(f"models:/{name}/{champion.version}")
+    holdout = Holdout.of_scorer(new_scorer)
+    new = evaluate_scorer(new_scorer, leads, activities, holdout)
+    old = evaluate_scorer(old_scorer, leads, activities, holdout)
+    passed, lines = _compare(rules, new, old)
+    summary = "; ".join(lines)
+    if passed:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", f"promoted: {summary}")
+    else:
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", f"refused: {summary}")
+    log.info("promotion of version %s %s: %s", challenger.version, "done" if passed else "refused", summary)
+    return Decision(passed, challenger.version, champion.version, lines)
