@@ -237,12 +237,12 @@ class ReasonLabeler:
         last = self._value(values, f"days_since_last_{activity}")
         if not _finite(last):
             return f"no {ACTIVITY_NOUNS[activity]} so far"
-        longest = self.windows_days[-1]
-        shortest_window = next((w for w in self.windows_days if last < w), longest)
-        n = self._value(values, f"n_{activity}_{shortest_window}d")
+        # Repeats are counted over the middle window (30 days by default): a month is how sales ops think.
+        window = self.windows_days[min(1, len(self.windows_days) - 1)]
+        n = self._value(values, f"n_{activity}_{window}d")
         sentence = f"{phrase} {_ago(last)}"
         if _finite(n) and n > 1:
-            sentence += f" ({int(n)} times in {shortest_window} days)"
+            sentence += f" ({int(n)} times in {window} days)"
         return sentence
 
     def _activity_level(self, values: np.ndarray) -> str:

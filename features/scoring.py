@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from features.builder import FeatureBuilder
 from features.reasons import Reason, ReasonLabeler
@@ -44,7 +45,7 @@ class Calibrator:
         if self.kind == "isotonic":
             p = np.interp(raw, np.asarray(self.x_), np.asarray(self.y_))
         else:
-            p = 1.0 / (1.0 + np.exp(-(self.a * raw + self.b)))
+            p = expit(self.a * raw + self.b)
         return np.asarray(np.clip(p, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR), dtype=np.float64)
 
 

@@ -21,9 +21,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.validation import ContractError
+from training.crm_cli import crm_app
 from training.data import load_tables, read_table, replace_dir_atomic, write_parquet_atomic
 from training.dataset import TrainingSet, build_training_set
 from training.evaluation import oracle_auc
+from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT
 from training.models import BoosterConfig
 from training.pipeline import BASELINES, MODEL_NAME, TrainConfig, TrainResult, train_models
 from training.promotion import Decision, Holdout, default_gate, evaluate_scorer, promote
@@ -42,12 +44,9 @@ from training.tracking import (
 
 log = logging.getLogger("leadscore")
 app = typer.Typer(help="leadscore: calibrated, explained lead scoring.", no_args_is_help=True)
+app.add_typer(crm_app, name="crm", help="Bring your own CRM export: leakage audit and training on a flat export.")
 console = Console()
 
-# Exit codes scripts can rely on.
-EXIT_BAD_DATA = 2
-EXIT_MISSING_INPUT = 3
-EXIT_GATE_REFUSED = 4
 
 DEFAULT_WORKDIR = Path("leadscore-demo")
 # Defaults shown in --help come from the simulator config itself (one home for each value).
@@ -170,6 +169,7 @@ TrackingOption = Annotated[
 ]
 ExperimentOption = Annotated[str, typer.Option(help="MLflow experiment.")]
 _BOOSTER = BoosterConfig()
+_SNAPSHOTS = SnapshotConfig()
 
 
 def _train(
@@ -228,6 +228,9 @@ def train(
         _BOOSTER.max_rounds
     ),
     rules: Annotated[Path | None, typer.Option(help="Point-rules baseline table (YAML).")] = None,
+    max_snapshots: Annotated[int, typer.Option(min=1000, help="Most readiness snapshots (a seeded sample).")] = (
+        _SNAPSHOTS.max_rows or 2_500_000
+    ),
 ) -> None:
     """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger)."""
     configure_tracking(tracking_uri)
@@ -235,7 +238,8 @@ def train(
     default = TrainConfig()
     fit = replace(default.fit, learning_rate=learning_rate, max_rounds=max_rounds)
     config = TrainConfig(readiness=readiness, fit=fit, holdout_fraction=holdout_fraction, rules_path=rules)
-    _train(data, SnapshotConfig(horizon_days=horizon_days), config, experiment, data_end)
+    snapshots = SnapshotConfig(horizon_days=horizon_days, max_rows=max_snapshots)
+    _train(data, snapshots, config, experiment, data_end)
 
 
 def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float) -> Decision:

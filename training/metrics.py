@@ -30,6 +30,9 @@ LOG_LOSS_EPS = 1e-15
 # Below this many rows a slice of a few-percent-positive holdout holds only a handful of positives: its AUC and lift
 # swing by tenths from one resample to the next, and a reader would still compare them with the overall figures.
 MIN_SEGMENT_ROWS = 200
+# What makes a ranking metric stable is the number of each class, not of rows: at a 2 % positive rate, 500 rows hold
+# 10 positives and an AUC that swings from 0.3 to 0.9 between resamples. A slice needs this many of both classes.
+MIN_SEGMENT_CLASS_ROWS = 30
 
 # Label used for rows whose segment value is missing, so they form a slice of their own rather than vanishing.
 MISSING_SEGMENT = "(missing)"
@@ -189,13 +192,18 @@ def binary_metrics(y: ArrayLike, p: ArrayLike) -> dict[str, float]:
 
 
 def segment_metrics(
-    y: ArrayLike, p: ArrayLike, segments: pd.DataFrame, *, min_rows: int = MIN_SEGMENT_ROWS
+    y: ArrayLike,
+    p: ArrayLike,
+    segments: pd.DataFrame,
+    *,
+    min_rows: int = MIN_SEGMENT_ROWS,
+    min_class_rows: int = MIN_SEGMENT_CLASS_ROWS,
 ) -> pd.DataFrame:
     """binary_metrics for every value of every column of `segments` (source, region, size band, ...), one row each.
 
     Rows of `segments` line up with y and p by position. Missing values form their own slice, MISSING_SEGMENT.
-    A slice with fewer than `min_rows` rows reports only n, positives and positive_rate and NaN elsewhere: its other
-    metrics would be mostly noise (see MIN_SEGMENT_ROWS). Sorted by segment, then n descending, then value.
+    A slice with fewer than `min_rows` rows, or fewer than `min_class_rows` positives or negatives, reports only n,
+    positives and positive_rate and NaN elsewhere: its other metrics would be mostly noise (see MIN_SEGMENT_ROWS). Sorted by segment, then n descending, then value.
     """
     y_arr, p_arr = check_scores(y, p)
     if len(segments) != y_arr.size:
@@ -210,11 +218,11 @@ def segment_metrics(
         for value in pd.unique(labels):
             mask = labels == value
             count = int(mask.sum())
-            if count >= min_rows:
+            positives = int(y_arr[mask].sum())
+            if count >= min_rows and min(positives, count - positives) >= min_class_rows:
                 metrics = binary_metrics(y_arr[mask], p_arr[mask])
             else:
-                log.debug("segment %s=%s has %d rows (< %d); only counts reported", column, value, count, min_rows)
-                positives = int(y_arr[mask].sum())
+                log.debug("segment %s=%s: %d rows, %d positives: too few to judge", column, value, count, positives)
                 metrics = dict.fromkeys(METRIC_KEYS, math.nan)
                 metrics.update(n=float(count), positives=float(positives), positive_rate=positives / count)
             rows.append({"segment": str(column), "value": str(value), **metrics})

@@ -15,6 +15,8 @@ Readiness -- "should someone call them now?"
 - A recycled lead is an example again from its recycled_at on, and its label is its requalification.
 - Long nurture histories would otherwise dominate (a lead nurtured for a year yields 50 near-identical rows), so at
   most `max_per_lead` of a lead's eligible grid dates are kept, drawn at random with a fixed seed.
+- At most `max_rows` snapshots in all: beyond a few million rows a model learns little more, while features and
+  training time grow linearly. The cut is a seeded uniform sample of rows, so every period and stage keeps its share.
 
 ICP fit -- "should we ever sell to them?"
 - One example per lead, as of its creation (fit features do not change over time).
@@ -47,6 +49,7 @@ class SnapshotConfig:
     every_days: int = 7
     anchor: str = DEFAULT_GRID_ANCHOR
     max_per_lead: int | None = 12
+    max_rows: int | None = 2_500_000
     fit_horizon_days: int = 180
     seed: int = 0
 
@@ -55,6 +58,8 @@ class SnapshotConfig:
             raise ValueError("horizon_days, every_days and fit_horizon_days must be positive")
         if self.max_per_lead is not None and self.max_per_lead < 1:
             raise ValueError("max_per_lead must be positive (or None for every grid date)")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError("max_rows must be positive (or None for no limit)")
 
 
 def data_end_of(leads: pd.DataFrame, activities: pd.DataFrame) -> pd.Timestamp:
@@ -97,6 +102,11 @@ def build_readiness_snapshots(
         group_start = np.r_[0, np.flatnonzero(row_sorted[1:] != row_sorted[:-1]) + 1]
         rank = np.arange(row_sorted.shape[0]) - np.repeat(group_start, np.diff(np.r_[group_start, row_sorted.size]))
         keep = np.sort(order[rank < config.max_per_lead])
+        row, as_of, stage = row[keep], as_of[keep], stage[keep]
+
+    if config.max_rows is not None and row.shape[0] > config.max_rows:
+        rng = np.random.default_rng([config.seed, 1])
+        keep = np.sort(rng.choice(row.shape[0], config.max_rows, replace=False))
         row, as_of, stage = row[keep], as_of[keep], stage[keep]
 
     sql = lifecycle[row][:, [LIFECYCLE_CHAIN.index(c) for c in SQL_STAMPS]]

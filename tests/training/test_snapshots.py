@@ -114,6 +114,19 @@ def test_fit_label_is_won_for_old_enough_leads_and_young_leads_are_censored_what
     assert dict(zip(frame["lead_id"], frame["label"], strict=True)) == {"old_won": 1, "old": 0}
 
 
+def test_max_rows_keeps_a_uniform_seeded_sample() -> None:
+    leads = validate_leads(leads_frame(*(lead(f"L{i}", created_at="2024-01-01") for i in range(40))))
+    full = build_readiness_snapshots(leads, ts("2024-12-30"), SnapshotConfig(max_per_lead=None, max_rows=None))
+    capped = build_readiness_snapshots(leads, ts("2024-12-30"), SnapshotConfig(max_per_lead=None, max_rows=300))
+    again = build_readiness_snapshots(leads, ts("2024-12-30"), SnapshotConfig(max_per_lead=None, max_rows=300))
+    assert len(full) > 1000 and len(capped) == 300
+    pd.testing.assert_frame_equal(capped, again)
+    assert capped.merge(full, on=["lead_id", "as_of"], how="left", indicator=True)["_merge"].eq("both").all()
+    # Uniform: early and late grid dates keep about their share.
+    early = full["as_of"] < full["as_of"].median()
+    assert abs(capped["as_of"].lt(full["as_of"].median()).mean() - early.mean()) < 0.1
+
+
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         SnapshotConfig(horizon_days=0)

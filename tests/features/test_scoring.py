@@ -1,0 +1,107 @@
+"""The scorer's small parts: calibration maps, percentile scores, default cut-offs and reason sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.reasons import ReasonLabeler, reason_group
+from features.scoring import PROBABILITY_FLOOR, Calibrator, CutOffs, ScoreScale
+
+
+def test_isotonic_calibrator_interpolates_and_never_claims_certainty() -> None:
+    cal = Calibrator("isotonic", x_=(-2.0, 0.0, 2.0), y_=(0.0, 0.5, 1.0))
+    p = cal.apply(np.array([-5.0, -1.0, 0.0, 1.0, 5.0]))
+    assert p.tolist() == pytest.approx([PROBABILITY_FLOOR, 0.25, 0.5, 0.75, 1.0 - PROBABILITY_FLOOR])
+
+
+def test_sigmoid_calibrator_is_platt_scaling_without_overflow() -> None:
+    cal = Calibrator("sigmoid", a=2.0, b=-1.0)
+    assert cal.apply(np.array([0.5]))[0] == pytest.approx(0.5)
+    with np.errstate(over="raise"):
+        extreme = cal.apply(np.array([-1e4, 1e4]))
+    assert extreme.tolist() == [PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR]
+
+
+def test_score_is_the_percentile_among_reference_probabilities() -> None:
+    scale = ScoreScale.from_reference(np.linspace(0.0, 1.0, 1001))
+    assert scale.score(np.array([0.0, 0.25, 0.5, 1.0])).tolist() == pytest.approx([0.0, 25.0, 50.0, 100.0])
+    assert scale.score(np.array([-1.0, 2.0])).tolist() == [0.0, 100.0]
+
+
+def test_tied_reference_values_score_at_the_middle_of_their_span() -> None:
+    # Isotonic calibration gives plateaus: 60 % of leads share the lowest probability.
+    reference = np.r_[np.full(600, 0.01), np.linspace(0.02, 0.5, 400)]
+    scale = ScoreScale.from_reference(reference)
+    assert scale.score(np.array([0.01]))[0] == pytest.approx(30.0, abs=1.0)
+    scores = scale.score(np.linspace(0.0, 0.6, 50))
+    assert (np.diff(scores) >= 0).all()
+
+
+def test_cutoffs_grade_and_stage() -> None:
+    cutoffs = CutOffs(fit_grades=(80.0, 60.0, 30.0), readiness_mql=0.1, readiness_sql=0.4)
+    assert [cutoffs.grade(s) for s in (95.0, 80.0, 70.0, 30.0, 5.0)] == ["A", "A", "B", "C", "D"]
+    assert [cutoffs.stage(p) for p in (0.05, 0.1, 0.39, 0.4)] == ["nurture", "MQL", "MQL", "SQL"]
+
+
+FEATURES = [
+    "industry", "employee_count_log", "size_band", "email_free_domain",
+    "n_demo_request_7d", "n_demo_request_30d", "days_since_last_demo_request",
+    "n_touches_30d", "engagement_velocity", "account_engaged_colleagues_30d", "account_sql_colleagues", "stage",
+    "days_in_stage",
+]  # fmt: skip
+FIT = ["industry", "employee_count_log", "size_band", "email_free_domain"]
+
+
+def _labeler() -> ReasonLabeler:
+    return ReasonLabeler(
+        feature_names=FEATURES,
+        fit_features=FIT,
+        vocabularies={"industry": ["retail", "software"]},
+        windows_days=[7, 30, 90],
+        buying_group_window_days=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("feature", "group", "side"),
+    [
+        ("size_band", "company_size", "fit"),
+        ("industry", "industry", "fit"),
+        ("n_demo_request_30d", "demo_request", "behaviour"),
+        ("days_since_last_demo_request", "demo_request", "behaviour"),
+        ("account_sql_colleagues", "buying_group", "behaviour"),
+        ("n_touches_30d", "activity_level", "behaviour"),
+        ("stage", "lifecycle", "behaviour"),
+    ],
+)
+def test_features_fall_into_reason_groups(feature: str, group: str, side: str) -> None:
+    assert reason_group(feature, FIT) == (group, side)
+
+
+def test_reasons_sum_their_features_and_read_like_sentences() -> None:
+    labeler = _labeler()
+    values = np.array([1.0, np.log1p(250.0), 3.0, 1.0, 1.0, 3.0, 2.4, 12.0, 0.8, 2.0, 0.0, 1.0, 9.0])
+    contributions = np.zeros((1, len(FEATURES)))
+    contributions[0, FEATURES.index("n_demo_request_30d")] = 0.5
+    contributions[0, FEATURES.index("days_since_last_demo_request")] = 0.3
+    contributions[0, FEATURES.index("n_touches_30d")] = -0.2
+    contributions[0, FEATURES.index("email_free_domain")] = -0.4
+    contributions[0, FEATURES.index("industry")] = 0.1
+    impacts = labeler.group_impacts(contributions)[0]
+    behaviour = labeler.top_reasons(impacts, values, side="behaviour", k=2)
+    assert [(r.group, r.impact) for r in behaviour] == [("demo_request", 0.8), ("activity_level", -0.2)]
+    assert behaviour[0].label == "requested a demo 2 days ago (3 times in 30 days)"
+    assert behaviour[1].label == "12 touches in the last 30 days, rising"
+    fit = labeler.top_reasons(impacts, values, side="fit", k=3)
+    assert [r.label for r in fit] == ["uses a free e-mail address", "industry: software"]
+
+
+def test_reason_sentences_for_absent_values() -> None:
+    labeler = _labeler()
+    values = np.full(len(FEATURES), np.nan)
+    values[FEATURES.index("industry")] = 2.0  # beyond the vocabulary: an unseen or rare value
+    assert labeler.describe("demo_request", values) == "no demo requests so far"
+    assert labeler.describe("industry", values) == "industry: other"
+    assert labeler.describe("company_size", values) == "company size unknown"
+    assert labeler.describe("buying_group", values) == "no colleagues known at the account"

@@ -1,0 +1,152 @@
+"""Train, register, promote and serve through a real MLflow SQLite store, as a data scientist does it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from training.cli import app
+from training.exits import EXIT_GATE_REFUSED
+from training.simulator import SimulationConfig, write_simulation
+from training.tracking import CHALLENGER, CHAMPION, configure_tracking
+
+pytestmark = pytest.mark.integration
+MODEL = "lead-scorer"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """Simulated data and a temporary tracking store holding one trained, promoted champion."""
+    root = tmp_path_factory.mktemp("mlflow")
+    data = root / "data"
+    write_simulation(SimulationConfig(n_leads=5000, seed=3, oracle_max_rows=10_000), data)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(data), "--tracking-uri", uri])
+    assert trained.exit_code == 0, trained.output
+    promoted = runner.invoke(app, ["promote", "--tracking-uri", uri])
+    assert promoted.exit_code == 0, promoted.output
+    configure_tracking(uri)
+    yield data, uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_first_model_is_registered_as_challenger_and_promoted_to_champion(store: tuple[Path, str]) -> None:
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(MODEL, CHAMPION)
+    challenger = client.get_model_version_by_alias(MODEL, CHALLENGER)
+    assert str(champion.version) == str(challenger.version) == "1"
+    assert "first model" in champion.tags["leadscore.promotion"]
+
+
+def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: tuple[Path, str]) -> None:
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(MODEL, CHAMPION)
+    run = client.get_run(version.tags["leadscore.run_id"])
+    metrics = run.data.metrics
+    for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_top5", "capture_top20"):
+        assert f"readiness_{name}_holdout" in metrics and f"fit_{name}_holdout" in metrics
+    assert any(k.startswith("readiness_roc_auc_holdout.region.") for k in metrics)
+    assert 0.0 < metrics["readiness_auc_share_of_oracle_holdout"] <= 1.01
+    assert run.data.params["readiness.learning_rate"] == "0.05"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "holdout", "model_card.md", "feature_spec.json", "readiness_segment_metrics.csv"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/readiness_calibration.png" in plots and "plots/readiness_shap_summary.png" in plots
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="holdout/readiness_scores.parquet")
+    holdout = pd.read_parquet(path)
+    assert {"lead_id", "as_of", "label", "source", "region", "size_band", "model", "point_rules"} <= set(holdout)
+
+    side = mlflow.search_runs(experiment_ids=[run.info.experiment_id], filter_string="tags.`leadscore.kind` != 'model'")
+    names = set(side["tags.mlflow.runName"])
+    assert {"baseline: Odoo naive Bayes", "baseline: point rules", "baseline: logistic regression"} <= names
+    assert side["metrics.readiness_roc_auc_holdout"].notna().all()
+
+
+def test_champion_loads_as_pyfunc_and_scores_leads_with_reasons(store: tuple[Path, str]) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
+    example = model.input_example
+    assert isinstance(example, pd.DataFrame) and len(example) >= 1
+    scored = model.predict(example)
+    assert list(scored["lead_id"]) == list(example["lead_id"])
+    assert scored["fit_probability"].between(0, 1).all() and scored["readiness_score"].between(0, 100).all()
+    assert set(scored["fit_grade"]) <= {"A", "B", "C", "D"}
+    reasons = json.loads(scored["reasons"].iloc[0])
+    assert {r["side"] for r in reasons} == {"fit", "behaviour"} and all(r["label"] for r in reasons)
+
+
+def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store: tuple[Path, str]) -> None:
+    data, uri = store
+    runner = CliRunner()
+    worse = runner.invoke(
+        app, ["train", "--data", str(data), "--tracking-uri", uri, "--max-rounds", "1", "--num-leaves", "2"]
+    )
+    assert worse.exit_code == 0, worse.output
+    refused = runner.invoke(app, ["promote", "--tracking-uri", uri])
+    assert refused.exit_code == EXIT_GATE_REFUSED, refused.output
+    assert "readiness roc_auc: challenger" in refused.output and "WORSE" in refused.output
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, CHALLENGER).version) == "2"
+    assert client.get_model_version(MODEL, "2").tags["leadscore.promotion"].startswith("refused")
+
+
+def test_evaluate_scores_a_registered_model_on_a_holdout(store: tuple[Path, str], tmp_path: Path) -> None:
+    data, uri = store
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--tracking-uri", uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert 0.5 < metrics["readiness"]["roc_auc"] <= 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_mlflow_models_serve_answers_with_scores(store: tuple[Path, str]) -> None:
+    _, uri = store
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}"]
+    server = subprocess.Popen(
+        [*mlflow_cli, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                time.sleep(0.5)
+        example = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}").input_example
+        body = json.dumps({"dataframe_split": json.loads(example.to_json(orient="split", index=False))})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert len(predictions) == len(example)
+        assert 0.0 <= predictions[0]["readiness_probability"] <= 1.0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,192 @@
+"""The `leadscore crm` commands: audit a flat CRM export for leakage, and train and evaluate a scorer on it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from training.crm import (
+    EXPERIMENT,
+    HOLDOUT_FRACTION,
+    CrmError,
+    CrmExport,
+    CrmMapping,
+    CrmTrainResult,
+    audit_leakage,
+    load_export,
+    load_mapping,
+    log_export_run,
+    train_export,
+)
+from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
+from training.models import BoosterConfig
+
+crm_app = typer.Typer(
+    help="Bring your own CRM export (one row per lead): audit it for leakage, then train and evaluate a scorer on it.",
+    no_args_is_help=True,
+)
+console = Console()
+
+# Defaults shown in --help come from the booster config itself (one home for each value).
+_BOOSTER = BoosterConfig()
+# The importance table shows this many columns: the ones a reader acts on; the full table is in the MLflow run.
+TOP_IMPORTANCE = 15
+
+ExportOption = Annotated[Path, typer.Option(help="The CRM export: a CSV file with one row per lead.")]
+MappingOption = Annotated[Path, typer.Option(help="YAML mapping of the export's columns (see examples/).")]
+
+
+@crm_app.callback()
+def main() -> None:
+    """Audit and train on a flat CRM export described by a YAML mapping."""
+    # Mounted under `leadscore`, logging is already set up (with its --verbose); run on its own, it is not.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(message)s",
+            handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        )
+
+
+def _load(export: Path, mapping: Path) -> tuple[CrmExport, CrmMapping]:
+    for path, what in ((mapping, "mapping"), (export, "CRM export")):
+        if not path.is_file():
+            console.print(f"[red]missing input:[/red] no {what} at {path}")
+            raise typer.Exit(EXIT_MISSING_INPUT)
+    try:
+        crm_mapping = load_mapping(mapping)
+        return load_export(export, crm_mapping), crm_mapping
+    except CrmError as err:
+        console.print(f"[red]cannot use this export:[/red]\n{err}", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from err
+
+
+def _figure(value: object, spec: str = ".0%") -> str:
+    """A number formatted by `spec` (a whole percentage by default); blank when there is none (None or NaN)."""
+    if not isinstance(value, int | float) or math.isnan(value):
+        return ""
+    return format(value, spec)
+
+
+def _print_export(loaded: CrmExport, crm_mapping: CrmMapping) -> None:
+    table = Table(title=f"CRM export {loaded.source}", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("leads", f"{len(loaded.y):,}")
+    table.add_row("positive rate", f"{loaded.y.mean():.1%}")
+    table.add_row("rows dropped (no outcome)", f"{loaded.dropped_outcome_rows:,}")
+    ignored = [name for name, col in crm_mapping.columns.items() if col.role == "ignore"]
+    table.add_row("fit / engagement / ignored columns", " / ".join(str(n) for n in (
+        sum(c.role == "fit" for c in crm_mapping.columns.values()),
+        sum(c.role == "engagement" for c in crm_mapping.columns.values()),
+        len(ignored),
+    )))  # fmt: skip
+    console.print(table)
+    if loaded.undeclared:
+        console.print(f"[yellow]not in the mapping, ignored:[/yellow] {', '.join(loaded.undeclared)}", highlight=False)
+
+
+def _print_audit(audit: pd.DataFrame) -> None:
+    table = Table(title="leakage audit (most suspicious first)")
+    for name, justify in (("column", "left"), ("role", "left"), ("AUC", "right"), ("missing pos / neg", "right"),
+                          ("purest value", "left"), ("verdict", "left")):  # fmt: skip
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for row in audit.itertuples(index=False):
+        pure = ""
+        if isinstance(row.purest_value, str):
+            pure = (f"{row.purest_value} ({_figure(row.purest_value_positive_rate)} positive, "
+                    f"{_figure(row.purest_value_class_share)} of {row.purest_value_class!s}s)")  # fmt: skip
+        verdict = "[green]used[/green]"
+        if row.flagged:
+            verdict = "[yellow]kept (keep)[/yellow]" if row.kept else "[red]excluded[/red]"
+        missing = f"{_figure(row.missing_rate_positive)} / {_figure(row.missing_rate_negative)}"
+        table.add_row(str(row.column), f"{row.role} {row.type}", _figure(row.auc, ".2f"), missing, pure, verdict)
+    console.print(table)
+    flagged = audit.loc[audit["flagged"].astype(bool)]
+    if flagged.empty:
+        console.print("no column looks recorded after the outcome")
+    for row in flagged.itertuples(index=False):
+        action = "kept, as the mapping's keep asks" if row.kept else "left out of training"
+        # Soft-wrapped: a reason stays one line however narrow the terminal, so it can be searched and copied.
+        console.print(f"[bold]{row.column}[/bold] ({action}): {row.reason}", soft_wrap=True, highlight=False)
+
+
+@crm_app.command()
+def audit(export: ExportOption, mapping: MappingOption) -> None:
+    """Check an export against its mapping and flag the columns that look recorded after the outcome."""
+    loaded, crm_mapping = _load(export, mapping)
+    _print_export(loaded, crm_mapping)
+    _print_audit(audit_leakage(loaded.frame, loaded.y, crm_mapping))
+
+
+def _print_result(result: CrmTrainResult) -> None:
+    console.print(result.split.note, highlight=False)
+    table = Table(title="holdout: audited columns vs every mapped column (leaky ones included)")
+    table.add_column("metric")
+    table.add_column(f"audited ({len(result.features)} columns)", justify="right")
+    table.add_column(f"everything ({len(result.features) + len(result.excluded)} columns)", justify="right")
+    for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
+        table.add_row(metric, f"{result.metrics_audited[metric]:.3f}", f"{result.metrics_everything[metric]:.3f}")
+    console.print(table)
+    console.print(f"left out as likely leaks: {', '.join(result.excluded) or 'none'}", highlight=False)
+    importance = Table(title=f"what the audited model uses (gain, top {TOP_IMPORTANCE})")
+    importance.add_column("column")
+    importance.add_column("role")
+    importance.add_column("gain share", justify="right")
+    for row in result.importance.head(TOP_IMPORTANCE).itertuples(index=False):
+        importance.add_row(str(row.column), f"{row.role} {row.type}", _figure(row.gain_share))
+    console.print(importance)
+
+
+@crm_app.command()
+def train(
+    export: ExportOption,
+    mapping: MappingOption,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
+    track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Also write leakage_audit.csv and feature_importance.csv here.")] = (
+        None
+    ),
+    holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Share of leads held out.")] = (
+        HOLDOUT_FRACTION
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the random split, the audit's folds and LightGBM.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="LightGBM threads; 0: all cores.")] = _BOOSTER.num_threads,
+) -> None:
+    """Audit the export, train on the columns that pass, and compare with a model on every column (holdout AUC).
+
+    Logs one MLflow run (experiment leadscore-crm-export); no model is registered: the registered lead-scorer reads
+    the lead contract, not a flat export.
+    """
+    loaded, crm_mapping = _load(export, mapping)
+    _print_export(loaded, crm_mapping)
+    try:
+        with console.status("auditing and training both models ..."):
+            config = BoosterConfig(num_threads=threads, seed=seed)
+            result = train_export(loaded, crm_mapping, holdout_fraction=holdout_fraction, seed=seed, config=config)
+    except ValueError as err:
+        console.print(f"[red]cannot train on this export:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from err
+    _print_audit(result.audit)
+    _print_result(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        result.audit.to_csv(out / "leakage_audit.csv", index=False)
+        result.importance.to_csv(out / "feature_importance.csv", index=False)
+        console.print(f"wrote leakage_audit.csv and feature_importance.csv to {out}", highlight=False)
+    if track:
+        run_id = log_export_run(result, mapping_path=mapping, export_path=export, tracking_uri=tracking_uri,
+                                experiment=experiment)  # fmt: skip
+        console.print(f"MLflow run {run_id} (experiment {experiment}); the audit CSV and the mapping are its artifacts")
