@@ -203,7 +203,8 @@ def segment_metrics(
 
     Rows of `segments` line up with y and p by position. Missing values form their own slice, MISSING_SEGMENT.
     A slice with fewer than `min_rows` rows, or fewer than `min_class_rows` positives or negatives, reports only n,
-    positives and positive_rate and NaN elsewhere: its other metrics would be mostly noise (see MIN_SEGMENT_ROWS). Sorted by segment, then n descending, then value.
+    positives and positive_rate and NaN elsewhere: its other metrics would be mostly noise (see MIN_SEGMENT_ROWS).
+    Sorted by segment, then n descending, then value.
     """
     y_arr, p_arr = check_scores(y, p)
     if len(segments) != y_arr.size:
