@@ -1,0 +1,569 @@
+"""Benchmark: our score service against `mlflow models serve` on the same model, leads, workers and machine."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features.spec import LEADS
+from serving.settings import Settings
+from training.data import load_tables
+from training.simulator import SimulationConfig, write_simulation
+
+log = logging.getLogger("benchmarks.serve")
+app = typer.Typer(add_completion=False)
+
+HOST = "127.0.0.1"  # the load generator never leaves the machine
+MODEL_URI = "models:/lead-scorer@champion"
+API_KEY = "bench-key"
+DEMO_LEADS = 5000  # enough for 1,000 leads with 20-50 touches, small enough to train in about a minute
+TOUCHES = (20, 50)  # activities per benchmarked lead: a lead worth scoring has a history
+BATCH_LEADS = 1000  # the service's default batch limit
+SANITY_LEADS = 5  # leads scored by both servers and compared before timing
+CONCURRENCY = (1, 16)
+MAX_REQUESTS = 100_000  # a measurement stops after `seconds` or this many requests, whichever comes first
+BATCH_REPEATS = 5  # timed batches per server at most (also bounded by `seconds`)
+WARMUP_SECONDS = 1.0  # untimed traffic on the open connections before each measurement
+GRACE_SECONDS = 120.0  # a measurement that overruns its time by this much is a hung server, not a slow one
+READY_SECONDS = 300.0  # start-up bound: model download and load, per server
+QUICKSTART_SECONDS = 1800.0
+STOP_SECONDS = 15.0  # after SIGTERM, then SIGKILL
+PING_TIMEOUT_S = 2.0
+STARTED = b"Application startup complete."  # uvicorn logs this once per worker, after the app's lifespan start-up
+# Targets: ours/MLflow ratios for throughput, an absolute bound for the single-lead median.
+C16_RATIO_TARGET = 30.0
+C1_P50_TARGET_MS = 2.0
+BATCH_RATIO_TARGET = 3.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The same leads, as of the same time, encoded for both servers (complete HTTP/1.1 requests)."""
+
+    ours_single: list[bytes]
+    mlflow_single: list[bytes]
+    ours_batch: bytes
+    mlflow_batch: bytes
+    ours_sanity: list[bytes]
+    mlflow_sanity: bytes
+    lead_ids: list[str]
+    mean_touches: float
+    as_of: dt.datetime
+
+
+@dataclass
+class Measurement:
+    """One timed run of the load generator against one server."""
+
+    latencies_ns: list[int]
+    statuses: Counter[int]
+    seconds: float
+    client_cpu: float  # share of one core the load generator used; near 1.0 means it may be the bottleneck
+
+    @property
+    def requests(self) -> int:
+        """Requests completed (any status)."""
+        return len(self.latencies_ns)
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        """Latency percentile `q` (0-100) in milliseconds."""
+        return float(np.percentile(np.asarray(self.latencies_ns), q)) / 1e6
+
+    @property
+    def errors(self) -> int:
+        """Non-2xx responses; status 0 counts transport failures (reset or closed connections)."""
+        return sum(n for status, n in self.statuses.items() if not 200 <= status < 300)
+
+
+@dataclass
+class ServerResult:
+    """Everything measured against one server."""
+
+    name: str
+    workers_started: int
+    single: dict[int, Measurement] = field(default_factory=dict)
+    batch: Measurement | None = None
+    sanity: list[float] = field(default_factory=list)
+
+
+class ProtocolError(RuntimeError):
+    """The server answered something this minimal HTTP/1.1 client cannot read."""
+
+
+# --- the load generator: a minimal HTTP/1.1 keep-alive client ----------------------------------------------------
+
+
+def http_request(path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """A complete POST request, encoded once so that the timed loop only writes bytes."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {HOST}", "Content-Type: application/json"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """Send one request on a kept-alive connection and read the whole response: (status, body)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head[:-4].split(b"\r\n")
+    length: int | None = None
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length is None:
+        raise ProtocolError(f"response without Content-Length: {status_line!r}")
+    return int(status_line.split(b" ", 2)[1]), await reader.readexactly(length)
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def drive(
+    port: int, connections: list[Connection], requests: Sequence[bytes], *, seconds: float, max_requests: int
+) -> Measurement:
+    """Closed loop: each connection sends its next request as soon as the previous answer is in."""
+    latencies: list[int] = []
+    statuses: Counter[int] = Counter()
+    start = time.perf_counter()
+    deadline = start + seconds
+    cpu_start = time.process_time()
+
+    async def user(k: int) -> None:
+        i = k
+        while time.perf_counter() < deadline and len(latencies) < max_requests:
+            request = requests[i % len(requests)]
+            i += len(connections)
+            sent = time.perf_counter_ns()
+            try:
+                status, _ = await exchange(*connections[k], request)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                status = 0
+                connections[k][1].close()
+                connections[k] = await asyncio.open_connection(HOST, port)
+            latencies.append(time.perf_counter_ns() - sent)
+            statuses[status] += 1
+
+    users = asyncio.gather(*(user(k) for k in range(len(connections))))
+    await asyncio.wait_for(users, timeout=seconds + GRACE_SECONDS)
+    elapsed = time.perf_counter() - start
+    return Measurement(latencies, statuses, elapsed, (time.process_time() - cpu_start) / elapsed)
+
+
+async def closed_loop(
+    port: int, requests: Sequence[bytes], *, concurrency: int, seconds: float, max_requests: int, warmup: int
+) -> Measurement:
+    """Open `concurrency` connections, warm them up (untimed), then measure."""
+    connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
+    try:
+        await drive(port, connections, requests, seconds=WARMUP_SECONDS, max_requests=warmup)
+        return await drive(port, connections, requests, seconds=seconds, max_requests=max_requests)
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+async def send_once(port: int, request: bytes) -> tuple[int, bytes]:
+    """One request on a fresh connection (sanity checks, not timed)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        return await asyncio.wait_for(exchange(reader, writer, request), timeout=GRACE_SECONDS)
+    finally:
+        writer.close()
+
+
+# --- the workload --------------------------------------------------------------------------------------------------
+
+
+def _stamp(value: Any) -> str | None:
+    return None if pd.isna(value) else pd.Timestamp(value).isoformat()
+
+
+def _lead_fields(lead: Mapping[Hashable, Any], as_of: pd.Timestamp) -> dict[str, Any]:
+    """Contract columns with JSON types; lifecycle stamps from as_of on are not known yet, so they are left out."""
+    out: dict[str, Any] = {}
+    for col in LEADS.columns:
+        value = lead[col.name]
+        if pd.isna(value):
+            out[col.name] = None
+        elif col.dtype == "datetime":
+            out[col.name] = _stamp(value) if value < as_of else None
+        elif col.dtype == "int":
+            out[col.name] = int(value)
+        elif col.dtype == "float":
+            out[col.name] = float(value)
+        else:
+            out[col.name] = str(value)
+    return out
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def build_workload(data_dir: Path) -> Workload:
+    """The first 1,000 simulated leads with 20-50 touches, scored as of the day after the last touch."""
+    leads, activities = load_tables(data_dir)
+    as_of = activities["occurred_at"].max().ceil("D")
+    counts = activities.groupby("lead_id").size()
+    eligible = sorted(str(k) for k in counts[(counts >= TOUCHES[0]) & (counts <= TOUCHES[1])].index)
+    if len(eligible) < BATCH_LEADS:
+        raise RuntimeError(
+            f"{data_dir} has {len(eligible)} leads with {TOUCHES[0]}-{TOUCHES[1]} activities; {BATCH_LEADS} needed"
+        )
+    chosen = eligible[:BATCH_LEADS]
+    touches = activities[activities["lead_id"].isin(chosen)].sort_values(["lead_id", "occurred_at"])
+    by_lead = {
+        str(k): [{"occurred_at": _stamp(t), "activity_type": str(a)} for t, a in
+                 zip(g["occurred_at"], g["activity_type"], strict=True)]
+        for k, g in touches.groupby("lead_id", observed=True)
+    }  # fmt: skip
+    profiles = leads.set_index("lead_id", drop=False).loc[chosen]
+    as_of_text = as_of.isoformat()
+    ours: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
+    columns = [*LEADS.names, "as_of", "activities", "colleagues"]
+    for lead_id, profile in zip(chosen, profiles.to_dict(orient="records"), strict=True):
+        fields = _lead_fields(profile, as_of)
+        lead = {k: v for k, v in fields.items() if v is not None} | {"custom": {}}
+        ours.append({"lead": lead, "activities": by_lead[lead_id], "colleagues": [], "as_of": as_of_text})
+        # The pyfunc signature types the contract's numbers as doubles and takes the lists as JSON strings.
+        numbers = {c.name for c in LEADS.columns if c.dtype in ("int", "float")}
+        row = [float(fields[c]) if c in numbers and fields[c] is not None else fields[c] for c in LEADS.names]
+        rows.append([*row, as_of_text, json.dumps(by_lead[lead_id]), "[]"])
+
+    key = {"X-API-Key": API_KEY}
+
+    def split(part: list[list[Any]]) -> bytes:
+        return _dumps({"dataframe_split": {"columns": columns, "data": part}})
+
+    return Workload(
+        ours_single=[http_request("/v1/score", _dumps(r), key) for r in ours],
+        mlflow_single=[http_request("/invocations", split([row]), {}) for row in rows],
+        ours_batch=http_request("/v1/score/batch", _dumps({"leads": ours}), key),
+        mlflow_batch=http_request("/invocations", split(rows), {}),
+        ours_sanity=[http_request("/v1/score", _dumps(r), key) for r in ours[:SANITY_LEADS]],
+        mlflow_sanity=http_request("/invocations", split(rows[:SANITY_LEADS]), {}),
+        lead_ids=chosen,
+        mean_touches=float(np.mean([len(by_lead[k]) for k in chosen])),
+        as_of=as_of.to_pydatetime(),
+    )
+
+
+# --- the servers ---------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=PING_TIMEOUT_S) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (uvicorn's parent and workers), SIGKILL what is left after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_SECONDS
+        while time.monotonic() < deadline:
+            process.poll()
+            try:
+                os.killpg(process.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        log.warning("process group %d still alive %.0f s after %s", process.pid, STOP_SECONDS, sig.name)
+    process.wait(timeout=STOP_SECONDS)
+
+
+@contextmanager
+def running(
+    name: str, command: list[str], env: Mapping[str, str], *, cwd: Path, probe: str, workers: int
+) -> Iterator[int]:
+    """Start a server in its own process group, wait until all its workers are up, and always stop it."""
+    log_path = cwd / f"{name.lower()}-server.log"
+    log.info("starting %s: %s (log %s)", name, " ".join(command), log_path)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + READY_SECONDS
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode} during start-up:\n{_tail(log_path)}")
+                if _answers(probe) and log_path.read_bytes().count(STARTED) >= workers:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready after {READY_SECONDS:.0f} s:\n{_tail(log_path)}")
+                time.sleep(0.25)
+            log.info("%s ready: %d workers started", name, log_path.read_bytes().count(STARTED))
+            yield log_path.read_bytes().count(STARTED)
+        finally:
+            _stop(process)
+            log.info("%s stopped", name)
+
+
+def _server_env(tracking_uri: str, extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEADSCORE_", "MLFLOW_"))}
+    # MLflow starts `uvicorn` from PATH: the one beside this interpreter.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env | {"MLFLOW_TRACKING_URI": tracking_uri} | dict(extra)
+
+
+# --- the benchmark -------------------------------------------------------------------------------------------------
+
+
+def measure(
+    name: str, port: int, single: list[bytes], batch: bytes, seconds: float, workers_started: int
+) -> ServerResult:
+    """Single-lead requests at each concurrency, then 1,000-lead batches one at a time."""
+    result = ServerResult(name, workers_started)
+    for concurrency in CONCURRENCY:
+        m = asyncio.run(
+            closed_loop(
+                port, single, concurrency=concurrency, seconds=seconds, max_requests=MAX_REQUESTS, warmup=MAX_REQUESTS
+            )
+        )
+        result.single[concurrency] = m
+        log.info(
+            "%s c=%d: %d requests, %.1f req/s, p50 %.2f ms, p99 %.2f ms, %d non-2xx, load generator %.0f%% of a core",
+            name, concurrency, m.requests, m.rate, m.percentile_ms(50), m.percentile_ms(99), m.errors,
+            100 * m.client_cpu,
+        )  # fmt: skip
+    m = asyncio.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
+    result.batch = m
+    log.info(
+        "%s batch: %d x %d leads, %.0f rows/s, %.2f s per batch (median), %d non-2xx",
+        name, m.requests, BATCH_LEADS, m.rate * BATCH_LEADS, m.percentile_ms(50) / 1e3, m.errors,
+    )  # fmt: skip
+    return result
+
+
+def _sanity_ours(port: int, requests: list[bytes]) -> list[float]:
+    probabilities = []
+    for request in requests:
+        status, body = asyncio.run(send_once(port, request))
+        if status != 200:
+            raise RuntimeError(f"our server answered {status} to a benchmark lead: {body[:500]!r}")
+        probabilities.append(float(json.loads(body)["fit"]["probability"]))
+    return probabilities
+
+
+def _sanity_mlflow(port: int, request: bytes) -> list[float]:
+    status, body = asyncio.run(send_once(port, request))
+    if status != 200:
+        raise RuntimeError(f"MLflow answered {status} to the benchmark leads: {body[:500]!r}")
+    return [round(float(p["fit_probability"]), 6) for p in json.loads(body)["predictions"]]
+
+
+def _simulate(data_dir: Path) -> None:
+    log.info("simulating %d demo leads into %s for the request bodies", DEMO_LEADS, data_dir)
+    write_simulation(SimulationConfig(n_leads=DEMO_LEADS, oracle_max_rows=0), data_dir)
+
+
+def _quickstart(root: Path) -> str:
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    command = [
+        sys.executable, "-m", "leadscore", "quickstart", "--leads", str(DEMO_LEADS),
+        "--workdir", str(root / "demo"), "--tracking-uri", tracking_uri,
+    ]  # fmt: skip
+    log_path = root / "quickstart.log"
+    log.info("training and promoting a model: %s (cwd %s, log %s)", " ".join(command), root, log_path)
+    start = time.perf_counter()
+    with log_path.open("wb") as log_file:
+        done = subprocess.run(
+            command, cwd=root, env=_server_env(tracking_uri, {}), stdout=log_file, stderr=subprocess.STDOUT,
+            timeout=QUICKSTART_SECONDS, check=False, start_new_session=True,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"quickstart failed with {done.returncode}:\n{_tail(log_path)}")
+    log.info("quickstart done in %.0f s", time.perf_counter() - start)
+    return tracking_uri
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _errors(m: Measurement) -> str:
+    detail = ", ".join(f"{'no answer' if s == 0 else s}: {n}" for s, n in sorted(m.statuses.items()) if s // 100 != 2)
+    return f"{m.errors:,} of {m.requests:,}" + (f" ({detail})" if detail else "")
+
+
+def report(ours: ServerResult, theirs: ServerResult, work: Workload, notes: dict[str, str]) -> None:
+    """The comparison table, then how it was measured."""
+    assert ours.batch is not None and theirs.batch is not None
+    table = Table(title="score service vs mlflow models serve (same model, leads, as_of, workers)")
+    for column in ("measure", "ours", "MLflow", "ours/MLflow", "target", "met"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+
+    def row(label: str, a: float, b: float, *, ms: bool = False, target: str = "", met: bool | None = None) -> None:
+        shown = (f"{a:.2f}", f"{b:.2f}") if ms else (_fmt_rate(a), _fmt_rate(b))
+        verdict = "" if met is None else ("yes" if met else "NO")
+        table.add_row(label + (" (ms)" if ms else ""), *shown, f"{a / b:.2f}x", target, verdict)
+
+    for c in CONCURRENCY:
+        a, b = ours.single[c], theirs.single[c]
+        if c == CONCURRENCY[-1]:
+            ratio_met = a.rate / b.rate >= C16_RATIO_TARGET
+            row(f"single lead, c={c}: req/s", a.rate, b.rate, target=f">= {C16_RATIO_TARGET:.0f}x", met=ratio_met)
+        else:
+            row(f"single lead, c={c}: req/s", a.rate, b.rate)
+        p50 = a.percentile_ms(50)
+        if c == CONCURRENCY[0]:
+            target = f"<= {C1_P50_TARGET_MS:.0f} ms (ours)"
+            row(
+                f"single lead, c={c}: p50",
+                p50,
+                b.percentile_ms(50),
+                ms=True,
+                target=target,
+                met=p50 <= C1_P50_TARGET_MS,
+            )
+        else:
+            row(f"single lead, c={c}: p50", p50, b.percentile_ms(50), ms=True)
+        row(f"single lead, c={c}: p99", a.percentile_ms(99), b.percentile_ms(99), ms=True)
+    a_rows, b_rows = ours.batch.rate * BATCH_LEADS, theirs.batch.rate * BATCH_LEADS
+    batch_met = a_rows / b_rows >= BATCH_RATIO_TARGET
+    label = f"batch of {BATCH_LEADS:,}, c=1"
+    row(f"{label}: rows/s", a_rows, b_rows, target=f">= {BATCH_RATIO_TARGET:.0f}x", met=batch_met)
+    row(f"{label}: p50 per batch", ours.batch.percentile_ms(50), theirs.batch.percentile_ms(50), ms=True)
+    for c in CONCURRENCY:
+        table.add_row(f"non-2xx, single c={c}", _errors(ours.single[c]), _errors(theirs.single[c]), "", "", "")
+    table.add_row("non-2xx, batch", _errors(ours.batch), _errors(theirs.batch), "", "", "")
+
+    setup = Table(title="setup", show_header=False)
+    setup.add_column("what")
+    setup.add_column("value")
+    setup.add_row("workers", f"ours {ours.workers_started} started; MLflow {theirs.workers_started} started")
+    setup.add_row("leads", f"{len(work.lead_ids):,} leads, mean {work.mean_touches:.1f} activities each (20-50)")
+    setup.add_row("as_of", work.as_of.isoformat())
+    load = ", ".join(f"{r.name} c={c} {100 * r.single[c].client_cpu:.0f}%" for r in (ours, theirs) for c in CONCURRENCY)
+    setup.add_row("load generator CPU (of one core)", load)
+    for key, value in notes.items():
+        setup.add_row(key, value)
+    console = Console(width=160)
+    console.print(table)
+    console.print(setup)
+
+
+@app.command()
+def main(
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes for each server.")] = 2,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Time bound of each measurement.")] = 10.0,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help=f"Existing store with {MODEL_URI}; default: train one in a temporary folder.")
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the temporary folder (data, store, server logs).")] = False,
+) -> None:
+    """Serve one model with our service and with `mlflow models serve`, load both alike, print the ratios."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    root = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
+    try:
+        if tracking_uri is None:
+            tracking_uri = _quickstart(root)
+        else:
+            _simulate(root / "demo" / "data")
+        work = build_workload(root / "demo" / "data")
+        notes = {"tracking store": tracking_uri, "model": MODEL_URI}
+        default_limit = Settings.model_construct().max_body_bytes
+        batch_bytes = len(work.ours_batch)
+        ours_env = {
+            "LEADSCORE_STORE_URL": f"sqlite:///{root / 'service.db'}",
+            "LEADSCORE_API_KEYS": API_KEY,
+        }
+        limit_note = f"ours {batch_bytes / 1e6:.2f} MB, MLflow {len(work.mlflow_batch) / 1e6:.2f} MB"
+        if batch_bytes > default_limit:
+            ours_env["LEADSCORE_MAX_BODY_BYTES"] = str(2 * batch_bytes)
+            limit_note += (
+                f"; over our default limit of {default_limit / 1e6:.0f} MB, so LEADSCORE_MAX_BODY_BYTES="
+                f"{2 * batch_bytes} for the run"
+            )
+        notes["batch body"] = limit_note
+        single_sizes = [len(r) for r in work.ours_single], [len(r) for r in work.mlflow_single]
+        notes["single body (mean)"] = (
+            f"ours {np.mean(single_sizes[0]):,.0f} B, MLflow {np.mean(single_sizes[1]):,.0f} B"
+        )
+
+        port = free_port()
+        ours_cmd = [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(workers)]
+        with running(
+            "ours", ours_cmd, _server_env(tracking_uri, ours_env), cwd=root, probe=f"http://{HOST}:{port}/readyz",
+            workers=workers,
+        ) as started:  # fmt: skip
+            ours_probabilities = _sanity_ours(port, work.ours_sanity)
+            ours = measure("ours", port, work.ours_single, work.ours_batch, seconds, started)
+        notes["ours"] = " ".join(ours_cmd)
+
+        port = free_port()
+        mlflow_cmd = [
+            sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+            "--host", HOST, "--port", str(port), "--workers", str(workers),
+        ]  # fmt: skip
+        with running(
+            "MLflow", mlflow_cmd, _server_env(tracking_uri, {}), cwd=root, probe=f"http://{HOST}:{port}/ping",
+            workers=workers,
+        ) as started:  # fmt: skip
+            mlflow_probabilities = _sanity_mlflow(port, work.mlflow_sanity)
+            theirs = measure("MLflow", port, work.mlflow_single, work.mlflow_batch, seconds, started)
+        notes["MLflow"] = " ".join(mlflow_cmd)
+
+        gap = max(abs(a - b) for a, b in zip(ours_probabilities, mlflow_probabilities, strict=True))
+        notes["same scores"] = f"fit probability of {SANITY_LEADS} leads: largest difference {gap:.1e}"
+        if gap > 1e-5:
+            log.warning("the two servers disagree on the same leads (fit probability gap %.2e)", gap)
+        report(ours, theirs, work, notes)
+    finally:
+        if keep:
+            log.info("kept %s", root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app()

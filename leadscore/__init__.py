@@ -1,0 +1,1 @@
+"""The `leadscore` command: training and serving commands under one name."""

@@ -1,0 +1,77 @@
+"""The FastAPI app factory of the score service."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
+from serving.model import ModelHolder
+from serving.routers import meta, score
+from serving.settings import LOOPBACK_HOSTS, Settings
+from serving.state import ServiceState
+from serving.store import PolicyStore, ScoreLog, make_engine
+
+log = logging.getLogger(__name__)
+
+# Same default store as `leadscore train` (training.tracking): a SQLite file in the working directory.
+DEFAULT_TRACKING_DB = "mlflow.db"
+
+
+def tracking_uri(settings: Settings) -> str:
+    """Where the registry is: the setting, else $MLFLOW_TRACKING_URI, else the local SQLite store."""
+    return (
+        settings.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The score service; settings come from the environment when not given (read here, never at import)."""
+    settings = settings or Settings()
+    if not settings.auth_enabled and settings.host not in LOOPBACK_HOSTS:
+        raise ValueError(
+            f"refusing to listen on {settings.host} without API keys: set LEADSCORE_API_KEYS and LEADSCORE_ADMIN_KEYS"
+        )
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder = ModelHolder(tracking_uri(settings), settings.model_name, settings.model_alias)
+        holder.load()  # no model, no service: raises with a message saying how to get one
+        engine = make_engine(settings.store_url, durable_fsync=settings.store_durable_fsync)
+        state = ServiceState(settings, holder, ScoreLog(engine), PolicyStore(engine), metrics)
+        state.policy()  # stores the model's default policy as version 1 on first start
+        if not settings.auth_enabled:
+            log.warning("no API keys configured: scoring and admin are open to anyone on %s", settings.host)
+        app.state.service = state
+        try:
+            yield
+        finally:
+            state.score_log.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="leadscore",
+        version="1",
+        summary="Calibrated, explained lead scores and routing for CRMs.",
+        lifespan=lifespan,
+    )
+    app.include_router(score.router)
+    app.include_router(meta.router)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with the traceback for us; the caller gets no internals.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.add_middleware(MetricsAndLimitsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,101 @@
+"""Prometheus metrics of the score service: requests, latency, routes chosen and the scores handed out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Latency buckets from 0.5 ms: a single score takes a few milliseconds, a batch of 1,000 up to a second.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SCORE_BUCKETS = tuple(float(b) for b in range(10, 101, 10))
+
+
+@dataclass
+class ServiceMetrics:
+    """One registry per app, so that tests and several apps in one process never share counters."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "leadscore_http_requests", "HTTP requests by route and status.", ["route", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "leadscore_http_request_seconds", "Request latency by route.", ["route"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.routes = Counter("leadscore_routes", "Leads routed, by queue.", ["queue"], registry=self.registry)
+        self.scores = Histogram(
+            "leadscore_score", "Scores handed out (0-100), by model.", ["model"], buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "leadscore_model_reloads", "Model reloads by outcome.", ["outcome"], registry=self.registry
+        )
+
+
+class MetricsAndLimitsMiddleware:
+    """Pure ASGI middleware: counts and times requests, and refuses bodies over the size limit with 413.
+
+    The body limit is checked on the declared Content-Length and again on the bytes actually received, so a
+    chunked upload cannot slip past it.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _too_large(send, self.max_body_bytes)
+            status["code"] = 413
+        else:
+            received = 0
+
+            async def receive_limited() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise _BodyTooLargeError
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_wrapper)
+            except _BodyTooLargeError:
+                await _too_large(send, self.max_body_bytes)
+                status["code"] = 413
+        elapsed = time.perf_counter() - start
+        # The matched route's template, never the raw path: unknown paths must not grow the label set.
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.requests.labels(route, str(status["code"])).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body exceeds the limit of {limit} bytes"}}'.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

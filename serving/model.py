@@ -1,0 +1,117 @@
+"""The model the service scores with: loaded from the MLflow registry by alias, warmed, swapped only when healthy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from features.scoring import LeadScorer
+
+log = logging.getLogger(__name__)
+
+# A request-shaped warm-up lead: the first real request should not pay for lazy imports and LightGBM's first call.
+_WARM_LEAD: dict[str, Any] = {
+    "lead_id": "warm-up",
+    "account_id": "warm-up",
+    "created_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    "industry": "software",
+    "employee_count": 100,
+    "seniority": "manager",
+}
+_WARM_ROUNDS = 20
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The registry has no model under the alias, or it cannot be loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A scorer with where it came from."""
+
+    scorer: LeadScorer
+    name: str
+    alias: str
+    version: str
+    run_id: str | None
+    trained_at: dt.datetime | None
+    loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+def load_model(tracking_uri: str, name: str, alias: str) -> LoadedModel:
+    """Load `models:/name@alias` and warm it; raises ModelNotAvailableError with a clear message."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        raise ModelNotAvailableError(
+            f"no model {name}@{alias} in the registry at {tracking_uri}: train and promote one first "
+            f"(leadscore train && leadscore promote)"
+        ) from err
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+        scorer = pyfunc.unwrap_python_model().scorer
+    except Exception as err:
+        raise ModelNotAvailableError(f"cannot load {name} version {version.version}: {err}") from err
+    if not isinstance(scorer, LeadScorer):
+        raise ModelNotAvailableError(f"{name} version {version.version} holds no LeadScorer")
+    _warm(scorer)
+    trained_at = dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC)
+    return LoadedModel(scorer, name, alias, str(version.version), version.run_id, trained_at)
+
+
+def _warm(scorer: LeadScorer) -> None:
+    at = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    touch = {"lead_id": "warm-up", "occurred_at": dt.datetime(2024, 2, 20, tzinfo=dt.UTC), "activity_type": "page_view"}
+    for _ in range(_WARM_ROUNDS):
+        scorer.score_record(_WARM_LEAD, [touch], at)
+
+
+class ModelHolder:
+    """Holds the serving model; a reload loads and warms the new one completely before swapping it in."""
+
+    def __init__(self, tracking_uri: str, name: str, alias: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.alias = alias
+        self._current: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self.last_reload_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel:
+        """The model in use (raises before the first successful load)."""
+        if self._current is None:
+            raise ModelNotAvailableError("no model loaded")
+        return self._current
+
+    @property
+    def ready(self) -> bool:
+        """A model is loaded and warm."""
+        return self._current is not None
+
+    def load(self) -> LoadedModel:
+        """Load the alias' model and make it current; on failure the old model (if any) stays and the error is kept."""
+        with self._lock:
+            try:
+                loaded = load_model(self.tracking_uri, self.name, self.alias)
+            except ModelNotAvailableError as err:
+                self.last_reload_error = str(err)
+                log.error("model reload failed, keeping version %s: %s", self._version(), err)
+                raise
+            self._current = loaded
+            self.last_reload_error = None
+            log.info("serving %s version %s (@%s)", loaded.name, loaded.version, loaded.alias)
+            return loaded
+
+    def _version(self) -> str | None:
+        return self._current.version if self._current else None

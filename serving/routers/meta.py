@@ -1,0 +1,83 @@
+"""Model info, health, readiness, Prometheus metrics and the admin reload."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from features.fit import SIZE_BAND_LABELS
+from serving.model import ModelNotAvailableError
+from serving.schemas import ModelInfo, Readiness, ReloadResult
+from serving.state import AdminAuth, ModelDep, ScoringAuth, StateDep
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    """Always 200 while the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="A model is loaded and warm", responses={503: {"model": Readiness}})
+async def readyz(state: StateDep, response: Response) -> Readiness:
+    """200 with the model version when ready; 503 otherwise. Reports the last reload failure either way."""
+    holder = state.holder
+    if not holder.ready:
+        response.status_code = 503
+        return Readiness(ready=False, model_version=None, last_reload_error=holder.last_reload_error)
+    return Readiness(ready=True, model_version=holder.current.version, last_reload_error=holder.last_reload_error)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Request counts, latency histograms, routes chosen and the score distribution."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/model", summary="The model in use", dependencies=[ScoringAuth])
+async def model_info(state: StateDep, model: ModelDep) -> ModelInfo:
+    """Version, run, training time, holdout metrics and a summary of the features it reads."""
+    scorer = model.scorer
+    builder = scorer.builder
+    raw = scorer.metadata.get("metrics", {})
+    metrics = {
+        task: {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()} for task, values in raw.items()
+    }
+    return ModelInfo(
+        name=model.name,
+        alias=model.alias,
+        version=model.version,
+        run_id=model.run_id,
+        trained_at=model.trained_at,
+        loaded_at=model.loaded_at,
+        holdout_metrics=metrics,
+        features={
+            "fit": list(builder.fit_feature_names_),
+            "engagement": list(builder.engagement_feature_names_),
+            "categorical": list(builder.categorical_features_),
+            "vocabulary_sizes": {k: len(v) for k, v in builder.fit_encoder_.vocabularies_.items()},
+            "size_bands": list(SIZE_BAND_LABELS),
+            "data_end": scorer.metadata.get("data_end"),
+        },
+        thresholds_version=state.policy().version,
+    )
+
+
+@router.post("/v1/admin/reload", summary="Load the model the alias points at now", dependencies=[AdminAuth])
+async def reload(state: StateDep, response: Response) -> ReloadResult:
+    """Loads and warms the new model before swapping it in; on failure the old one keeps serving (status 409)."""
+    holder = state.holder
+    previous = holder.current.version if holder.ready else ""
+    try:
+        # Loading takes seconds: off the event loop, so scoring goes on meanwhile with the old model.
+        loaded = await asyncio.to_thread(holder.load)
+    except ModelNotAvailableError as err:
+        state.metrics.reloads.labels("failed").inc()
+        response.status_code = 409
+        return ReloadResult(reloaded=False, model_version=previous, previous_version=previous, error=str(err))
+    state.metrics.reloads.labels("ok").inc()
+    return ReloadResult(reloaded=True, model_version=loaded.version, previous_version=previous)

@@ -1,0 +1,66 @@
+"""POST /v1/score and /v1/score/batch: score, route and log leads."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from serving.schemas import BatchRequest, BatchResponse, ScoreRequest, ScoreResponse
+from serving.service import log_records, new_request_id, score_requests
+from serving.state import ModelDep, ScoringAuth, StateDep
+
+router = APIRouter(prefix="/v1", tags=["score"], dependencies=[ScoringAuth])
+
+
+def _check_limits(request: ScoreRequest, max_activities: int, max_colleagues: int, where: str) -> None:
+    problems = []
+    if len(request.activities) > max_activities:
+        problems.append(
+            {"loc": [*where.split("."), "activities"], "msg": f"at most {max_activities} activities per lead",
+             "type": "too_long"}
+        )  # fmt: skip
+    if len(request.colleagues) > max_colleagues:
+        problems.append(
+            {"loc": [*where.split("."), "colleagues"], "msg": f"at most {max_colleagues} colleagues per lead",
+             "type": "too_long"}
+        )  # fmt: skip
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+
+
+@router.post("/score", summary="Score and route one lead")
+async def score(body: ScoreRequest, state: StateDep, model: ModelDep) -> ScoreResponse:
+    """Fit and readiness scores, grade, stage, route and top reasons for one lead, as of now (or `as_of`)."""
+    settings = state.settings
+    _check_limits(body, settings.max_activities, settings.max_colleagues, "body")
+    policy = state.policy()
+    [response] = score_requests(model, policy, [body], top_k=settings.top_reasons, request_id=new_request_id())
+    await state.score_log.append(log_records([body], [response]))
+    _count(state, [response])
+    return response
+
+
+@router.post("/score/batch", summary="Score and route many leads")
+async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> BatchResponse:
+    """Scores for up to the configured batch limit of leads, in request order, under one request id."""
+    settings = state.settings
+    if len(body.leads) > settings.max_batch:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "leads"], "msg": f"at most {settings.max_batch} leads per batch, got {len(body.leads)}",
+              "type": "too_long"}],
+        )  # fmt: skip
+    for i, item in enumerate(body.leads):
+        _check_limits(item, settings.max_activities, settings.max_colleagues, f"body.leads.{i}")
+    request_id = new_request_id()
+    responses = score_requests(model, state.policy(), body.leads, top_k=settings.top_reasons, request_id=request_id)
+    await state.score_log.append(log_records(body.leads, responses))
+    _count(state, responses)
+    return BatchResponse(request_id=request_id, scores=responses)
+
+
+def _count(state: StateDep, responses: list[ScoreResponse]) -> None:
+    metrics = state.metrics
+    for response in responses:
+        metrics.routes.labels(response.route.queue).inc()
+        metrics.scores.labels("fit").observe(response.fit.score)
+        metrics.scores.labels("readiness").observe(response.readiness.score)

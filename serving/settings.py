@@ -1,0 +1,55 @@
+"""Service settings, read from the environment (LEADSCORE_*) when the app is created, never at import."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Settings(BaseSettings):
+    """Everything the score service needs to start; each value has one home, here."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADSCORE_", env_file=None, extra="ignore")
+
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    )
+    model_name: str = "lead-scorer"
+    model_alias: str = "champion"
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys that may score."
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys that may also reload the model and change thresholds."
+    )
+    store_url: str = Field(
+        default="sqlite:///leadscore-service.db",
+        description="SQLAlchemy URL of the score log and threshold versions (any SQLAlchemy URL, e.g. PostgreSQL).",
+    )
+    store_durable_fsync: bool = Field(
+        default=False,
+        description="SQLite only: fsync every commit (survives power loss, not only a crashed process; slower).",
+    )
+    max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Largest request body accepted.")
+    max_batch: int = Field(default=1000, ge=1, description="Most leads in one batch request.")
+    max_activities: int = Field(default=5000, ge=1, description="Most activities in one lead's request.")
+    max_colleagues: int = Field(default=200, ge=0, description="Most colleagues in one lead's request.")
+    top_reasons: int = Field(default=3, ge=1, le=10)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Scoring needs a key once any key is configured."""
+        return bool(self.api_keys or self.admin_keys)

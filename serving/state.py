@@ -1,0 +1,110 @@
+"""What one running service holds (settings, model, stores, metrics) and the FastAPI dependencies that reach it."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader
+
+from serving.metrics import ServiceMetrics
+from serving.model import LoadedModel, ModelHolder
+from serving.policy import RoutingPolicy
+from serving.settings import Settings
+from serving.store import PolicyStore, PolicyVersion, ScoreLog
+
+log = logging.getLogger(__name__)
+
+# How long a worker trusts its cached policy before reading the store again: a saved policy reaches every worker
+# within this time, without a database read on every request.
+POLICY_REFRESH_SECONDS = 1.0
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes need, created by `create_app` and closed on shutdown."""
+
+    settings: Settings
+    holder: ModelHolder
+    score_log: ScoreLog
+    policies: PolicyStore
+    metrics: ServiceMetrics
+    _policy: PolicyVersion | None = None
+    _policy_read_at: float = 0.0
+    _policy_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def policy(self) -> PolicyVersion:
+        """The routing policy in force (stored default of the model until sales ops save one)."""
+        now = time.monotonic()
+        if self._policy is None or now - self._policy_read_at > POLICY_REFRESH_SECONDS:
+            with self._policy_lock:
+                latest = self.policies.latest()
+                if latest is None:
+                    default = RoutingPolicy.from_cutoffs(self.holder.current.scorer.cutoffs)
+                    latest = self.policies.ensure_default(default)
+                self._policy, self._policy_read_at = latest, now
+        assert self._policy is not None
+        return self._policy
+
+    def forget_policy(self) -> None:
+        """Read the store on the next request (after this worker saved a new version)."""
+        self._policy_read_at = 0.0
+
+
+def get_state(request: Request) -> ServiceState:
+    """The service state of the app handling `request`."""
+    state: ServiceState = request.app.state.service
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_model(state: StateDep) -> LoadedModel:
+    """The model in use; 503 while none is loaded."""
+    if not state.holder.ready:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded yet")
+    return state.holder.current
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="A scoring or admin key.")
+
+
+def _matches(key: str, candidates: list[str]) -> bool:
+    # Compare against every key, in constant time each, so timing says nothing about which key nearly matched.
+    found = False
+    for candidate in candidates:
+        found |= hmac.compare_digest(key.encode(), candidate.encode())
+    return found
+
+
+def require_scoring_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """401 unless the request carries a scoring or admin key (when keys are configured)."""
+    settings = state.settings
+    if not settings.auth_enabled:
+        return
+    keys = [k.get_secret_value() for k in (*settings.api_keys, *settings.admin_keys)]
+    if key is None or not _matches(key, keys):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key (header X-API-Key)")
+
+
+def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """401 without a valid key, 403 with a scoring key that is not an admin key."""
+    settings = state.settings
+    if not settings.auth_enabled:
+        return
+    admin = [k.get_secret_value() for k in settings.admin_keys]
+    if key is not None and _matches(key, admin):
+        return
+    require_scoring_key(state, key)
+    raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may score but not administer the service")
+
+
+ScoringAuth = Depends(require_scoring_key)
+AdminAuth = Depends(require_admin_key)
