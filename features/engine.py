@@ -83,6 +83,7 @@ def engagement_feature_names(config: FeatureConfig) -> list[str]:
         "n_touches_total",
         "engagement_decayed",
         "engagement_velocity",
+        *(f"touch_rate_ratio_{w}d" for w in config.windows_days[:2]),
         f"n_high_intent_{config.buying_group_window_days}d",
         "unsubscribed",
         "account_known_colleagues",
@@ -90,6 +91,7 @@ def engagement_feature_names(config: FeatureConfig) -> list[str]:
         f"account_colleague_touches_{config.buying_group_window_days}d",
         f"account_colleague_high_intent_{config.buying_group_window_days}d",
         "account_sql_colleagues",
+        f"account_touches_per_colleague_{config.buying_group_window_days}d",
     ]
     return names
 
@@ -241,6 +243,14 @@ def compute_engagement(block: FunnelBlock, lead: np.ndarray, as_of: np.ndarray, 
     total_rate = recent + earlier
     out.put(np.divide(recent - earlier, total_rate, out=np.zeros(n_pairs), where=total_rate > 0))
 
+    # Recent touch rate against the lead's own lifetime rate: some people open every e-mail, so a count means
+    # more intent from a quiet lead than from a chatty one. Add-one smoothing keeps new leads finite.
+    lifetime_days = np.maximum(_days(as_of - lifecycle[:, 0]), 0.0)
+    lifetime_rate = ((hi - first) + 1.0) / (lifetime_days + 1.0)
+    for j in range(min(2, n_windows)):
+        window_rate = (cum_hi - cum_lo[:, j]).sum(axis=1) / windows[j]
+        out.put(window_rate / lifetime_rate)
+
     out.put((cum_hi[:, plan.high] - cum[bg_lo][:, plan.high]).sum(axis=1))
     out.put(cum_hi[:, _UNSUBSCRIBE] - cum[first, _UNSUBSCRIBE] > 0)
     for column in _buying_group(block, lead, as_of, cum, plan.high, plan.config.buying_group_window_days):
@@ -292,10 +302,14 @@ def _buying_group(
     def per_pair(values: np.ndarray) -> np.ndarray:
         return np.bincount(pair, weights=values.astype(np.float64), minlength=n_pairs)
 
+    n_known = per_pair(known)
+    colleague_touches = per_pair(touches)
     return [
-        per_pair(known),
+        n_known,
         per_pair(touches > 0),
-        per_pair(touches),
+        colleague_touches,
         per_pair(high_touches),
         per_pair(reached_sql),
+        # The account's pulse per person: many touches from one big buying group mean less than from a small one.
+        colleague_touches / (n_known + 1.0),
     ]

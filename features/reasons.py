@@ -59,6 +59,7 @@ _GROUP_OF_PREFIX: tuple[tuple[str, str], ...] = (
     ("account_", "buying_group"),
     ("n_high_intent_", "high_intent"),
     ("n_touches_", "activity_level"),
+    ("touch_rate_ratio_", "activity_level"),
 )
 
 

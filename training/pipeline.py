@@ -129,14 +129,16 @@ def _baseline_frame(frame: pd.DataFrame, leads: pd.DataFrame) -> pd.DataFrame:
 
 
 def increasing_features(features: list[str], builder: FeatureBuilder) -> list[str]:
-    """Features readiness may only rise with: high-intent touch counts (own and colleagues'), decayed engagement.
+    """Features readiness may only rise with: high-intent counts (own, colleagues'), decayed engagement, rate ratios.
 
     So a demo request, a pricing-page view or a booked meeting never lowers a score.
     """
     high = builder.config_.high_intent_types
     counts = [f"n_{t}_{w}d" for t in high for w in builder.config_.windows_days]
     window = builder.config_.buying_group_window_days
-    wanted = {*counts, f"n_high_intent_{window}d", f"account_colleague_high_intent_{window}d", "engagement_decayed"}
+    ratios = [f"touch_rate_ratio_{w}d" for w in builder.config_.windows_days[:2]]
+    wanted = {*counts, *ratios, f"n_high_intent_{window}d", f"account_colleague_high_intent_{window}d",
+              "engagement_decayed"}  # fmt: skip
     return [f for f in features if f in wanted]
 
 
