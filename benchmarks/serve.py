@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -52,6 +53,7 @@ GRACE_SECONDS = 120.0  # a measurement that overruns its time by this much is a 
 READY_SECONDS = 300.0  # start-up bound: model download and load, per server
 QUICKSTART_SECONDS = 1800.0
 STOP_SECONDS = 15.0  # after SIGTERM, then SIGKILL
+BUSY_CORES = 0.2  # other processes using more than this many cores while we measure make the figures doubtful
 PING_TIMEOUT_S = 2.0
 STARTED = b"Application startup complete."  # uvicorn logs this once per worker, after the app's lifespan start-up
 # Targets: ours/MLflow ratios for throughput, an absolute bound for the single-lead median.
@@ -112,7 +114,7 @@ class ServerResult:
     workers_started: int
     single: dict[int, Measurement] = field(default_factory=dict)
     batch: Measurement | None = None
-    sanity: list[float] = field(default_factory=list)
+    other_cores: float = math.nan  # CPU used by processes other than the server and the load generator, in cores
 
 
 class ProtocolError(RuntimeError):
@@ -301,6 +303,42 @@ def _answers(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Server:
+    """A started server: its port, process group and the workers that completed start-up."""
+
+    port: int
+    pgid: int
+    workers_started: int
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy ticks of the whole machine, ticks of this process) from /proc; (0, 0) where there is no /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime
+
+
+def _group_ticks(pgid: int) -> int:
+    """CPU ticks (user + system) of the live processes in a process group."""
+    total = 0
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(stat[2]) == pgid:
+            total += int(stat[11]) + int(stat[12])
+    return total
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the server's process group (uvicorn's parent and workers), SIGKILL what is left after a grace period."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -322,10 +360,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running(
-    name: str, command: list[str], env: Mapping[str, str], *, cwd: Path, probe: str, workers: int
-) -> Iterator[int]:
+    name: str, command: list[str], env: Mapping[str, str], *, cwd: Path, port: int, probe_path: str, workers: int
+) -> Iterator[Server]:
     """Start a server in its own process group, wait until all its workers are up, and always stop it."""
     log_path = cwd / f"{name.lower()}-server.log"
+    probe = f"http://{HOST}:{port}{probe_path}"
     log.info("starting %s: %s (log %s)", name, " ".join(command), log_path)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -341,8 +380,9 @@ def running(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} not ready after {READY_SECONDS:.0f} s:\n{_tail(log_path)}")
                 time.sleep(0.25)
-            log.info("%s ready: %d workers started", name, log_path.read_bytes().count(STARTED))
-            yield log_path.read_bytes().count(STARTED)
+            started = log_path.read_bytes().count(STARTED)
+            log.info("%s ready: %d workers started", name, started)
+            yield Server(port, process.pid, started)
         finally:
             _stop(process)
             log.info("%s stopped", name)
@@ -358,11 +398,11 @@ def _server_env(tracking_uri: str, extra: Mapping[str, str]) -> dict[str, str]:
 # --- the benchmark -------------------------------------------------------------------------------------------------
 
 
-def measure(
-    name: str, port: int, single: list[bytes], batch: bytes, seconds: float, workers_started: int
-) -> ServerResult:
+def measure(name: str, server: Server, single: list[bytes], batch: bytes, seconds: float) -> ServerResult:
     """Single-lead requests at each concurrency, then 1,000-lead batches one at a time."""
-    result = ServerResult(name, workers_started)
+    port = server.port
+    result = ServerResult(name, server.workers_started)
+    start, machine, own, group = time.perf_counter(), *_cpu_ticks(), _group_ticks(server.pgid)
     for concurrency in CONCURRENCY:
         m = asyncio.run(
             closed_loop(
@@ -377,6 +417,12 @@ def measure(
         )  # fmt: skip
     m = asyncio.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
     result.batch = m
+    machine_end, own_end = _cpu_ticks()
+    other = (machine_end - machine) - (own_end - own) - (_group_ticks(server.pgid) - group)
+    if machine:
+        result.other_cores = other / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - start)
+        if result.other_cores > BUSY_CORES:
+            log.warning("other processes used %.2f cores while %s was measured", result.other_cores, name)
     log.info(
         "%s batch: %d x %d leads, %.0f rows/s, %.2f s per batch (median), %d non-2xx",
         name, m.requests, BATCH_LEADS, m.rate * BATCH_LEADS, m.percentile_ms(50) / 1e3, m.errors,
@@ -485,11 +531,46 @@ def report(ours: ServerResult, theirs: ServerResult, work: Workload, notes: dict
     setup.add_row("as_of", work.as_of.isoformat())
     load = ", ".join(f"{r.name} c={c} {100 * r.single[c].client_cpu:.0f}%" for r in (ours, theirs) for c in CONCURRENCY)
     setup.add_row("load generator CPU (of one core)", load)
+    others = f"while ours ran {ours.other_cores:.2f}, while MLflow ran {theirs.other_cores:.2f} (of {os.cpu_count()})"
+    setup.add_row("CPU used by other processes (cores)", others)
     for key, value in notes.items():
         setup.add_row(key, value)
     console = Console(width=160)
     console.print(table)
     console.print(setup)
+
+
+def _bench_ours(
+    root: Path,
+    tracking_uri: str,
+    env: dict[str, str],
+    work: Workload,
+    workers: int,
+    seconds: float,
+    notes: dict[str, str],
+) -> tuple[list[float], ServerResult]:
+    port = free_port()
+    command = [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(workers)]
+    notes["ours"] = " ".join(command)
+    server_env = _server_env(tracking_uri, env)
+    with running("ours", command, server_env, cwd=root, port=port, probe_path="/readyz", workers=workers) as server:
+        probabilities = _sanity_ours(port, work.ours_sanity)
+        return probabilities, measure("ours", server, work.ours_single, work.ours_batch, seconds)
+
+
+def _bench_mlflow(
+    root: Path, tracking_uri: str, work: Workload, workers: int, seconds: float, notes: dict[str, str]
+) -> tuple[list[float], ServerResult]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+        "--host", HOST, "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+    notes["MLflow"] = " ".join(command)
+    server_env = _server_env(tracking_uri, {})
+    with running("MLflow", command, server_env, cwd=root, port=port, probe_path="/ping", workers=workers) as server:
+        probabilities = _sanity_mlflow(port, work.mlflow_sanity)
+        return probabilities, measure("MLflow", server, work.mlflow_single, work.mlflow_batch, seconds)
 
 
 @app.command()
@@ -530,29 +611,8 @@ def main(
             f"ours {np.mean(single_sizes[0]):,.0f} B, MLflow {np.mean(single_sizes[1]):,.0f} B"
         )
 
-        port = free_port()
-        ours_cmd = [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(workers)]
-        with running(
-            "ours", ours_cmd, _server_env(tracking_uri, ours_env), cwd=root, probe=f"http://{HOST}:{port}/readyz",
-            workers=workers,
-        ) as started:  # fmt: skip
-            ours_probabilities = _sanity_ours(port, work.ours_sanity)
-            ours = measure("ours", port, work.ours_single, work.ours_batch, seconds, started)
-        notes["ours"] = " ".join(ours_cmd)
-
-        port = free_port()
-        mlflow_cmd = [
-            sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-            "--host", HOST, "--port", str(port), "--workers", str(workers),
-        ]  # fmt: skip
-        with running(
-            "MLflow", mlflow_cmd, _server_env(tracking_uri, {}), cwd=root, probe=f"http://{HOST}:{port}/ping",
-            workers=workers,
-        ) as started:  # fmt: skip
-            mlflow_probabilities = _sanity_mlflow(port, work.mlflow_sanity)
-            theirs = measure("MLflow", port, work.mlflow_single, work.mlflow_batch, seconds, started)
-        notes["MLflow"] = " ".join(mlflow_cmd)
-
+        ours_probabilities, ours = _bench_ours(root, tracking_uri, ours_env, work, workers, seconds, notes)
+        mlflow_probabilities, theirs = _bench_mlflow(root, tracking_uri, work, workers, seconds, notes)
         gap = max(abs(a - b) for a, b in zip(ours_probabilities, mlflow_probabilities, strict=True))
         notes["same scores"] = f"fit probability of {SANITY_LEADS} leads: largest difference {gap:.1e}"
         if gap > 1e-5:

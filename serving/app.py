@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
@@ -47,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = ModelHolder(tracking_uri(settings), settings.model_name, settings.model_alias)
         holder.load()  # no model, no service: raises with a message saying how to get one
         engine = make_engine(settings.store_url, durable_fsync=settings.store_durable_fsync)
-        state = ServiceState(settings, holder, ScoreLog(engine), PolicyStore(engine), metrics)
+        journal = Path(settings.journal_dir) if settings.journal_dir else None
+        state = ServiceState(settings, holder, ScoreLog(engine, journal), PolicyStore(engine), metrics)
         state.policy()  # stores the model's default policy as version 1 on first start
         if not settings.auth_enabled:
             log.warning("no API keys configured: scoring and admin are open to anyone on %s", settings.host)
@@ -67,6 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(score.router)
     app.include_router(meta.router)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each input back and fails with a 500 on inputs strict JSON cannot carry
+        # (NaN, Infinity, unpaired surrogates): the same 422, with such inputs written as text.
+        return JSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback for us; the caller gets no internals.
@@ -75,3 +85,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(MetricsAndLimitsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def _printable(value: object) -> object:
+    """`value` with what strict JSON cannot hold (NaN, Infinity, unpaired surrogates) turned into text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    if isinstance(value, dict):
+        return {_printable(key): _printable(item) for key, item in value.items()}
+    return value

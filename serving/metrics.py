@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Latency buckets from 0.5 ms: a single score takes a few milliseconds, a batch of 1,000 up to a second.
@@ -75,7 +76,7 @@ class MetricsAndLimitsMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body_bytes:
-                        raise _BodyTooLargeError
+                        raise _BodyTooLargeError(self.max_body_bytes)
                 return message
 
             try:
@@ -90,8 +91,11 @@ class MetricsAndLimitsMiddleware:
         self.metrics.latency.labels(route).observe(elapsed)
 
 
-class _BodyTooLargeError(Exception):
-    pass
+class _BodyTooLargeError(HTTPException):
+    # An HTTPException, so that FastAPI's body parsing lets it through (it turns other errors into a 400) and the
+    # app answers 413 itself; the middleware answers it when raised outside the app's exception handling.
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
 async def _too_large(send: Send, limit: int) -> None:

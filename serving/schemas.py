@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.spec import ACTIVITY_TYPES, LIFECYCLE_CHAIN
+from features.spec import ACTIVITY_TYPES, LEADS, LIFECYCLE_CHAIN
 from features.validation import normalize_activity_type
 from serving.policy import Grade, Queue, Stage
 
@@ -92,6 +92,8 @@ class Lead(BaseModel):
     @classmethod
     def _finite(cls, value: dict[str, float | str | None]) -> dict[str, float | str | None]:
         for key, item in value.items():
+            if key in LEADS.names:  # record() puts custom attributes at top level: they must not replace a field
+                raise ValueError(f"custom attribute {key!r} is a lead field: send it as lead.{key}, not in custom")
             if isinstance(item, float) and not math.isfinite(item):
                 raise ValueError(f"custom attribute {key!r} must be a finite number")
         return value

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         default="sqlite:///leadscore-service.db",
         description="SQLAlchemy URL of the score log and threshold versions (any SQLAlchemy URL, e.g. PostgreSQL).",
     )
+    journal_dir: str = Field(
+        default="leadscore-journal",
+        description="Folder of the score log's write-ahead journals (empty: wait for each database commit instead).",
+    )
     store_durable_fsync: bool = Field(
         default=False,
         description="SQLite only: fsync every commit (survives power loss, not only a crashed process; slower).",

@@ -56,7 +56,9 @@ class ServiceState:
         self._policy_read_at = 0.0
 
 
-def get_state(request: Request) -> ServiceState:
+# The dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread, three
+# thread hand-offs per request for a few attribute reads.
+async def get_state(request: Request) -> ServiceState:
     """The service state of the app handling `request`."""
     state: ServiceState = request.app.state.service
     return state
@@ -65,7 +67,7 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_model(state: StateDep) -> LoadedModel:
+async def get_model(state: StateDep) -> LoadedModel:
     """The model in use; 503 while none is loaded."""
     if not state.holder.ready:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded yet")
@@ -84,7 +86,7 @@ def _matches(key: str, candidates: list[str]) -> bool:
     return found
 
 
-def require_scoring_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+async def require_scoring_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
     """401 unless the request carries a scoring or admin key (when keys are configured)."""
     settings = state.settings
     if not settings.auth_enabled:
@@ -94,7 +96,7 @@ def require_scoring_key(state: StateDep, key: Annotated[str | None, Depends(_api
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key (header X-API-Key)")
 
 
-def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+async def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
     """401 without a valid key, 403 with a scoring key that is not an admin key."""
     settings = state.settings
     if not settings.auth_enabled:
@@ -102,7 +104,7 @@ def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(_api_k
     admin = [k.get_secret_value() for k in settings.admin_keys]
     if key is not None and _matches(key, admin):
         return
-    require_scoring_key(state, key)
+    await require_scoring_key(state, key)
     raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may score but not administer the service")
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
 import queue
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -58,6 +62,9 @@ threshold_versions = Table(
 )
 # Records written per commit at most: enough to amortise a commit under load, small enough to keep latency flat.
 MAX_BATCH = 256
+# The journal is emptied once the database has caught up and it has grown past this size: small enough to replay in
+# a moment, large enough that truncating is rare.
+JOURNAL_TRUNCATE_BYTES = 8_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,28 +114,63 @@ def make_engine(url: str, *, durable_fsync: bool = False) -> Engine:
 
 
 class ScoreLog:
-    """Appends score records through one writer thread that commits in groups.
+    """Appends score records durably without making requests wait for the database.
 
-    `append` resolves only after the record's transaction has committed, so an acknowledged score is never lost to a
-    crash of the service; concurrent requests share commits, so logging does not dominate latency under load.
+    With a journal folder (the service's default) `append` writes the records to this process's append-only journal
+    file before it returns: once written, they are in the operating system's cache and survive a killed process.
+    A writer thread then inserts them into the database in groups and truncates the journal when it has caught up.
+    On start, journals left by dead processes (their file lock is free) are replayed into the database, skipping
+    records already there, then removed. So an acknowledged score is never lost to a crash, and logging costs a
+    request one `write` call. Without a journal folder, `append` waits for the database commit instead.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, journal_dir: Path | None = None) -> None:
         self.engine = engine
-        self._queue: queue.Queue[tuple[list[ScoreRecord], asyncio.Future[None]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[dict[str, Any]], asyncio.Future[None] | None] | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self._pending = 0  # records written to the journal and not yet committed to the database
+        self._journal_fd: int | None = None
+        self._journal_path: Path | None = None
+        if journal_dir is not None:
+            journal_dir.mkdir(parents=True, exist_ok=True)
+            self.recovered = recover_journals(engine, journal_dir)
+            path = journal_dir / f"journal-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while we live: others must not replay it
+            self._journal_fd, self._journal_path = fd, path
         self._thread = threading.Thread(target=self._run, name="score-log-writer", daemon=True)
         self._thread.start()
 
     async def append(self, records: Sequence[ScoreRecord]) -> None:
-        """Write records durably; returns once they are committed (raises if the write failed)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put((list(records), future))
-        await future
+        """Write records durably: journaled (then inserted in the background) or committed, before returning."""
+        rows = [record_row(record) for record in records]
+        if self._journal_fd is None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.put((rows, future))
+            await future
+            return
+        data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+        with self._cond:
+            os.write(self._journal_fd, data)
+            self._pending += len(rows)
+        self._queue.put((rows, None))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every journaled record is in the database; False if that did not happen in time."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     def close(self) -> None:
-        """Flush what is queued and stop the writer."""
+        """Flush what is queued, stop the writer, and drop the journal once everything is in the database."""
         self._queue.put(None)
         self._thread.join(timeout=30)
+        if self._journal_fd is not None and self._journal_path is not None:
+            with self._cond:
+                caught_up = self._pending == 0
+            if caught_up:
+                self._journal_path.unlink(missing_ok=True)
+            os.close(self._journal_fd)  # releases the lock: a leftover journal is replayed by the next start
+            self._journal_fd = None
 
     def _run(self) -> None:
         stop = False
@@ -146,19 +188,36 @@ class ScoreLog:
                     stop = True
                     break
                 batch.append(item)
-            rows = [_row(record) for records, _ in batch for record in records]
+            rows = [row for rows, _ in batch for row in rows]
             error: Exception | None = None
             try:
                 with self.engine.begin() as conn:
                     conn.execute(insert(score_log), rows)
             except Exception as err:
+                # Journaled records stay in the journal (replayed at the next start); waiting callers get the error.
                 log.exception("score log write failed for %d records", len(rows))
                 error = err
+            journaled = sum(len(rows) for rows, future in batch if future is None)
+            if journaled and error is None:
+                self._committed(journaled)
             for _, future in batch:
-                future.get_loop().call_soon_threadsafe(_settle, future, error)
+                if future is not None:
+                    future.get_loop().call_soon_threadsafe(_settle, future, error)
+
+    def _committed(self, n: int) -> None:
+        with self._cond:
+            self._pending -= n
+            if self._pending == 0:
+                assert self._journal_fd is not None
+                # Everything written so far is in the database: start the journal afresh (writes hold this lock).
+                if os.fstat(self._journal_fd).st_size > JOURNAL_TRUNCATE_BYTES:
+                    os.ftruncate(self._journal_fd, 0)
+                self._cond.notify_all()
 
     def read(self, *, request_id: str | None = None, lead_id: str | None = None) -> list[ScoreRecord]:
-        """Records by request id or lead id, oldest first."""
+        """Records by request id or lead id, oldest first (journaled records are flushed first)."""
+        if self._journal_fd is not None:
+            self.flush()
         query = select(score_log).order_by(score_log.c.id)
         if request_id is not None:
             query = query.where(score_log.c.request_id == request_id)
@@ -169,7 +228,7 @@ class ScoreLog:
                 ScoreRecord(
                     request_id=r.request_id,
                     lead_id=r.lead_id,
-                    scored_at=r.scored_at,
+                    scored_at=_aware(r.scored_at),
                     model_version=r.model_version,
                     thresholds_version=r.thresholds_version,
                     inputs=json.loads(r.inputs),
@@ -177,6 +236,50 @@ class ScoreLog:
                 )
                 for r in conn.execute(query)
             ]
+
+
+def recover_journals(engine: Engine, journal_dir: Path) -> int:
+    """Replay journals of dead processes into the database (skipping records already there); returns how many."""
+    recovered = 0
+    for path in sorted(journal_dir.glob("journal-*.jsonl")):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive and owns it
+            rows = []
+            for line in path.read_bytes().split(b"\n"):
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # an empty or torn last line: that write never returned, so it was never acknowledged
+                row["scored_at"] = dt.datetime.fromisoformat(row["scored_at"])
+                rows.append(row)
+            recovered += _insert_missing(engine, rows)
+            path.unlink()
+        finally:
+            os.close(fd)
+    if recovered:
+        log.warning("recovered %d score log records from journals of stopped processes", recovered)
+    return recovered
+
+
+def _insert_missing(engine: Engine, rows: list[dict[str, Any]]) -> int:
+    if not rows:
+        return 0
+    ids = sorted({row["request_id"] for row in rows})
+    with engine.begin() as conn:
+        present: set[tuple[str, str]] = set()
+        for start in range(0, len(ids), 500):
+            query = select(score_log.c.request_id, score_log.c.lead_id).where(
+                score_log.c.request_id.in_(ids[start : start + 500])
+            )
+            present.update((r.request_id, r.lead_id) for r in conn.execute(query))
+        missing = [row for row in rows if (row["request_id"], row["lead_id"]) not in present]
+        if missing:
+            conn.execute(insert(score_log), missing)
+    return len(missing)
 
 
 def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
@@ -188,7 +291,8 @@ def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
         future.set_exception(error)
 
 
-def _row(record: ScoreRecord) -> dict[str, Any]:
+def record_row(record: ScoreRecord) -> dict[str, Any]:
+    """A record as a score_log row (inputs and outputs as JSON text), as stored and as journaled."""
     return {
         "request_id": record.request_id,
         "lead_id": record.lead_id,
@@ -236,36 +340,53 @@ class PolicyStore:
             with self.engine.connect() as conn:
                 current = conn.execute(select(threshold_versions.c.version).order_by(
                     threshold_versions.c.version.desc()).limit(1)).scalar()  # fmt: skip
-            version = int(current or 0) + 1
-            created_at = dt.datetime.now(dt.UTC)
-            row = {
-                "version": version,
-                "created_at": created_at,
-                "author": author,
-                "reason": reason,
-                "policy": policy.model_dump_json(),
-            }
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(insert(threshold_versions), [row])
-            except IntegrityError:  # another save took this number first: take the next one
-                continue
-            return PolicyVersion(version, created_at, author, reason, policy)
+            stored = self._insert(int(current or 0) + 1, policy, author=author, reason=reason)
+            if stored is not None:
+                return stored
+            # another save took this number first: take the next one
         raise RuntimeError("could not save the policy: too many concurrent saves")
 
     def ensure_default(self, policy: RoutingPolicy) -> PolicyVersion:
-        """The policy in force; stores `policy` as version 1 when none has been saved yet."""
+        """The policy in force; stores `policy` as version 1 when none has been saved yet.
+
+        Workers starting together on an empty store all claim version 1: one stores it, the others read it, so the
+        default is stored once.
+        """
         current = self.latest()
         if current is not None:
             return current
-        return self.save(policy, author="leadscore", reason="default policy shipped with the model")
+        stored = self._insert(1, policy, author="leadscore", reason="default policy shipped with the model")
+        current = stored or self.latest()
+        assert current is not None  # version 1 was taken, so a version exists
+        return current
+
+    def _insert(self, version: int, policy: RoutingPolicy, *, author: str, reason: str) -> PolicyVersion | None:
+        """Store `policy` under `version`; None when that number is taken already."""
+        created_at = dt.datetime.now(dt.UTC)
+        row = {
+            "version": version,
+            "created_at": created_at,
+            "author": author,
+            "reason": reason,
+            "policy": policy.model_dump_json(),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(threshold_versions), [row])
+        except IntegrityError:
+            return None
+        return PolicyVersion(version, created_at, author, reason, policy)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """A stored time as written: in UTC (SQLite keeps no time zone and returns naive times)."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _policy_version(row: Any) -> PolicyVersion:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.UTC)
     return PolicyVersion(
         version=int(row.version),
-        created_at=created,
+        created_at=_aware(row.created_at),
         author=row.author,
         reason=row.reason,
         policy=RoutingPolicy.model_validate_json(row.policy),

@@ -47,7 +47,7 @@ class TrainConfig:
     # Wins are ~1 % of leads: the fit model gets small, strongly regularised trees.
     fit: BoosterConfig = field(
         default_factory=lambda: BoosterConfig(
-            num_leaves=7, min_child_samples=50, learning_rate=0.03, lambda_l2=10.0, min_data_per_group=50,
+            num_leaves=7, max_depth=3, min_child_samples=50, learning_rate=0.03, lambda_l2=10.0, min_data_per_group=50,
             cat_smooth=50.0, feature_fraction=0.7,
         )
     )  # fmt: skip

@@ -4,15 +4,39 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from serving.schemas import BatchRequest, BatchResponse, ScoreRequest, ScoreResponse
+from features.spec import LeadContract
+from serving.schemas import BatchRequest, BatchResponse, Lead, ScoreRequest, ScoreResponse
 from serving.service import log_records, new_request_id, score_requests
 from serving.state import ModelDep, ScoringAuth, StateDep
 
 router = APIRouter(prefix="/v1", tags=["score"], dependencies=[ScoringAuth])
 
 
-def _check_limits(request: ScoreRequest, max_activities: int, max_colleagues: int, where: str) -> None:
-    problems = []
+def _custom_problems(lead: Lead, contract: LeadContract, where: list[str | int]) -> list[dict[str, object]]:
+    """Custom attributes must be declared in the model's lead contract, with a value of the declared type."""
+    declared = {c.name: c for c in contract.custom_attributes}
+    problems: list[dict[str, object]] = []
+    for name, value in lead.custom.items():
+        loc = [*where, "custom", name]
+        spec = declared.get(name)
+        if spec is None:
+            accepted = ", ".join(declared) or "none are declared"
+            problems.append({"loc": loc, "msg": f"not a declared custom attribute (declared: {accepted})",
+                             "type": "extra_forbidden"})  # fmt: skip
+        elif value is not None and spec.dtype in ("int", "float") and not isinstance(value, float | int):
+            problems.append({"loc": loc, "msg": f"must be a number ({spec.dtype})", "type": "float_type"})
+        elif value is not None and spec.dtype == "category" and not isinstance(value, str):
+            problems.append({"loc": loc, "msg": "must be a string (category)", "type": "string_type"})
+    return problems
+
+
+def _check_limits(
+    request: ScoreRequest, max_activities: int, max_colleagues: int, where: str, contract: LeadContract
+) -> None:
+    loc: list[str | int] = [int(p) if p.isdigit() else p for p in where.split(".")]
+    problems = _custom_problems(request.lead, contract, [*loc, "lead"])
+    for i, colleague in enumerate(request.colleagues):
+        problems += _custom_problems(colleague, contract, [*loc, "colleagues", i])
     if len(request.activities) > max_activities:
         problems.append(
             {"loc": [*where.split("."), "activities"], "msg": f"at most {max_activities} activities per lead",
@@ -31,7 +55,7 @@ def _check_limits(request: ScoreRequest, max_activities: int, max_colleagues: in
 async def score(body: ScoreRequest, state: StateDep, model: ModelDep) -> ScoreResponse:
     """Fit and readiness scores, grade, stage, route and top reasons for one lead, as of now (or `as_of`)."""
     settings = state.settings
-    _check_limits(body, settings.max_activities, settings.max_colleagues, "body")
+    _check_limits(body, settings.max_activities, settings.max_colleagues, "body", model.scorer.builder.contract)
     policy = state.policy()
     [response] = score_requests(model, policy, [body], top_k=settings.top_reasons, request_id=new_request_id())
     await state.score_log.append(log_records([body], [response]))
@@ -49,8 +73,9 @@ async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> B
             [{"loc": ["body", "leads"], "msg": f"at most {settings.max_batch} leads per batch, got {len(body.leads)}",
               "type": "too_long"}],
         )  # fmt: skip
+    contract = model.scorer.builder.contract
     for i, item in enumerate(body.leads):
-        _check_limits(item, settings.max_activities, settings.max_colleagues, f"body.leads.{i}")
+        _check_limits(item, settings.max_activities, settings.max_colleagues, f"body.leads.{i}", contract)
     request_id = new_request_id()
     responses = score_requests(model, state.policy(), body.leads, top_k=settings.top_reasons, request_id=request_id)
     await state.score_log.append(log_records(body.leads, responses))

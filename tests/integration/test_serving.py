@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from serving.store import ScoreLog, make_engine
 from tests.conftest import Trained
 from training.pipeline import TrainConfig
-from training.tracking import CHAMPION, configure_tracking, log_training
+from training.tracking import CHAMPION, configure_tracking, ensure_experiment, log_training
 
 pytestmark = pytest.mark.integration
 MODEL = "lead-scorer"
@@ -89,6 +89,7 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
         **os.environ,
         "MLFLOW_TRACKING_URI": uri,
         "LEADSCORE_STORE_URL": store_url,
+        "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
         "LEADSCORE_API_KEYS": SCORING_KEY,
         "LEADSCORE_ADMIN_KEYS": ADMIN_KEY,
         "LEADSCORE_MAX_BODY_BYTES": "200000",
@@ -173,7 +174,10 @@ def test_a_score_is_logged_with_the_model_and_thresholds_version_that_produced_i
     body = _leads(trained, 2)[1]
     scored = httpx.post(f"{service.url}/v1/score", json=body, headers=service.headers()).json()
     engine = make_engine(service.store_url)
-    log = ScoreLog(engine)
+    log = ScoreLog(engine)  # a reader (an auditor's tool): sees what the service's writer has committed
+    deadline = time.monotonic() + 10
+    while not log.read(request_id=scored["request_id"]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the service inserts journaled records in the background, within milliseconds
     try:
         [record] = log.read(request_id=scored["request_id"])
     finally:
@@ -242,7 +246,7 @@ def test_a_failed_reload_keeps_serving_the_old_model(service: Service, trained: 
     configure_tracking(service.tracking_uri)
     code = tmp_path / "not_a_scorer.py"
     code.write_text(BROKEN_MODEL_CODE)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=ensure_experiment("leadscore")):
         info = mlflow.pyfunc.log_model(name="broken", python_model=str(code), registered_model_name=MODEL)
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, str(info.registered_model_version))
     response = httpx.post(f"{service.url}/v1/admin/reload", headers=service.headers(ADMIN_KEY), timeout=120)
@@ -272,7 +276,7 @@ def test_kill_9_right_after_200_responses_loses_no_logged_record(service: Servic
     os.kill(service.process.pid, signal.SIGKILL)
     service.process.wait(timeout=30)
     engine = make_engine(service.store_url)
-    log = ScoreLog(engine)
+    log = ScoreLog(engine, service.root / "journal")  # what the next start of the service does first
     try:
         logged = {r.request_id for r in log.read()}
     finally:

@@ -58,6 +58,7 @@ def service_settings(registry: Registry, store_dir: Path, **overrides: Any) -> S
     values: dict[str, Any] = {
         "tracking_uri": registry.tracking_uri,
         "store_url": f"sqlite:///{store_dir / 'svc.db'}",
+        "journal_dir": str(store_dir / "journal"),
         "api_keys": [SCORING_KEY],
         "admin_keys": [ADMIN_KEY],
         **overrides,

@@ -1,0 +1,343 @@
+"""The score API in-process: response shape, score log, batch order, auth, validation errors, limits, service routes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from features.scoring import GRADES, READINESS_STAGES
+from serving.policy import QUEUES
+from serving.schemas import EXAMPLE_REQUEST
+from serving.state import ServiceState
+from tests.conftest import Trained
+from tests.serving.conftest import ADMIN, SCORING, Registry
+
+RESPONSE_FIELDS = {
+    "request_id", "lead_id", "fit", "readiness", "route", "reasons", "model_version", "thresholds_version", "scored_at",
+}  # fmt: skip
+# Routes that need a key, each with a valid body so that only the key decides the answer.
+PROTECTED = [
+    ("POST", "/v1/score", EXAMPLE_REQUEST),
+    ("POST", "/v1/score/batch", {"leads": [EXAMPLE_REQUEST]}),
+    ("GET", "/v1/model", None),
+    ("POST", "/v1/admin/reload", None),
+]
+
+
+def example(**lead: Any) -> dict[str, Any]:
+    """The documented example request (a fresh copy), with lead fields changed by `lead`."""
+    body = copy.deepcopy(EXAMPLE_REQUEST)
+    body["lead"].update(lead)
+    return body
+
+
+def minimal(lead_id: str, **lead: Any) -> dict[str, Any]:
+    """A request with only what is required: a lead id and its creation time."""
+    return {"lead": {"lead_id": lead_id, "created_at": "2025-01-06T10:00:00Z", **lead}, "as_of": "2025-06-01T00:00:00Z"}
+
+
+def service(client: TestClient) -> ServiceState:
+    state: ServiceState = client.app.state.service  # type: ignore[attr-defined]
+    return state
+
+
+def problems(response: httpx.Response) -> dict[str, str]:
+    """422 details as {"body.lead.created_at": message}."""
+    assert response.status_code == 422, response.text
+    return {".".join(str(part) for part in p["loc"]): p["msg"] for p in response.json()["detail"]}
+
+
+def post_raw(client: TestClient, text: str, path: str = "/v1/score") -> httpx.Response:
+    response: httpx.Response = client.post(path, content=text, headers={**SCORING, "Content-Type": "application/json"})
+    return response
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------------
+
+
+def test_score_returns_the_documented_shape(client: TestClient, registry: Registry) -> None:
+    response = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == RESPONSE_FIELDS
+    assert body["lead_id"] == "L-1042" and body["request_id"]
+    assert 0.0 <= body["fit"]["probability"] <= 1.0 and 0.0 <= body["fit"]["score"] <= 100.0
+    assert body["fit"]["grade"] in GRADES
+    assert 0.0 <= body["readiness"]["probability"] <= 1.0 and 0.0 <= body["readiness"]["score"] <= 100.0
+    assert body["readiness"]["stage"] in READINESS_STAGES
+    assert body["route"]["queue"] in QUEUES and 1 <= body["route"]["priority"] <= 5
+    assert set(body["reasons"]) == {"fit", "behaviour"}
+    for reasons in body["reasons"].values():
+        assert 1 <= len(reasons) <= 3
+        assert all(set(r) == {"group", "impact", "label"} and r["label"] for r in reasons)
+    assert body["model_version"] == registry.version
+    assert body["thresholds_version"] == 1  # the model's default policy, stored on first start
+
+
+def test_route_applies_the_policy_in_force(client: TestClient) -> None:
+    body = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
+    policy = service(client).policy()
+    assert body["thresholds_version"] == policy.version
+    rules = policy.policy
+    grade, stage = rules.grade(body["fit"]["score"]), rules.stage(body["readiness"]["probability"])
+    cell, sla = rules.route(grade, stage)
+    assert (body["fit"]["grade"], body["readiness"]["stage"]) == (grade, stage)
+    assert body["route"] == {"queue": cell.queue, "priority": cell.priority, "sla_hours": sla}
+
+
+def test_score_log_keeps_input_output_and_both_versions(client: TestClient) -> None:
+    body = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
+    [record] = service(client).score_log.read(request_id=body["request_id"])
+    assert record.lead_id == "L-1042"
+    assert record.model_version == body["model_version"]
+    assert record.thresholds_version == body["thresholds_version"]
+    assert record.outputs == body
+    assert record.inputs["lead"]["lead_id"] == "L-1042"
+    assert len(record.inputs["activities"]) == len(EXAMPLE_REQUEST["activities"])
+
+
+def test_batch_keeps_request_order_and_matches_single_scores(client: TestClient) -> None:
+    leads = [
+        minimal("B-3", industry="Software", employee_count=5000, seniority="vp"),
+        minimal("B-1", industry="Retail", employee_count=4),
+        example(lead_id="B-2"),
+    ]
+    response = client.post("/v1/score/batch", json={"leads": leads}, headers=SCORING)
+    assert response.status_code == 200, response.text
+    batch = response.json()
+    assert [s["lead_id"] for s in batch["scores"]] == ["B-3", "B-1", "B-2"]
+    assert {s["request_id"] for s in batch["scores"]} == {batch["request_id"]}
+    for lead, scored in zip(leads, batch["scores"], strict=True):
+        single = client.post("/v1/score", json=lead, headers=SCORING).json()
+        assert scored["fit"] == single["fit"] and scored["readiness"] == single["readiness"]
+    logged = service(client).score_log.read(request_id=batch["request_id"])
+    assert [r.lead_id for r in logged] == ["B-3", "B-1", "B-2"]
+
+
+def test_unseen_category_values_are_scored_not_refused(client: TestClient) -> None:
+    scores = []
+    for industry in ("Quantum Basket Weaving", "Underwater Cartography"):
+        body = example(industry=industry, country="Atlantis", source="carrier pigeon", seniority="wizard")
+        response = client.post("/v1/score", json=body, headers=SCORING)
+        assert response.status_code == 200, response.text
+        scores.append(response.json()["fit"]["probability"])
+    assert scores[0] == scores[1]  # every unseen value is the same "other" to the model
+
+
+def test_activity_types_are_accepted_in_crm_spellings(client: TestClient) -> None:
+    body = example()
+    body["activities"][2]["activity_type"] = "Demo Request"
+    body["activities"][1]["activity_type"] = "pricing-page-view"
+    response = client.post("/v1/score", json=body, headers=SCORING)
+    assert response.status_code == 200, response.text
+    reference = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
+    assert response.json()["readiness"] == reference["readiness"]
+
+
+# ---- auth -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "not-a-key"}, {"X-API-Key": ""}])
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
+def test_missing_or_wrong_key_is_401(
+    client: TestClient, headers: dict[str, str], method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    response = client.request(method, path, json=body, headers=headers)
+    assert response.status_code == 401
+    assert "X-API-Key" in response.json()["detail"]
+
+
+def test_scoring_key_may_not_reload(client: TestClient) -> None:
+    response = client.post("/v1/admin/reload", headers=SCORING)
+    assert response.status_code == 403
+    assert "may score but not administer" in response.json()["detail"]
+
+
+def test_admin_key_reloads_and_may_score(client: TestClient, registry: Registry) -> None:
+    response = client.post("/v1/admin/reload", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "reloaded": True, "model_version": registry.version, "previous_version": registry.version, "error": None,
+    }  # fmt: skip
+    assert client.post("/v1/score", json=EXAMPLE_REQUEST, headers=ADMIN).status_code == 200
+    assert 'leadscore_model_reloads_total{outcome="ok"} 1.0' in client.get("/metrics").text
+
+
+# ---- validation: 422 naming the field ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["employee_count", "annual_revenue"])
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_422_naming_the_field(client: TestClient, field: str, literal: str) -> None:
+    text = json.dumps(example(**{field: 1})).replace(f'"{field}": 1', f'"{field}": {literal}')
+    assert literal in text
+    found = problems(post_raw(client, text))
+    assert list(found) == [f"body.lead.{field}"]
+    assert "finite number" in found[f"body.lead.{field}"]
+
+
+@pytest.mark.parametrize(
+    ("where", "value"), [("created_at", "2025-02-30T10:00:00Z"), ("mql_at", "2025-13-01"), ("won_at", "yesterday")]
+)
+def test_impossible_dates_are_422(client: TestClient, where: str, value: str) -> None:
+    found = problems(client.post("/v1/score", json=example(**{where: value}), headers=SCORING))
+    assert f"body.lead.{where}" in found
+
+
+@pytest.mark.parametrize("stamp", ["1900-01-01T00:00:00Z", "2150-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00"])
+def test_times_outside_1970_to_2100_are_422(client: TestClient, stamp: str) -> None:
+    body = example()
+    body["activities"][0]["occurred_at"] = stamp
+    body["as_of"] = stamp
+    found = problems(client.post("/v1/score", json=body, headers=SCORING))
+    assert set(found) == {"body.activities.0.occurred_at", "body.as_of"}
+    assert all("must lie between 1970-01-02 and 2100-01-01" in msg for msg in found.values())
+
+
+def test_unknown_activity_type_lists_the_accepted_values(client: TestClient) -> None:
+    body = example()
+    body["activities"][1]["activity_type"] = "carrier_pigeon"
+    found = problems(client.post("/v1/score", json=body, headers=SCORING))
+    message = found["body.activities.1.activity_type"]
+    assert "'page_view'" in message and "'demo_request'" in message and "'unsubscribe'" in message
+
+
+@pytest.mark.parametrize(
+    ("lead", "message"),
+    [
+        ({"mql_at": "2025-05-20T10:00:00Z", "sql_at": "2025-05-10T10:00:00Z"}, "sql_at is earlier than mql_at"),
+        ({"created_at": "2025-06-01T00:00:00Z"}, "mql_at is earlier than created_at"),
+        ({"recycled_at": "2025-05-25T10:00:00Z"}, "recycled_at needs lost_at"),
+    ],
+)
+def test_lifecycle_out_of_order_is_422(client: TestClient, lead: dict[str, str], message: str) -> None:
+    found = problems(client.post("/v1/score", json=example(**lead), headers=SCORING))
+    assert message in found["body.lead"]
+
+
+def test_activity_of_an_unknown_colleague_is_422(client: TestClient) -> None:
+    body = example()
+    body["activities"][3]["lead_id"] = "L-9999"
+    found = problems(client.post("/v1/score", json=body, headers=SCORING))
+    assert "activities[3].lead_id 'L-9999' is neither the lead nor a colleague" in found["body"]
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda b: b["lead"].update(favourite_colour="teal"), "body.lead.favourite_colour"),
+        (lambda b: b.update(priority="high"), "body.priority"),
+        (lambda b: b["activities"][0].update(channel="web"), "body.activities.0.channel"),
+    ],
+)
+def test_unknown_fields_are_422(client: TestClient, change: Any, where: str) -> None:
+    body = example()
+    change(body)
+    found = problems(client.post("/v1/score", json=body, headers=SCORING))
+    assert found[where] == "Extra inputs are not permitted"
+
+
+def test_custom_attribute_may_not_replace_a_lead_field(client: TestClient) -> None:
+    # Was a 500: record() put custom attributes over the validated fields and the feature code met a string.
+    found = problems(client.post("/v1/score", json=example(custom={"employee_count": "lots"}), headers=SCORING))
+    assert "custom attribute 'employee_count' is a lead field" in found["body.lead.custom"]
+
+
+def test_custom_attributes_must_be_declared_in_the_models_contract(client: TestClient) -> None:
+    # The default contract declares no custom attributes: any is refused by name (a typed one would be checked).
+    found = problems(client.post("/v1/score", json=example(custom={"crm_tier": "gold"}), headers=SCORING))
+    assert "not a declared custom attribute" in found["body.lead.custom.crm_tier"]
+
+
+def test_unpaired_surrogate_is_422_not_500(client: TestClient) -> None:
+    # Was a 500: FastAPI's handler echoed the input back and could not encode it as UTF-8.
+    text = json.dumps(example(industry="PLACEHOLDER")).replace("PLACEHOLDER", "\\ud800")
+    found = problems(post_raw(client, text))
+    assert "body.lead.industry" in found
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    assert post_raw(client, '{"lead": {').status_code == 422
+
+
+# ---- limits -----------------------------------------------------------------------------------------------------
+
+
+def test_body_over_the_limit_is_413(client: TestClient) -> None:
+    limit = service(client).settings.max_body_bytes
+    body = example(job_title="x" * 200)
+    body["activities"] = [{"occurred_at": "2025-05-02T09:15:00Z", "activity_type": "page_view"}] * (limit // 60)
+    text = json.dumps(body)
+    assert len(text) > limit
+    response = post_raw(client, text)
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"request body exceeds the limit of {limit} bytes"}
+
+
+def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
+    # Was a 400: without Content-Length the limit is hit while FastAPI reads the body, which turned it into 400.
+    limit = service(client).settings.max_body_bytes
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(limit // 65_536 + 2):
+            yield b" " * 65_536
+
+    response = client.post("/v1/score", content=chunks(), headers={**SCORING, "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"request body exceeds the limit of {limit} bytes"}
+
+
+def test_batch_over_the_limit_is_422(client: TestClient) -> None:
+    limit = service(client).settings.max_batch
+    leads = [minimal(f"L-{i}") for i in range(limit + 1)]
+    found = problems(client.post("/v1/score/batch", json={"leads": leads}, headers=SCORING))
+    assert found == {"body.leads": f"at most {limit} leads per batch, got {limit + 1}"}
+
+
+def test_empty_batch_is_422(client: TestClient) -> None:
+    assert "body.leads" in problems(client.post("/v1/score/batch", json={"leads": []}, headers=SCORING))
+
+
+def test_too_many_activities_is_422_naming_the_lead(client: TestClient) -> None:
+    limit = service(client).settings.max_activities
+    body = minimal("L-busy")
+    body["activities"] = [{"occurred_at": "2025-05-02T09:15:00Z", "activity_type": "email_open"}] * (limit + 1)
+    found = problems(client.post("/v1/score/batch", json={"leads": [minimal("L-ok"), body]}, headers=SCORING))
+    assert found == {"body.leads.1.activities": f"at most {limit} activities per lead"}
+
+
+# ---- service routes ---------------------------------------------------------------------------------------------
+
+
+def test_healthz_and_readyz(client: TestClient, registry: Registry) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "model_version": registry.version, "last_reload_error": None}
+
+
+def test_metrics_count_requests_and_routes(client: TestClient) -> None:
+    queue = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()["route"]["queue"]
+    text = client.get("/metrics").text
+    assert 'leadscore_http_requests_total{route="/v1/score",status="200"}' in text
+    assert f'leadscore_routes_total{{queue="{queue}"}}' in text
+    assert "leadscore_http_request_seconds_bucket" in text and "leadscore_score_bucket" in text
+
+
+def test_model_info_reports_version_and_metrics(client: TestClient, registry: Registry, trained: Trained) -> None:
+    response = client.get("/v1/model", headers=SCORING)
+    assert response.status_code == 200, response.text
+    info = response.json()
+    assert (info["name"], info["alias"], info["version"]) == ("lead-scorer", "champion", registry.version)
+    assert info["thresholds_version"] == 1
+    expected = trained.result.scorer.metadata["metrics"]
+    for task in ("readiness", "fit"):
+        assert info["holdout_metrics"][task]["roc_auc"] == pytest.approx(expected[task]["roc_auc"])
+        assert info["holdout_metrics"][task]["n"] > 0
+    assert info["features"]["fit"] and info["features"]["engagement"]
