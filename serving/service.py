@@ -83,8 +83,11 @@ def score_requests(
     return [to_response(s, policy, model, request_id, now) for s in scores]
 
 
-def log_records(requests: Sequence[ScoreRequest], responses: Sequence[ScoreResponse]) -> list[ScoreRecord]:
-    """What the score log keeps for each scored lead: the full input and output, with both versions."""
+def log_records(
+    requests: Sequence[ScoreRequest], responses: Sequence[ScoreResponse], raw_inputs: Sequence[str] | None = None
+) -> list[ScoreRecord]:
+    """What the score log keeps for each scored lead: the full input (verbatim when given) and output, both versions."""
+    inputs: Sequence[str | dict[str, object]] = raw_inputs or [req.model_dump(mode="json") for req in requests]
     return [
         ScoreRecord(
             request_id=resp.request_id,
@@ -92,8 +95,8 @@ def log_records(requests: Sequence[ScoreRequest], responses: Sequence[ScoreRespo
             scored_at=resp.scored_at,
             model_version=resp.model_version,
             thresholds_version=resp.thresholds_version,
-            inputs=req.model_dump(mode="json"),
-            outputs=resp.model_dump(mode="json"),
+            inputs=raw,
+            outputs=resp.model_dump_json(),
         )
-        for req, resp in zip(requests, responses, strict=True)
+        for raw, resp in zip(inputs, responses, strict=True)
     ]

@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ MAX_BATCH = 256
 # The journal is emptied once the database has caught up and it has grown past this size: small enough to replay in
 # a moment, large enough that truncating is rare.
 JOURNAL_TRUNCATE_BYTES = 8_000_000
+# How long the writer waits to fill a batch of journaled records: the database lags the journal by at most this.
+JOURNAL_LINGER_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +79,8 @@ class ScoreRecord:
     scored_at: dt.datetime
     model_version: str
     thresholds_version: int
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
+    inputs: dict[str, Any] | str  # a dict, or the JSON text as received (kept verbatim: cheaper and exact)
+    outputs: dict[str, Any] | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +182,13 @@ class ScoreLog:
             if first is None:
                 return
             batch = [first]
+            # Journaled records are safe already: linger a moment so that one commit carries many of them (each
+            # commit costs the request path GIL time). Callers waiting for a commit get it at once.
+            deadline = time.monotonic() + (JOURNAL_LINGER_SECONDS if first[1] is None else 0.0)
             while len(batch) < MAX_BATCH:
+                wait = deadline - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -299,8 +306,8 @@ def record_row(record: ScoreRecord) -> dict[str, Any]:
         "scored_at": record.scored_at,
         "model_version": record.model_version,
         "thresholds_version": record.thresholds_version,
-        "inputs": json.dumps(record.inputs, default=str),
-        "outputs": json.dumps(record.outputs, default=str),
+        "inputs": record.inputs if isinstance(record.inputs, str) else json.dumps(record.inputs, default=str),
+        "outputs": record.outputs if isinstance(record.outputs, str) else json.dumps(record.outputs, default=str),
     }
 
 

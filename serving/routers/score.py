@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from features.spec import LeadContract
 from serving.schemas import BatchRequest, BatchResponse, Lead, ScoreRequest, ScoreResponse
@@ -51,20 +51,23 @@ def _check_limits(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
 
 
-@router.post("/score", summary="Score and route one lead")
-async def score(body: ScoreRequest, state: StateDep, model: ModelDep) -> ScoreResponse:
+@router.post("/score", summary="Score and route one lead", response_model=ScoreResponse)
+async def score(body: ScoreRequest, state: StateDep, model: ModelDep, request: Request) -> Response:
     """Fit and readiness scores, grade, stage, route and top reasons for one lead, as of now (or `as_of`)."""
     settings = state.settings
     _check_limits(body, settings.max_activities, settings.max_colleagues, "body", model.scorer.builder.contract)
     policy = state.policy()
     [response] = score_requests(model, policy, [body], top_k=settings.top_reasons, request_id=new_request_id())
-    await state.score_log.append(log_records([body], [response]))
+    raw = (await request.body()).decode()  # the validated body, kept verbatim for the audit trail
+    records = log_records([body], [response], [raw])
+    await state.score_log.append(records)
     _count(state, [response])
-    return response
+    # Serialised once, here: the response was built from validated parts, so FastAPI need not validate it again.
+    return Response(content=records[0].outputs, media_type="application/json")
 
 
-@router.post("/score/batch", summary="Score and route many leads")
-async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> BatchResponse:
+@router.post("/score/batch", summary="Score and route many leads", response_model=BatchResponse)
+async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> Response:
     """Scores for up to the configured batch limit of leads, in request order, under one request id."""
     settings = state.settings
     if len(body.leads) > settings.max_batch:
@@ -80,7 +83,9 @@ async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> B
     responses = score_requests(model, state.policy(), body.leads, top_k=settings.top_reasons, request_id=request_id)
     await state.score_log.append(log_records(body.leads, responses))
     _count(state, responses)
-    return BatchResponse(request_id=request_id, scores=responses)
+    return Response(
+        content=BatchResponse(request_id=request_id, scores=responses).model_dump_json(), media_type="application/json"
+    )
 
 
 def _count(state: StateDep, responses: list[ScoreResponse]) -> None:
