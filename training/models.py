@@ -113,11 +113,12 @@ def train_booster(
     categorical: list[str],
     config: BoosterConfig,
     increasing: Sequence[str] = (),
+    decreasing: Sequence[str] = (),
 ) -> lgb.Booster:
     """A binary LightGBM booster, stopped early on the validation log loss.
 
-    Features in `increasing` get a monotone constraint: more of them never lowers the score. Users rightly distrust
-    a model in which one more demo request makes a lead look less ready.
+    Features in `increasing` (`decreasing`) get a monotone constraint: more of them never lowers (raises) the score.
+    Users rightly distrust a model in which one more demo request makes a lead look less ready.
     """
     for name, y in (("training", y_train), ("validation", y_valid)):
         if len(np.unique(y)) < 2:
@@ -128,8 +129,10 @@ def train_booster(
     )
     valid = lgb.Dataset(x_valid, label=y_valid, reference=train)
     params = config.params()
-    if increasing:
-        params["monotone_constraints"] = [1 if name in increasing else 0 for name in feature_names]
+    if increasing or decreasing:
+        params["monotone_constraints"] = [
+            1 if name in increasing else -1 if name in decreasing else 0 for name in feature_names
+        ]
         params["monotone_constraints_method"] = "intermediate"
     booster = lgb.train(
         params,

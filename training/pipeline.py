@@ -137,8 +137,15 @@ def increasing_features(features: list[str], builder: FeatureBuilder) -> list[st
     counts = [f"n_{t}_{w}d" for t in high for w in builder.config_.windows_days]
     window = builder.config_.buying_group_window_days
     ratios = [f"touch_rate_ratio_{w}d" for w in builder.config_.windows_days[:2]]
-    wanted = {*counts, *ratios, f"n_high_intent_{window}d", f"account_colleague_high_intent_{window}d",
-              "engagement_decayed"}  # fmt: skip
+    touches = [f"n_touches_{w}d" for w in builder.config_.windows_days]
+    wanted = {*counts, *ratios, *touches, f"n_high_intent_{window}d", f"account_colleague_high_intent_{window}d",
+              "engagement_decayed", "engagement_velocity"}  # fmt: skip
+    return [f for f in features if f in wanted]
+
+
+def decreasing_features(features: list[str], builder: FeatureBuilder) -> list[str]:
+    """Features readiness may only fall with: days since the last touch, and since the last high-intent touch."""
+    wanted = {"days_since_last_touch", *(f"days_since_last_{t}" for t in builder.config_.high_intent_types)}
     return [f for f in features if f in wanted]
 
 
@@ -180,7 +187,7 @@ def _train_task(
     booster = train_booster(
         x[split.train], y[split.train], x[split.valid], y[split.valid],
         feature_names=features, categorical=builder.categorical_features_, config=booster_config,
-        increasing=increasing_features(features, builder),
+        increasing=increasing_features(features, builder), decreasing=decreasing_features(features, builder),
     )  # fmt: skip
     valid_times = series_ns(frame["as_of"])[split.valid]
     raw_valid = np.asarray(booster.predict(x[split.valid], raw_score=True), dtype=np.float64)

@@ -50,10 +50,16 @@ BASELINE_TITLES: Mapping[str, str] = {
 
 
 def configure_tracking(tracking_uri: str | None = None) -> str:
-    """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
+    """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else a SQLite store in the working directory.
+
+    The registry follows: an explicit `tracking_uri` holds the registry too; otherwise $MLFLOW_REGISTRY_URI may
+    name a separate one. (MLflow's setters also write these variables, so trusting them after an explicit URI
+    would let a previous store's registry leak in.)
+    """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    registry = uri if tracking_uri else os.environ.get("MLFLOW_REGISTRY_URI") or uri
+    mlflow.set_registry_uri(registry)
     return uri
 
 

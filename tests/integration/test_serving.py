@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from serving.store import ScoreLog, make_engine
 from tests.conftest import Trained
 from training.pipeline import TrainConfig
-from training.tracking import CHAMPION, configure_tracking, ensure_experiment, log_training
+from training.tracking import CHAMPION, configure_tracking, log_training
 
 pytestmark = pytest.mark.integration
 MODEL = "lead-scorer"
@@ -243,12 +243,25 @@ def test_reload_swaps_in_the_new_champion(service: Service, trained: Trained) ->
 
 
 def test_a_failed_reload_keeps_serving_the_old_model(service: Service, trained: Trained, tmp_path: Path) -> None:
-    configure_tracking(service.tracking_uri)
     code = tmp_path / "not_a_scorer.py"
     code.write_text(BROKEN_MODEL_CODE)
-    with mlflow.start_run(experiment_id=ensure_experiment("leadscore")):
-        info = mlflow.pyfunc.log_model(name="broken", python_model=str(code), registered_model_name=MODEL)
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, str(info.registered_model_version))
+    # Logged from another process: logging runs the model's code, whose set_model would otherwise stay this
+    # process's "current model" and leak into later tests that load models from code.
+    register = (
+        "import mlflow, sys\n"
+        "from training.tracking import configure_tracking, ensure_experiment\n"
+        "configure_tracking(sys.argv[1])\n"
+        "with mlflow.start_run(experiment_id=ensure_experiment('leadscore')):\n"
+        "    info = mlflow.pyfunc.log_model(\n"
+        "        name='broken', python_model=sys.argv[2], registered_model_name='lead-scorer')\n"
+        "print(info.registered_model_version)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", register, service.tracking_uri, str(code)],
+        capture_output=True, text=True, timeout=300, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    configure_tracking(service.tracking_uri)
+    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, done.stdout.strip().splitlines()[-1])
     response = httpx.post(f"{service.url}/v1/admin/reload", headers=service.headers(ADMIN_KEY), timeout=120)
     assert response.status_code == 409
     assert response.json()["reloaded"] is False and response.json()["model_version"] == "2"
