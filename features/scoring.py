@@ -152,22 +152,27 @@ class LeadScorer:
         readiness = self.readiness_calibrator.apply(self._raw("readiness", features, threads=threads))
         return fit, readiness
 
-    def contributions(self, model: Model, features: np.ndarray, *, threads: int = 0) -> np.ndarray:
-        """TreeSHAP contributions (rows x features, log-odds, bias column dropped)."""
+    def _contributions_with_bias(self, model: Model, features: np.ndarray, *, threads: int) -> np.ndarray:
         booster = self.fit_booster if model == "fit" else self.readiness_booster
         x = features[:, : self.n_fit] if model == "fit" else features
-        contrib = np.asarray(booster.predict(x, pred_contrib=True, num_threads=threads), dtype=np.float64)
-        return contrib[:, :-1]
+        return np.asarray(booster.predict(x, pred_contrib=True, num_threads=threads), dtype=np.float64)
+
+    def contributions(self, model: Model, features: np.ndarray, *, threads: int = 0) -> np.ndarray:
+        """TreeSHAP contributions (rows x features, log-odds, bias column dropped)."""
+        return self._contributions_with_bias(model, features, threads=threads)[:, :-1]
 
     def score_features(
         self, lead_ids: Sequence[str], features: np.ndarray, *, top_k: int = 3, threads: int = 0
     ) -> list[LeadScore]:
         """Scores, grades and reasons for rows of features."""
-        fit_p, ready_p = self.probabilities(features, threads=threads)
+        # TreeSHAP contributions plus the bias add up to the raw score, so one call per booster gives both.
+        fit_full = self._contributions_with_bias("fit", features, threads=threads)
+        ready_full = self._contributions_with_bias("readiness", features, threads=threads)
+        fit_p = self.fit_calibrator.apply(fit_full.sum(axis=1))
+        ready_p = self.readiness_calibrator.apply(ready_full.sum(axis=1))
         fit_s = self.fit_scale.score(fit_p)
         ready_s = self.readiness_scale.score(ready_p)
-        fit_contrib = self.contributions("fit", features, threads=threads)
-        ready_contrib = self.contributions("readiness", features, threads=threads)
+        fit_contrib, ready_contrib = fit_full[:, :-1], ready_full[:, :-1]
         padded = np.zeros((features.shape[0], features.shape[1]))
         padded[:, : self.n_fit] = fit_contrib
         fit_impacts = self.labeler.group_impacts(padded)

@@ -122,3 +122,13 @@ def test_readiness_quality_holds_in_every_large_segment(trained: Trained) -> Non
     judged = segments[np.isfinite(segments["roc_auc"])]
     assert len(judged) >= 2  # the small test funnel has enough positives in the large regions only
     assert (judged["roc_auc"] > 0.65).all(), judged[["segment", "value", "n", "roc_auc"]]
+
+
+def test_scores_from_treeshap_sums_equal_the_boosters_predictions(trained: Trained) -> None:
+    # score_features derives probabilities from the contributions (bias + sum = raw score) to save a call per model.
+    scorer = trained.result.scorer
+    rows = trained.training_set.readiness[scorer.builder.feature_names_].to_numpy(np.float64)[:200]
+    fit_p, ready_p = scorer.probabilities(rows)
+    scored = scorer.score_features([str(i) for i in range(len(rows))], rows)
+    np.testing.assert_allclose([s.fit_probability for s in scored], fit_p, rtol=0, atol=1e-9)
+    np.testing.assert_allclose([s.readiness_probability for s in scored], ready_p, rtol=0, atol=1e-9)
