@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.measure import peak_rss_mb
 from features.builder import FeatureBuilder
 from features.validation import validate_activities, validate_leads
 from training.data import read_table
@@ -30,10 +30,6 @@ app = typer.Typer(add_completion=False)
 DEFAULT_OUT = Path("benchmarks/out")
 # Leads with about this many touches are timed through the request-time path (the issue's ~50).
 REQUEST_TOUCHES = (45, 55)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _timed(func: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -51,7 +47,7 @@ def _batch(data: str) -> dict[str, float]:
     """Runs in a fresh process so that its peak RSS is this stage's alone."""
     raw_leads = read_table(Path(data) / "leads")
     raw_acts = read_table(Path(data) / "activities")
-    rss_loaded = _peak_rss_mb()
+    rss_loaded = peak_rss_mb()
 
     (leads, acts), t_validate = _timed(_validate, raw_leads, raw_acts)
     del raw_leads, raw_acts
@@ -86,7 +82,7 @@ def _batch(data: str) -> dict[str, float]:
         "features_s": t_features,
         "reference_s": t_reference,
         "rss_loaded_mb": rss_loaded,
-        "rss_peak_mb": _peak_rss_mb(),
+        "rss_peak_mb": peak_rss_mb(),
     }
 
 

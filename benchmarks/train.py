@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.measure import peak_rss_mb
 from training.data import load_tables, read_table
 from training.dataset import build_training_set
 from training.pipeline import BASELINES, TrainConfig, train_models
@@ -29,14 +29,10 @@ AUC_SHARE_TARGET = 0.97
 ECE_TARGET = 0.02
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _timed(func: Callable[[], Any]) -> tuple[Any, float, float]:
     start = time.perf_counter()
     result = func()
-    return result, time.perf_counter() - start, _peak_rss_mb()
+    return result, time.perf_counter() - start, peak_rss_mb()
 
 
 @app.command()

@@ -184,19 +184,9 @@ class ReasonLabeler:
 
     def describe(self, group: str, values: np.ndarray) -> str:
         """A short sentence for one reason group of one lead."""
-        describers: Mapping[str, Callable[[np.ndarray], str]] = {
-            "company_size": self._company_size,
-            "revenue": self._revenue,
-            "seniority": self._seniority,
-            "email_domain": self._email_domain,
-            "activity_level": self._activity_level,
-            "high_intent": self._high_intent,
-            "buying_group": self._buying_group,
-            "lead_age": lambda v: f"lead created {_ago(self._value(v, 'days_since_created'))}",
-            "lifecycle": self._lifecycle,
-        }
-        if group in describers:
-            return describers[group](values)
+        describer = _DESCRIBERS.get(group)
+        if describer is not None:
+            return describer(self, values)
         if group in ACTIVITY_PHRASES:
             return self._activity(group, values)
         label = _CATEGORY_LABELS.get(group, group.replace("_", " "))
@@ -204,6 +194,9 @@ class ReasonLabeler:
             return f"{label}: {self._category(group, self._value(values, group))}"
         value = self._value(values, group)
         return f"{label}: {value:g}" if _finite(value) else f"{label}: unknown"
+
+    def _lead_age(self, values: np.ndarray) -> str:
+        return f"lead created {_ago(self._value(values, 'days_since_created'))}"
 
     def _company_size(self, values: np.ndarray) -> str:
         log_employees = self._value(values, "employee_count_log")
@@ -282,3 +275,17 @@ class ReasonLabeler:
         name = STAGES[int(stage)] if _finite(stage) and 0 <= stage < len(STAGES) else "unknown"
         name = {"mql": "MQL", "sal": "SAL", "sql": "SQL"}.get(name, name)
         return f"in stage {name} for {int(days)} days" if _finite(days) else f"in stage {name}"
+
+
+# Reason groups phrased by a method of their own (the rest: activity types and plain categories).
+_DESCRIBERS: Mapping[str, Callable[[ReasonLabeler, np.ndarray], str]] = {
+    "company_size": ReasonLabeler._company_size,
+    "revenue": ReasonLabeler._revenue,
+    "seniority": ReasonLabeler._seniority,
+    "email_domain": ReasonLabeler._email_domain,
+    "activity_level": ReasonLabeler._activity_level,
+    "high_intent": ReasonLabeler._high_intent,
+    "buying_group": ReasonLabeler._buying_group,
+    "lead_age": ReasonLabeler._lead_age,
+    "lifecycle": ReasonLabeler._lifecycle,
+}

@@ -14,7 +14,6 @@ from typing import Any
 
 import joblib
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -27,6 +26,7 @@ from features.scoring import LeadScorer
 from features.spec import DEFAULT_CONTRACT, LeadContract
 from training import plots
 from training.dataset import TrainingSet
+from training.evaluation import join_oracle
 from training.metrics import to_mlflow_metrics
 from training.model_card import write_model_card
 from training.pipeline import BASELINES, MODEL_NAME, SEGMENTS, TaskResult, TrainConfig, TrainResult
@@ -281,8 +281,7 @@ def _requirements() -> list[str]:
 
 def oracle_comparison(readiness: TaskResult, oracle: pd.DataFrame) -> dict[str, float]:
     """Model vs the simulator's true probabilities on the holdout snapshots the oracle covers."""
-    keys = ["lead_id", "as_of"]
-    joined = readiness.holdout.merge(oracle[[*keys, "p_ready"]], on=keys, how="inner")
+    joined = join_oracle(readiness.holdout, oracle)
     if joined["label"].nunique() < 2:
         return {}
     oracle_auc = float(roc_auc_score(joined["label"], joined["p_ready"]))
@@ -324,8 +323,3 @@ def load_scorer(model_uri: str) -> LeadScorer:
     model = mlflow.pyfunc.load_model(model_uri)
     scorer: LeadScorer = model.unwrap_python_model().scorer
     return scorer
-
-
-def metric_value(metrics: Mapping[str, float], name: str) -> float:
-    """A metric, NaN when absent."""
-    return float(metrics.get(name, np.nan))

@@ -39,12 +39,12 @@ def _check_limits(
         problems += _custom_problems(colleague, contract, [*loc, "colleagues", i])
     if len(request.activities) > max_activities:
         problems.append(
-            {"loc": [*where.split("."), "activities"], "msg": f"at most {max_activities} activities per lead",
+            {"loc": [*loc, "activities"], "msg": f"at most {max_activities} activities per lead",
              "type": "too_long"}
         )  # fmt: skip
     if len(request.colleagues) > max_colleagues:
         problems.append(
-            {"loc": [*where.split("."), "colleagues"], "msg": f"at most {max_colleagues} colleagues per lead",
+            {"loc": [*loc, "colleagues"], "msg": f"at most {max_colleagues} colleagues per lead",
              "type": "too_long"}
         )  # fmt: skip
     if problems:
