@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, cast
 
 import numpy as np
 import pandas as pd
@@ -80,6 +80,23 @@ def _type_code(value: object) -> int:
     return code
 
 
+def _type_codes(values: Sequence[object]) -> list[int]:
+    """`_type_code` of every value; canonical names (the usual case) cost one dict lookup each."""
+    codes = [_TYPE_CODE.get(v, -1) if isinstance(v, str) else -1 for v in values]
+    return [_type_code(v) for v in values] if -1 in codes else codes
+
+
+def _touch_seconds(values: Sequence[object]) -> np.ndarray:
+    """`record_seconds(value, round_up=True)` of every value."""
+    if all(type(v) is dt.datetime and v.tzinfo is not None for v in values):
+        # Zone-aware datetimes (what the API hands over): record_seconds' own arithmetic, without a call per touch.
+        stamps = cast(Sequence[dt.datetime], values)
+        seconds = [-(-((v - _EPOCH) // _ONE_MICROSECOND) // MICROS_PER_SECOND) for v in stamps]
+    else:
+        seconds = [record_seconds(v, round_up=True) for v in values]
+    return np.array(seconds, dtype=np.int64)
+
+
 def series_ns(series: pd.Series) -> np.ndarray:
     """Epoch nanoseconds (int64, NaT as int64 min) of a canonical UTC timestamp column."""
     return series.to_numpy(dtype="datetime64[ns]").view(np.int64)
@@ -89,6 +106,22 @@ def _check_range(seconds: np.ndarray, what: str) -> None:
     real = seconds[seconds != NEVER]
     if real.size and (real.min() < 0 or real.max() > MAX_TIMESTAMP):
         raise ValueError(f"{what}: timestamps must lie between 1970 and 2106")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLead:
+    """One lead to score at request time: its profile, its colleagues at the same account, and their touches.
+
+    Touches are given as columns (one entry per touch): whose touch it is (the lead's or a colleague's lead_id),
+    when it happened and its activity type, with the same accepted values as `transform_records` takes.
+    """
+
+    lead: Mapping[str, object]
+    colleagues: Sequence[Mapping[str, object]]
+    touch_lead_ids: Sequence[str]
+    touch_times: Sequence[object]
+    touch_types: Sequence[object]
+    as_of: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +296,52 @@ class FeatureBuilder:
         at = np.array([record_seconds(as_of, round_up=False)], dtype=np.int64)
         engagement = compute_engagement(block, np.zeros(1, dtype=np.int64), at, self.plan_)[0]
         return np.concatenate([self.fit_encoder_.transform_record(lead), engagement])
+
+    def transform_requests(self, requests: Sequence[RequestLead]) -> np.ndarray:
+        """Feature rows of many leads at request time (one row per request, in order), in one engine pass.
+
+        Row i equals `transform_records` of request i bit for bit: each request's lead and colleagues form an
+        account of their own in one block, and the engine reads every pair's own rows only. One pass over all
+        touches costs a few numpy calls instead of a hundred per lead.
+        """
+        n_features = len(self.feature_names_)
+        if not requests:
+            return np.empty((0, n_features), dtype=np.float64)
+        lifecycle_rows: list[list[int]] = []
+        account_start: list[int] = []
+        account_end: list[int] = []
+        pair_lead: list[int] = []
+        codes: list[int] = []
+        for request in requests:
+            people = [request.lead, *request.colleagues]
+            first = len(lifecycle_rows)
+            index = {str(p["lead_id"]): first + i for i, p in enumerate(people)}
+            lifecycle_rows += [[record_seconds(p.get(c), round_up=True) for c in LIFECYCLE_CHAIN] for p in people]
+            account_start += [first] * len(people)
+            account_end += [first + len(people)] * len(people)
+            pair_lead.append(first)
+            ids, own = request.touch_lead_ids, str(request.lead["lead_id"])
+            if index[own] == first and set(ids) <= {own}:
+                codes += [first] * len(ids)  # all the lead's own (the usual case): no lookup per touch
+            else:
+                codes += [index[str(x)] for x in ids]
+        lifecycle = np.array(lifecycle_rows, dtype=np.int64)
+        ts = _touch_seconds([t for r in requests for t in r.touch_times])
+        types = np.array(_type_codes([t for r in requests for t in r.touch_types]), dtype=np.int64)
+        if not len(codes) == len(ts) == len(types):
+            raise ValueError("every touch needs a lead_id, a time and an activity type")
+        _check_range(ts, "activities")
+        _check_range(lifecycle, "leads")
+        key = (np.array(codes, dtype=np.int64) << TS_BITS) | ts
+        order = np.lexsort((types, key))
+        block = FunnelBlock(
+            lifecycle=lifecycle,
+            account_start=np.array(account_start, dtype=np.int64),
+            account_end=np.array(account_end, dtype=np.int64),
+            act_key=key[order],
+            act_type=types[order],
+        )
+        at = np.array([record_seconds(r.as_of, round_up=False) for r in requests], dtype=np.int64)
+        engagement = compute_engagement(block, np.array(pair_lead, dtype=np.int64), at, self.plan_)
+        fit = np.array([self.fit_encoder_.transform_record(r.lead) for r in requests], dtype=np.float64)
+        return np.hstack([fit.reshape(len(requests), -1), engagement])

@@ -8,4 +8,15 @@ python3 -m uv run ruff check .
 python3 -m uv run ruff format --check .
 python3 -m uv run mypy
 python3 -m uv run lint-imports
+# The browser test drives Debian's Chromium: Playwright cannot download its own browser builds here.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    else
+        echo "scripts/test.sh: /usr/bin/chromium is missing and only root can install it:" \
+            "run 'apt-get install chromium' as root (the thresholds page's browser test needs it)" >&2
+        exit 1
+    fi
+fi
 python3 -m uv run pytest "$@"

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
-from serving.routers import meta, score
+from serving.routers import meta, page, score, thresholds
 from serving.settings import LOOPBACK_HOSTS, Settings
 from serving.state import ServiceState
 from serving.store import PolicyStore, ScoreLog, make_engine
@@ -70,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(score.router)
     app.include_router(meta.router)
+    app.include_router(thresholds.router)
+    app.include_router(page.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

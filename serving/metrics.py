@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -37,6 +39,36 @@ class ServiceMetrics:
         self.reloads = Counter(
             "leadscore_model_reloads", "Model reloads by outcome.", ["outcome"], registry=self.registry
         )
+        # Labelled children, kept: `labels()` takes a lock and builds a key on every call, five times per score.
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._routes: dict[str, Counter] = {}
+        self._scores: dict[str, Histogram] = {}
+
+    def count_request(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered: its route template, status and latency."""
+        counter = self._requests.get((route, status))
+        if counter is None:
+            counter = self._requests[route, status] = self.requests.labels(route, str(status))
+        counter.inc()
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = self.latency.labels(route)
+        latency.observe(seconds)
+
+    def count_scores(self, queues: Iterable[str], scores: Mapping[str, Iterable[float]]) -> None:
+        """Leads routed (by queue) and the scores handed out (by model: fit, readiness)."""
+        for queue, n in Tally(queues).items():
+            counter = self._routes.get(queue)
+            if counter is None:
+                counter = self._routes[queue] = self.routes.labels(queue)
+            counter.inc(n)
+        for model, values in scores.items():
+            histogram = self._scores.get(model)
+            if histogram is None:
+                histogram = self._scores[model] = self.scores.labels(model)
+            for value in values:
+                histogram.observe(value)
 
 
 class MetricsAndLimitsMiddleware:
@@ -87,8 +119,7 @@ class MetricsAndLimitsMiddleware:
         elapsed = time.perf_counter() - start
         # The matched route's template, never the raw path: unknown paths must not grow the label set.
         route = getattr(scope.get("route"), "path", "unmatched")
-        self.metrics.requests.labels(route, str(status["code"])).inc()
-        self.metrics.latency.labels(route).observe(elapsed)
+        self.metrics.count_request(route, status["code"], elapsed)
 
 
 class _BodyTooLargeError(HTTPException):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -115,3 +116,30 @@ class ModelHolder:
 
     def _version(self) -> str | None:
         return self._current.version if self._current else None
+
+
+# Logged by training next to the model: the readiness holdout snapshots with their routing scores and labels.
+HOLDOUT_SCORES = "holdout/readiness_scores.parquet"
+
+
+def holdout_scores(tracking_uri: str, run_id: str, what: str) -> pd.DataFrame:
+    """The readiness holdout a model (`what`, for messages) was evaluated on, read from its MLflow run."""
+    if not run_id:
+        raise ModelNotAvailableError(f"{what} names no MLflow run")
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=HOLDOUT_SCORES, tracking_uri=tracking_uri
+        )
+        return pd.read_parquet(path)
+    except (MlflowException, OSError) as err:
+        raise ModelNotAvailableError(f"cannot read the holdout scores of {what} (run {run_id}): {err}") from err
+
+
+def registered_run(tracking_uri: str, name: str, alias: str) -> tuple[str, str]:
+    """Version and run id of the model the alias points at (without loading it)."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        raise ModelNotAvailableError(f"no model {name}@{alias} in {tracking_uri}: {err}") from err
+    return str(version.version), str(version.run_id or "")

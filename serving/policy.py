@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from features.fit import SIZE_BAND_LABELS, size_band
 from features.scoring import GRADES, READINESS_STAGES, CutOffs
 
 Queue = Literal["sales", "sdr", "nurture", "disqualify"]
 QUEUES: tuple[str, ...] = ("sales", "sdr", "nurture", "disqualify")
 Grade = Literal["A", "B", "C", "D"]
 Stage = Literal["nurture", "MQL", "SQL"]
+SizeBand = Literal["1-10", "11-50", "51-200", "201-1000", "1001-5000", "5000+"]
+SEGMENT_DIMENSIONS: tuple[str, ...] = ("region", "size_band", "source")
+MAX_SEGMENTS = 50  # a policy sales ops can still read; more is a mistake, not a policy
 
 
 class Cell(BaseModel):
@@ -76,6 +82,117 @@ def _default_sla() -> dict[Queue, float | None]:
     return {"sales": 4.0, "sdr": 24.0, "nurture": None, "disqualify": None}
 
 
+def segment_value(value: object) -> str | None:
+    """The form segment values are compared in: 'North_America ' and 'north america' are one region."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = re.sub(r"[\s_-]+", " ", str(value)).strip().casefold()
+    return text or None
+
+
+def lead_size_band(employee_count: object) -> str | None:
+    """The company-size band label of an employee count (the bands training reports segments in)."""
+    band = size_band(employee_count)
+    return None if np.isnan(band) else SIZE_BAND_LABELS[int(band)]
+
+
+class SegmentMatch(BaseModel):
+    """Which leads a segment's cut-offs apply to: every field given must match (region and source ignore case)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str | None = Field(default=None, min_length=1, max_length=256)
+    size_band: SizeBand | None = None
+    source: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("region", "source")
+    @classmethod
+    def _canonical(cls, value: str | None) -> str | None:
+        return segment_value(value)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.region is None and self.size_band is None and self.source is None:
+            raise ValueError("a segment must name at least one of region, size_band, source")
+        return self
+
+    def given(self) -> dict[str, str]:
+        """The fields this segment constrains."""
+        return {d: v for d in SEGMENT_DIMENSIONS if (v := getattr(self, d)) is not None}
+
+    def matches(self, region: str | None, size_band: str | None, source: str | None) -> bool:
+        """Whether a lead with these (canonical) segment values belongs to the segment."""
+        lead = {"region": region, "size_band": size_band, "source": source}
+        return all(lead[d] == v for d, v in self.given().items())
+
+    def covers(self, other: SegmentMatch) -> bool:
+        """Every lead of `other` is also in this segment (so, listed after it, `other` could never apply)."""
+        mine, theirs = self.given(), other.given()
+        return all(theirs.get(d) == v for d, v in mine.items())
+
+    def label(self) -> str:
+        """'region=emea, source=webinar'."""
+        return ", ".join(f"{d}={v}" for d, v in self.given().items())
+
+
+class SegmentPolicy(BaseModel):
+    """Cut-offs for one segment of leads, replacing the policy's own for the leads it matches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    match: SegmentMatch
+    grades: GradeCutoffs | None = None
+    stages: StageCutoffs | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Self:
+        if self.grades is None and self.stages is None:
+            raise ValueError(f"segment {self.match.label()} sets neither grades nor stages")
+        return self
+
+
+class QueueCapacity(BaseModel):
+    """A team's weekly capacity: how many reps, and how many new leads each can work in a week."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    reps: int = Field(ge=0, le=100_000)
+    leads_per_rep_per_week: float = Field(gt=0, le=10_000)
+
+    @property
+    def weekly(self) -> float:
+        """New leads the team can work per week."""
+        return self.reps * self.leads_per_rep_per_week
+
+
+WorkedQueue = Literal["sales", "sdr"]
+WORKED_QUEUES: tuple[WorkedQueue, ...] = ("sales", "sdr")  # the queues where people call leads (capacity applies)
+
+
+def _default_capacities() -> dict[WorkedQueue, QueueCapacity]:
+    return {
+        "sales": QueueCapacity(reps=4, leads_per_rep_per_week=25),
+        "sdr": QueueCapacity(reps=6, leads_per_rep_per_week=60),
+    }
+
+
+class Capacities(BaseModel):
+    """What the sales and SDR teams can work per week, and the working hours SLAs are counted in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    queues: dict[WorkedQueue, QueueCapacity] = Field(default_factory=_default_capacities)
+    working_hours_per_week: float = Field(default=40.0, gt=0, le=168)
+    max_past_sla_share: float = Field(
+        default=0.05, ge=0, le=1, description="Share of a team's leads the solver lets wait past the SLA."
+    )
+
+    def weekly(self, queue: str) -> float | None:
+        """Leads per week the queue can work; None when it has no capacity limit (nurture, disqualify, unset)."""
+        capacity = self.queues.get(queue)  # type: ignore[call-overload]
+        return None if capacity is None else capacity.weekly
+
+
 class RoutingPolicy(BaseModel):
     """Thresholds sales ops own: how scores become a grade, a stage and a queue with a priority and an SLA."""
 
@@ -85,6 +202,14 @@ class RoutingPolicy(BaseModel):
     stages: StageCutoffs
     matrix: dict[Grade, dict[Stage, Cell]] = Field(default_factory=_default_matrix)
     sla_hours: dict[Queue, float | None] = Field(default_factory=_default_sla)
+    segments: list[SegmentPolicy] = Field(
+        default_factory=list,
+        max_length=MAX_SEGMENTS,
+        description="Cut-offs for segments of leads; the first segment a lead matches applies, else the defaults.",
+    )
+    capacities: Capacities | None = Field(
+        default=None, description="The team capacities these thresholds were tuned for (kept for the record)."
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
@@ -98,6 +223,13 @@ class RoutingPolicy(BaseModel):
         bad = [f"{q}={h}" for q, h in self.sla_hours.items() if h is not None and not h > 0]
         if bad:
             raise ValueError(f"SLA hours must be positive (or null for no SLA), got {', '.join(bad)}")
+        for i, later in enumerate(self.segments):
+            for j, earlier in enumerate(self.segments[:i]):
+                if earlier.match.covers(later.match):
+                    raise ValueError(
+                        f"segment {i} ({later.match.label()}) can never apply: segment {j} "
+                        f"({earlier.match.label()}) comes first and matches all of its leads; list the narrower first"
+                    )
         return self
 
     @classmethod
@@ -109,19 +241,35 @@ class RoutingPolicy(BaseModel):
             stages=StageCutoffs(MQL=cutoffs.readiness_mql, SQL=cutoffs.readiness_sql),
         )
 
-    def grade(self, fit_score: float) -> Grade:
-        """Grade A-D of a fit score."""
-        if fit_score >= self.grades.A:
-            return "A"
-        if fit_score >= self.grades.B:
-            return "B"
-        return "C" if fit_score >= self.grades.C else "D"
+    def segment_of(self, region: str | None, size_band: str | None, source: str | None) -> int | None:
+        """Index of the first segment the lead matches (values canonical, see `segment_value`); None: defaults."""
+        for i, segment in enumerate(self.segments):
+            if segment.match.matches(region, size_band, source):
+                return i
+        return None
 
-    def stage(self, readiness_probability: float) -> Stage:
+    def cutoffs(self, segment: int | None = None) -> tuple[GradeCutoffs, StageCutoffs]:
+        """Grade and stage cut-offs in force for a segment (None: the policy's own)."""
+        if segment is None:
+            return self.grades, self.stages
+        rule = self.segments[segment]
+        return rule.grades or self.grades, rule.stages or self.stages
+
+    def grade(self, fit_score: float, segment: int | None = None) -> Grade:
+        """Grade A-D of a fit score."""
+        grades = self.cutoffs(segment)[0]
+        if fit_score >= grades.A:
+            return "A"
+        if fit_score >= grades.B:
+            return "B"
+        return "C" if fit_score >= grades.C else "D"
+
+    def stage(self, readiness_probability: float, segment: int | None = None) -> Stage:
         """nurture, MQL or SQL for a readiness probability."""
-        if readiness_probability >= self.stages.SQL:
+        stages = self.cutoffs(segment)[1]
+        if readiness_probability >= stages.SQL:
             return "SQL"
-        return "MQL" if readiness_probability >= self.stages.MQL else "nurture"
+        return "MQL" if readiness_probability >= stages.MQL else "nurture"
 
     def route(self, grade: Grade, stage: Stage) -> tuple[Cell, float | None]:
         """Queue and priority of a grade and stage, and the queue's SLA in hours."""

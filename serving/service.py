@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 import numpy as np
+from pydantic_core import to_json
 
+from features.builder import RequestLead
 from features.reasons import Reason
 from features.scoring import LeadScore
 from serving.model import LoadedModel
-from serving.policy import RoutingPolicy
+from serving.policy import RoutingPolicy, lead_size_band, segment_value
 from serving.schemas import (
     FitScore,
+    Lead,
+    LeadToScore,
     ReadinessScore,
     ReasonOut,
     Reasons,
     Route,
-    ScoreRequest,
     ScoreResponse,
 )
 from serving.store import PolicyVersion, ScoreRecord
@@ -29,32 +36,44 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def feature_row(model: LoadedModel, request: ScoreRequest, now: dt.datetime) -> np.ndarray:
-    """The lead's feature row as of the request's as_of (default now), with the very code training used."""
-    lead = request.lead.record()
-    colleagues = [c.record() for c in request.colleagues]
-    activities = [
-        {
-            "lead_id": a.lead_id or request.lead.lead_id,
-            "occurred_at": a.occurred_at,
-            "activity_type": a.activity_type,
-        }
-        for a in request.activities
-    ]
-    return model.scorer.builder.transform_records(lead, activities, request.as_of or now, colleagues)
+def request_lead(request: LeadToScore, now: dt.datetime) -> RequestLead:
+    """What the feature builder reads of a request: records of the people, the touches as columns, as_of."""
+    lead_id = request.lead.lead_id
+    touches = request.activities
+    return RequestLead(
+        lead=request.lead.record(),
+        colleagues=[c.record() for c in request.colleagues],
+        touch_lead_ids=[a.lead_id or lead_id for a in touches],
+        touch_times=[a.occurred_at for a in touches],
+        touch_types=[a.activity_type for a in touches],
+        as_of=request.as_of or now,
+    )
+
+
+def feature_rows(model: LoadedModel, requests: Sequence[LeadToScore], now: dt.datetime) -> np.ndarray:
+    """The leads' feature rows as of each request's as_of (default now), with the very code training used."""
+    return model.scorer.builder.transform_requests([request_lead(r, now) for r in requests])
 
 
 def _reasons(reasons: Sequence[Reason]) -> list[ReasonOut]:
     return [ReasonOut(group=r.group, impact=r.impact, label=r.label) for r in reasons]
 
 
+def lead_segment(rules: RoutingPolicy, lead: Lead) -> int | None:
+    """The policy segment whose cut-offs apply to `lead` (None: the policy's own)."""
+    if not rules.segments:
+        return None
+    return rules.segment_of(segment_value(lead.region), lead_size_band(lead.employee_count), segment_value(lead.source))
+
+
 def to_response(
-    score: LeadScore, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
+    score: LeadScore, lead: Lead, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
 ) -> ScoreResponse:
-    """Apply the routing policy to a lead's scores."""
+    """Apply the routing policy (the cut-offs of the lead's segment) to a lead's scores."""
     rules: RoutingPolicy = policy.policy
-    grade = rules.grade(score.fit_score)
-    stage = rules.stage(score.readiness_probability)
+    segment = lead_segment(rules, lead)
+    grade = rules.grade(score.fit_score, segment)
+    stage = rules.stage(score.readiness_probability, segment)
     cell, sla = rules.route(grade, stage)
     return ScoreResponse(
         request_id=request_id,
@@ -63,7 +82,12 @@ def to_response(
         readiness=ReadinessScore(
             probability=round(score.readiness_probability, 6), score=score.readiness_score, stage=stage
         ),
-        route=Route(queue=cell.queue, priority=cell.priority, sla_hours=sla),
+        route=Route(
+            queue=cell.queue,
+            priority=cell.priority,
+            sla_hours=sla,
+            segment=None if segment is None else rules.segments[segment].match.label(),
+        ),
         reasons=Reasons(fit=_reasons(score.fit_reasons), behaviour=_reasons(score.behaviour_reasons)),
         model_version=model.version,
         thresholds_version=policy.version,
@@ -72,22 +96,27 @@ def to_response(
 
 
 def score_requests(
-    model: LoadedModel, policy: PolicyVersion, requests: Sequence[ScoreRequest], *, top_k: int, request_id: str
+    model: LoadedModel,
+    policy: PolicyVersion,
+    requests: Sequence[LeadToScore],
+    *,
+    top_k: int,
+    request_ids: Sequence[str],
 ) -> list[ScoreResponse]:
-    """Score many leads: one feature row each, then both boosters once for all rows (fast for batches)."""
+    """Score many leads: one engine pass for all feature rows, then both boosters once for all rows."""
     now = dt.datetime.now(dt.UTC)
-    rows = np.vstack([feature_row(model, r, now) for r in requests])
+    rows = feature_rows(model, requests, now)
     # One thread: on a busy 2-core box LightGBM's thread pool costs more than it saves for a few rows.
     threads = 1 if len(requests) < 64 else 0
     scores = model.scorer.score_features([r.lead.lead_id for r in requests], rows, top_k=top_k, threads=threads)
-    return [to_response(s, policy, model, request_id, now) for s in scores]
+    return [
+        to_response(s, r.lead, policy, model, request_id, now)
+        for s, r, request_id in zip(scores, requests, request_ids, strict=True)
+    ]
 
 
-def log_records(
-    requests: Sequence[ScoreRequest], responses: Sequence[ScoreResponse], raw_inputs: Sequence[str] | None = None
-) -> list[ScoreRecord]:
-    """What the score log keeps for each scored lead: the full input (verbatim when given) and output, both versions."""
-    inputs: Sequence[str | dict[str, object]] = raw_inputs or [req.model_dump(mode="json") for req in requests]
+def log_records(responses: Sequence[ScoreResponse], inputs: Sequence[str | dict[str, object]]) -> list[ScoreRecord]:
+    """What the score log keeps for each scored lead: its input (JSON text, or a dict) and output, both versions."""
     return [
         ScoreRecord(
             request_id=resp.request_id,
@@ -100,3 +129,85 @@ def log_records(
         )
         for raw, resp in zip(inputs, responses, strict=True)
     ]
+
+
+def batch_json(request_id: str, records: Sequence[ScoreRecord]) -> str:
+    """The BatchResponse of scored records, byte for byte, from the response JSON already made for the log."""
+    scores = ",".join(r.outputs if isinstance(r.outputs, str) else to_json(r.outputs).decode() for r in records)
+    return f'{{"request_id":{to_json(request_id).decode()},"scores":[{scores}]}}'
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection inside the block (for batches, which hold ~100k objects, none of them garbage).
+
+    The service's heap (MLflow, pandas, LightGBM) is large, and each full collection that a batch's many new,
+    surviving objects set off walks all of it: a third of a batch's time otherwise. The objects form no cycles,
+    so reference counting frees them all when the batch is done.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Coalescer(Generic[Item, Result]):
+    """Runs the calls that wait at the same moment as one group: `work` takes their items, returns their results.
+
+    Nobody waits for company: a group is what queued while the event loop was busy, so on an idle service a call
+    runs at once (one turn of the loop later), and under load the cost per call falls as groups grow. When a group
+    fails, each of its items is run alone, so that a bad item fails its own call only.
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._running: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak references)
+
+    async def run(self, item: Item, work: Callable[[list[Item]], Awaitable[list[Result]]]) -> Result:
+        """The result of `item`, computed with the items queued meanwhile (all callers pass the same `work`)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.append((item, future))
+        if len(self._queue) == 1:
+            # A task starts behind the callbacks already ready: requests read in this turn of the loop join first.
+            task = loop.create_task(self._flush(work))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return await future
+
+    async def _flush(self, work: Callable[[list[Item]], Awaitable[list[Result]]]) -> None:
+        group, self._queue = self._queue, []
+        try:
+            results = await work([item for item, _ in group])
+        except Exception as err:
+            if len(group) == 1:
+                _fail(group[0][1], err)
+                return
+            for item, future in group:
+                try:
+                    [result] = await work([item])
+                except Exception as alone:
+                    _fail(future, alone)
+                else:
+                    _resolve(future, result)
+            return
+        for (_, future), result in zip(group, results, strict=True):
+            _resolve(future, result)
+
+
+def _resolve(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():  # done: its caller went away
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Result], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
@@ -15,8 +15,10 @@ from fastapi.security import APIKeyHeader
 from serving.metrics import ServiceMetrics
 from serving.model import LoadedModel, ModelHolder
 from serving.policy import RoutingPolicy
+from serving.schemas import LeadToScore
+from serving.service import Coalescer
 from serving.settings import Settings
-from serving.store import PolicyStore, PolicyVersion, ScoreLog
+from serving.store import PolicyStore, PolicyVersion, ScoreLog, ScoreRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ class ServiceState:
     score_log: ScoreLog
     policies: PolicyStore
     metrics: ServiceMetrics
+    tuning_samples: dict[str, Any] = field(default_factory=dict)  # replayable holdout per model version
+    # Single-lead requests waiting at the same moment, scored as one group: (validated body, body as received).
+    single_scores: Coalescer[tuple[LeadToScore, bytes], ScoreRecord] = field(default_factory=Coalescer)
     _policy: PolicyVersion | None = None
     _policy_read_at: float = 0.0
     _policy_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,13 +60,26 @@ class ServiceState:
         """Read the store on the next request (after this worker saved a new version)."""
         self._policy_read_at = 0.0
 
+    def may_score(self, key: str | None) -> bool:
+        """Whether a request with this X-API-Key (None: none, or empty) may score: any key does when none is set."""
+        settings = self.settings
+        if not settings.auth_enabled:
+            return True
+        keys = [k.get_secret_value() for k in (*settings.api_keys, *settings.admin_keys)]
+        return key is not None and _matches(key, keys)
+
+
+def service_state(request: Request) -> ServiceState:
+    """The service state of the app handling `request` (for code that runs outside FastAPI's dependencies)."""
+    state: ServiceState = request.app.state.service
+    return state
+
 
 # The dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread, three
 # thread hand-offs per request for a few attribute reads.
 async def get_state(request: Request) -> ServiceState:
     """The service state of the app handling `request`."""
-    state: ServiceState = request.app.state.service
-    return state
+    return service_state(request)
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
@@ -88,11 +106,7 @@ def _matches(key: str, candidates: list[str]) -> bool:
 
 async def require_scoring_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
     """401 unless the request carries a scoring or admin key (when keys are configured)."""
-    settings = state.settings
-    if not settings.auth_enabled:
-        return
-    keys = [k.get_secret_value() for k in (*settings.api_keys, *settings.admin_keys)]
-    if key is None or not _matches(key, keys):
+    if not state.may_score(key):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key (header X-API-Key)")
 
 

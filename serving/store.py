@@ -244,6 +244,26 @@ class ScoreLog:
                 for r in conn.execute(query)
             ]
 
+    def read_since(self, since: dt.datetime, *, limit: int) -> list[ScoreRecord]:
+        """The latest `limit` records scored at or after `since`, oldest first (what threshold tuning replays)."""
+        if self._journal_fd is not None:
+            self.flush()
+        query = select(score_log).where(score_log.c.scored_at >= since).order_by(score_log.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(query))
+        return [
+            ScoreRecord(
+                request_id=r.request_id,
+                lead_id=r.lead_id,
+                scored_at=_aware(r.scored_at),
+                model_version=r.model_version,
+                thresholds_version=r.thresholds_version,
+                inputs=json.loads(r.inputs),
+                outputs=json.loads(r.outputs),
+            )
+            for r in reversed(rows)
+        ]
+
 
 def recover_journals(engine: Engine, journal_dir: Path) -> int:
     """Replay journals of dead processes into the database (skipping records already there); returns how many."""
@@ -352,6 +372,20 @@ class PolicyStore:
                 return stored
             # another save took this number first: take the next one
         raise RuntimeError("could not save the policy: too many concurrent saves")
+
+    def save_after(self, base_version: int, policy: RoutingPolicy, *, author: str, reason: str) -> PolicyVersion | None:
+        """Store `policy` as version base_version + 1, or return None when another save took that number first.
+
+        For editors that show a version and save changes to it: a save made meanwhile is never silently replaced.
+        """
+        return self._insert(base_version + 1, policy, author=author, reason=reason)
+
+    def rollback(self, version: int, *, author: str, reason: str) -> PolicyVersion | None:
+        """Store version `version`'s policy as the newest version (history is never rewritten); None if unknown."""
+        earlier = self.get(version)
+        if earlier is None:
+            return None
+        return self.save(earlier.policy, author=author, reason=f"rollback to version {version}: {reason}")
 
     def ensure_default(self, policy: RoutingPolicy) -> PolicyVersion:
         """The policy in force; stores `policy` as version 1 when none has been saved yet.

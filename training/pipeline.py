@@ -229,6 +229,15 @@ def _train_task(
     return result, booster, calibrator
 
 
+def _add_routing_scores(holdout: pd.DataFrame, scorer: LeadScorer, features: np.ndarray) -> None:
+    """Fit and readiness scores of each readiness holdout snapshot: what routing reads (threshold tuning replays it)."""
+    fit_p, ready_p = scorer.probabilities(features)
+    holdout["fit_probability"] = fit_p
+    holdout["fit_score"] = scorer.fit_scale.score(fit_p)
+    holdout["readiness_probability"] = ready_p
+    holdout["readiness_score"] = scorer.readiness_scale.score(ready_p)
+
+
 def train_models(
     training_set: TrainingSet,
     leads: pd.DataFrame,
@@ -280,9 +289,10 @@ def train_models(
             "metrics": {"readiness": readiness.metrics["model"], "fit": fit.metrics["model"]},
         },
     )
+    ready_holdout = training_set.readiness.loc[readiness.split.holdout, builder.feature_names_].to_numpy(np.float64)
+    _add_routing_scores(readiness.holdout, scorer, ready_holdout)
     progress("explaining the holdout (TreeSHAP)")
     rng = np.random.default_rng(seed)
-    ready_holdout = training_set.readiness.loc[readiness.split.holdout, builder.feature_names_].to_numpy(np.float64)
     sample = ready_holdout[rng.permutation(len(ready_holdout))[:shap_rows]]
     fit_holdout = training_set.fit.loc[fit.split.holdout, builder.feature_names_[: scorer.n_fit]]
     fit_sample = fit_holdout.to_numpy(np.float64)[rng.permutation(len(fit_holdout))[:shap_rows]]

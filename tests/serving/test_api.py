@@ -88,7 +88,7 @@ def test_route_applies_the_policy_in_force(client: TestClient) -> None:
     grade, stage = rules.grade(body["fit"]["score"]), rules.stage(body["readiness"]["probability"])
     cell, sla = rules.route(grade, stage)
     assert (body["fit"]["grade"], body["readiness"]["stage"]) == (grade, stage)
-    assert body["route"] == {"queue": cell.queue, "priority": cell.priority, "sla_hours": sla}
+    assert body["route"] == {"queue": cell.queue, "priority": cell.priority, "sla_hours": sla, "segment": None}
 
 
 def test_score_log_keeps_input_output_and_both_versions(client: TestClient) -> None:

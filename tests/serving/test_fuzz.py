@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
@@ -12,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.app import create_app
 from serving.settings import Settings
-from tests.serving.conftest import ADMIN_KEY, SCORING, SCORING_KEY
+from tests.serving.conftest import ADMIN, ADMIN_KEY, SCORING, SCORING_KEY, Registry, service_settings
 
 # Examples per operation: enough to reach every field with odd values, few enough to keep the suite fast.
 FUZZ_EXAMPLES = 30
@@ -47,3 +49,27 @@ class _LifespanRunsElsewhere:
 def test_no_server_errors(case: schemathesis.Case[Any], client: TestClient) -> None:
     app = _LifespanRunsElsewhere(client.app)
     case.call_and_validate(headers=SCORING, checks=[not_a_server_error], app=app)
+
+
+# Admin operations fuzzed with the admin key, on a service of their own: valid policies get saved there.
+admin_schema = schema.include(path_regex="^/v1/(thresholds|admin)")
+
+
+@pytest.fixture(scope="module")
+def admin_client(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    app = create_app(service_settings(registry, tmp_path_factory.mktemp("fuzz-admin")))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@admin_schema.parametrize()
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+def test_no_server_errors_with_the_admin_key(case: schemathesis.Case[Any], admin_client: TestClient) -> None:
+    app = _LifespanRunsElsewhere(admin_client.app)
+    case.call_and_validate(headers=ADMIN, checks=[not_a_server_error], app=app)

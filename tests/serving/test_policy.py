@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from features.scoring import GRADES, READINESS_STAGES, CutOffs
-from serving.policy import QUEUES, GradeCutoffs, RoutingPolicy, StageCutoffs
+from serving.policy import QUEUES, GradeCutoffs, RoutingPolicy, StageCutoffs, segment_value
 
 
 def policy_data(**changes: Any) -> dict[str, Any]:
@@ -184,3 +184,38 @@ def test_from_cutoffs_takes_the_models_cutoffs_and_the_standard_matrix() -> None
 def test_from_cutoffs_refuses_inconsistent_model_cutoffs() -> None:
     with pytest.raises(ValidationError, match="grade cut-offs must decrease strictly"):
         RoutingPolicy.from_cutoffs(CutOffs(fit_grades=(30.0, 60.0, 80.0)))
+
+
+def test_a_segment_must_name_a_lead_attribute_and_change_a_cut_off() -> None:
+    assert "at least one of region, size_band, source" in refusal(
+        policy_data(segments=[{"match": {}, "stages": {"MQL": 0.1, "SQL": 0.2}}])
+    )
+    assert "sets neither grades nor stages" in refusal(policy_data(segments=[{"match": {"region": "emea"}}]))
+    assert "size_band" in refusal(
+        policy_data(segments=[{"match": {"size_band": "huge"}, "stages": {"MQL": 0.1, "SQL": 0.2}}])
+    )
+
+
+def test_a_segment_hidden_behind_a_broader_one_is_refused() -> None:
+    broad = {"match": {"region": "EMEA"}, "stages": {"MQL": 0.1, "SQL": 0.2}}
+    narrow = {"match": {"region": "emea", "source": "webinar"}, "stages": {"MQL": 0.3, "SQL": 0.6}}
+    message = refusal(policy_data(segments=[broad, narrow]))
+    assert "segment 1 (region=emea, source=webinar) can never apply" in message
+    assert "list the narrower first" in message
+    RoutingPolicy.model_validate(policy_data(segments=[narrow, broad]))  # narrower first is fine
+
+
+def test_the_first_matching_segment_sets_the_cut_offs() -> None:
+    rules = RoutingPolicy.model_validate(
+        policy_data(
+            segments=[
+                {"match": {"region": "North_America", "size_band": "5000+"}, "grades": {"A": 95, "B": 90, "C": 85}},
+                {"match": {"region": "north america"}, "stages": {"MQL": 0.4, "SQL": 0.45}},
+            ]
+        )
+    )
+    big = rules.segment_of(segment_value("North America"), "5000+", None)
+    small = rules.segment_of(segment_value(" north-america "), "11-50", segment_value("Webinar"))
+    assert (big, small, rules.segment_of("emea", "5000+", None)) == (0, 1, None)
+    assert rules.grade(88.0, big) == "C" and rules.grade(88.0, small) == "A"  # segment 1 keeps the default grades
+    assert rules.stage(0.3, big) == "MQL" and rules.stage(0.3, small) == "nurture"

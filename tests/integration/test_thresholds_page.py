@@ -1,0 +1,262 @@
+"""The thresholds page as sales ops use it: headless Chromium on a real uvicorn process and a real MLflow registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from serving.schemas import EXAMPLE_REQUEST
+from tests.conftest import Trained
+from tests.integration.test_serving import ADMIN_KEY, MODEL, SCORING_KEY, _free_port, _wait_ready
+from training.pipeline import TrainConfig
+from training.tracking import CHAMPION, configure_tracking, log_training
+
+pytestmark = pytest.mark.integration
+
+# Debian's Chromium: Playwright cannot download its own browser builds here (scripts/test.sh installs this one).
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+WAIT_SECONDS = 20.0  # for one redraw or save; each takes well under a second on an idle machine
+# The service re-reads the policy at most this long after a save (serving.state.POLICY_REFRESH_SECONDS, with slack).
+POLICY_PICKUP_SECONDS = 5.0
+
+
+@dataclass
+class Server:
+    """A running service and where its logs go."""
+
+    url: str
+    log: Path
+
+    def get(self, path: str, key: str = SCORING_KEY) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={"X-API-Key": key}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("thresholds-page")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    configure_tracking(uri)
+    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
+    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "LEADSCORE_STORE_URL": f"sqlite:///{root / 'service.db'}",
+        "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
+        "LEADSCORE_API_KEYS": SCORING_KEY,
+        "LEADSCORE_ADMIN_KEYS": ADMIN_KEY,
+    }
+    log_path = root / "server.log"
+    with log_path.open("wb") as server_log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "leadscore", "serve", "--port", str(port)],
+            env=env, cwd=root, stdout=server_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url, process)
+            yield Server(url, log_path)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does so when run as root)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Session:
+    """One open page, every URL it requested and every uncaught script error."""
+
+    page: Page
+    requests: list[str]
+    errors: list[str]
+
+
+@pytest.fixture
+def session(browser: Browser, server: Server) -> Iterator[Session]:
+    # No bypass of the page's Content-Security-Policy: the test sees what a browser enforces.
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    opened = Session(page, [], [])
+    page.on("request", lambda request: opened.requests.append(request.url))
+    page.on("pageerror", lambda error: opened.errors.append(str(error)))
+
+    def refused(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:  # something the page needs was blocked by its own CSP
+            opened.errors.append(message.text)
+
+    page.on("console", refused)
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+def _wait_for(page: Page, expression: str, arg: Any = None, seconds: float = WAIT_SECONDS) -> Any:
+    """Poll a JS expression until truthy; page.wait_for_function would need 'unsafe-eval', which the page's CSP bars."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = page.evaluate(expression, arg)
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {expression} (status: {_status(page)})"
+        time.sleep(0.05)
+
+
+def _status(page: Page) -> str:
+    return f"{page.inner_text('#status')!r} / {page.inner_text('#save-status')!r}"
+
+
+def _drawn(page: Page) -> int:
+    return int(page.evaluate("Number(document.body.dataset.simulations || 0)"))
+
+
+def _wait_redrawn(page: Page, after: int) -> None:
+    """Until a simulation newer than the `after`-th is drawn and no request is in flight."""
+    _wait_for(
+        page,
+        "n => Number(document.body.dataset.simulations) > n && document.body.dataset.busy === 'false'",
+        after,
+    )
+
+
+def _chart(page: Page, chart: str) -> dict[str, Any]:
+    """What plotly drew: each trace's x and y, and the shapes (the cut-off marker first)."""
+    figure: dict[str, Any] = page.evaluate(
+        """id => {
+            const node = document.getElementById(id);
+            return {
+                traces: node.data.map(t => ({x: Array.from(t.x), y: Array.from(t.y)})),
+                shapes: node.layout.shapes.map(s => ({x0: s.x0, y0: s.y0})),
+                rendered: node.querySelectorAll('.main-svg .scatterlayer .trace').length,
+            };
+        }""",
+        chart,
+    )
+    return figure
+
+
+def _open_with_key(session: Session, server: Server, key: str) -> None:
+    page = session.page
+    page.goto(f"{server.url}/thresholds")
+    page.get_by_label("API key").fill(key)
+    page.click("#api-key-apply")
+    _wait_redrawn(page, 0)
+
+
+def test_sales_ops_propose_save_and_roll_back_thresholds_in_the_browser(session: Session, server: Server) -> None:
+    page = session.page
+    before = server.get("/v1/thresholds").json()
+    _open_with_key(session, server, ADMIN_KEY)
+    assert page.get_attribute("#policy-summary", "data-version") == str(before["version"])
+    assert float(page.input_value("#stage-MQL")) == pytest.approx(before["policy"]["stages"]["MQL"], abs=1e-6)
+    volume_before = _chart(page, "chart-volume")
+    assert volume_before["rendered"] == 1 and len(volume_before["traces"][0]["x"]) > 10
+    assert page.locator("#queue-table tbody tr").count() == 4
+    assert page.locator("#matrix-table td[data-grade][data-stage]").count() == 12
+
+    # One sales rep instead of four: the table shows the smaller capacity as soon as the typing settles.
+    drawn = _drawn(page)
+    page.get_by_label("Sales reps").fill("1")
+    _wait_redrawn(page, drawn)
+    assert page.inner_text("#queue-table tr[data-queue=sales] td[data-field=capacity]") == "25"
+    assert _chart(page, "chart-volume")["shapes"][1]["y0"] == 25 + 6 * 60  # the capacity line moved too
+
+    drawn = _drawn(page)
+    with page.expect_response("**/v1/thresholds/solve") as solved:
+        page.get_by_role("button", name="Propose thresholds").click()
+    proposal = solved.value.json()
+    _wait_redrawn(page, drawn)
+    proposed: dict[str, float] = proposal["policy"]["stages"]
+    for stage, value in proposed.items():  # shown to 6 decimals
+        assert float(page.input_value(f"#stage-{stage}")) == pytest.approx(value, abs=1e-6)
+    assert proposed["MQL"] != pytest.approx(before["policy"]["stages"]["MQL"], abs=1e-6)
+    volume_after = _chart(page, "chart-volume")
+    assert volume_after["shapes"][0]["x0"] == proposed["MQL"] != volume_before["shapes"][0]["x0"]
+    assert volume_after["traces"] != volume_before["traces"]  # the MQL curve moved with the proposed SQL cut-off
+    assert float(page.get_attribute("#chart-sqls", "data-cutoff") or "nan") == proposed["MQL"]
+    if proposal["feasible"]:
+        load = page.inner_text("#queue-table tr[data-queue=sales] td[data-field=load]")
+        assert float(load.split("%")[0]) <= 100
+        assert page.locator("#queue-table tr.overloaded").count() == 0
+
+    reason = "one sales rep this week (e2e)"
+    page.get_by_label("Reason (required)").fill(reason)
+    page.get_by_label("Author (optional)").fill("e2e@leadscore")
+    page.get_by_role("button", name="Save thresholds").click()
+    new_version = before["version"] + 1
+    _wait_for(page, "v => document.getElementById('save-status').dataset.version === String(v)", new_version)
+    assert page.get_attribute("#save-status", "data-kind") == "ok"
+    _wait_for(page, "v => document.querySelector(`#history-table tr[data-version='${v}']`) !== null", new_version)
+    _wait_for(page, "() => document.body.dataset.busy === 'false'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "thresholds-page.png", full_page=True)
+
+    in_force = server.get("/v1/thresholds").json()
+    assert (in_force["version"], in_force["reason"], in_force["author"]) == (new_version, reason, "e2e@leadscore")
+    assert in_force["policy"]["stages"] == proposed  # exactly the solver's, not the 6 decimals shown
+    assert in_force["policy"]["capacities"]["queues"]["sales"]["reps"] == 1
+    deadline = time.monotonic() + POLICY_PICKUP_SECONDS
+    while True:  # the service re-reads the policy within about a second of a save
+        scored = httpx.post(f"{server.url}/v1/score", json=EXAMPLE_REQUEST, headers={"X-API-Key": SCORING_KEY})
+        assert scored.status_code == 200, scored.text
+        if scored.json()["thresholds_version"] == new_version or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert scored.json()["thresholds_version"] == new_version
+
+    # Rolling back asks why, then stores the old policy as the newest version.
+    page.once("dialog", lambda dialog: dialog.accept("the rep is back"))
+    page.click(f"[data-testid=rollback-{before['version']}]")
+    _wait_for(page, "v => document.getElementById('save-status').dataset.version === String(v)", new_version + 1)
+    rolled = server.get("/v1/thresholds").json()
+    assert rolled["version"] == new_version + 1 and "the rep is back" in rolled["reason"]
+    assert rolled["policy"]["stages"] == before["policy"]["stages"]
+
+    assert all(url.startswith((server.url, "data:")) for url in session.requests), session.requests
+    assert not session.errors
+
+
+def test_a_scoring_key_sees_why_it_may_not_save(session: Session, server: Server) -> None:
+    page = session.page
+    _open_with_key(session, server, SCORING_KEY)
+    version = server.get("/v1/thresholds").json()["version"]
+    page.get_by_role("button", name="Save thresholds").click()  # no reason: refused before asking the API
+    assert "reason is required" in page.inner_text("#save-status")
+    assert page.get_attribute("#save-reason", "aria-invalid") == "true"
+
+    page.get_by_label("Reason (required)").fill("should not be saved")
+    page.get_by_role("button", name="Save thresholds").click()
+    _wait_for(page, "() => (document.getElementById('save-status').textContent || '').includes('403')")
+    assert "admin key" in page.inner_text("#save-status")
+
+    page.get_by_label("B from").fill("95")  # above A: the API names what is wrong
+    _wait_for(page, "() => document.getElementById('status').dataset.kind === 'error'")
+    assert "grade cut-offs must decrease" in page.inner_text("#status")
+    assert server.get("/v1/thresholds").json()["version"] == version
+    assert not session.errors

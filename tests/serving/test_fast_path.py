@@ -1,0 +1,169 @@
+"""The fast path of the score routes: canonical twins of the request models, grouped single-lead scoring, batch JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from serving.schemas import (
+    EXAMPLE_REQUEST,
+    BatchRequest,
+    BatchResponse,
+    CanonicalBatchRequest,
+    CanonicalScoreRequest,
+    ScoreRequest,
+    ScoreResponse,
+    parse_canonical,
+)
+from serving.service import Coalescer, batch_json, log_records
+from serving.state import ServiceState
+from tests.serving.conftest import SCORING
+
+# Spellings of times and activity types: canonical ones, ones only the reference models accept, and wrong ones.
+STAMPS = [
+    "2025-05-02T09:15:00Z", "2025-05-02T09:15:00+00:00", "2025-05-02T09:15:00.123456Z", "2025-05-02 09:15:00Z",
+    "2025-05-02T09:15:00", "2025-05-02T11:15:00+02:00", "2025-05-02", 1746177300, 1746177300.5, "1970-01-02T00:00:00Z",
+    "1970-01-01T23:59:59Z", "2100-01-01T00:00:00Z", "2100-01-01T00:00:00.000001Z", "2025-02-30T10:00:00Z", "",
+    "yesterday", None, "2025-05-02T09:15:00-00:00", "2025-05-02T09:15:00.1234567Z", "2025-05-02T09:15:00 Z",
+]  # fmt: skip
+TYPES = ["demo_request", "Demo Request", "page-view", " email_open ", "PRICING_PAGE_VIEW", "carrier_pigeon", "", 3]
+IDS = ["L-1042", "L-1043", " L-1042 ", "L-9999", None, "", "x" * 300]
+NUMBERS = [None, 0, 850, -1, 10_000_001, 1.5, 3.0, "850", True, 1e13, 2e13]
+TEXTS = [None, "Software", "  Software  ", "", "x" * 300, 5, "\u00e9t\u00e9"]
+
+touch = st.fixed_dictionaries(
+    {"occurred_at": st.sampled_from(STAMPS), "activity_type": st.sampled_from(TYPES)},
+    optional={"lead_id": st.sampled_from(IDS), "properties": st.sampled_from([None, {}, {"page": "/pricing"}, 3])},
+)
+person = st.fixed_dictionaries(
+    {"lead_id": st.sampled_from(["L-1042", "L-1043", "L-1044"]), "created_at": st.sampled_from(STAMPS)},
+    optional={
+        "account_id": st.sampled_from(IDS),
+        "industry": st.sampled_from(TEXTS),
+        "employee_count": st.sampled_from(NUMBERS),
+        "annual_revenue": st.sampled_from(NUMBERS),
+        "mql_at": st.sampled_from(STAMPS),
+        "sql_at": st.sampled_from(STAMPS),
+        "lost_at": st.sampled_from(STAMPS),
+        "recycled_at": st.sampled_from(STAMPS),
+        "custom": st.sampled_from([{}, {"tier": "gold"}, {"employee_count": 5}]),
+        "favourite_colour": st.just("teal"),
+    },
+)
+request = st.fixed_dictionaries(
+    {"lead": person},
+    optional={
+        "activities": st.lists(touch, max_size=4),
+        "colleagues": st.lists(person, max_size=2),
+        "as_of": st.sampled_from(STAMPS),
+        "priority": st.just("high"),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=request)
+def test_what_the_canonical_twin_accepts_the_reference_model_accepts_to_the_same_values(body: dict[str, Any]) -> None:
+    raw = json.dumps(body).encode()
+    canonical = parse_canonical(CanonicalScoreRequest, raw)
+    try:
+        reference = ScoreRequest.model_validate(json.loads(raw))  # what FastAPI does with the body
+    except ValidationError:
+        assert canonical is None, "the fast path accepted a request the API refuses"
+        return
+    if canonical is not None:
+        assert json.loads(canonical.model_dump_json()) == reference.model_dump(mode="json")
+
+
+def test_the_documented_example_takes_the_fast_path_and_crm_spellings_do_not() -> None:
+    raw = json.dumps(EXAMPLE_REQUEST).encode()
+    assert parse_canonical(CanonicalScoreRequest, raw) is not None
+    assert parse_canonical(CanonicalBatchRequest, json.dumps({"leads": [EXAMPLE_REQUEST] * 3}).encode()) is not None
+    spelt = copy.deepcopy(EXAMPLE_REQUEST)
+    spelt["activities"][0]["activity_type"] = "Content Download"
+    assert parse_canonical(CanonicalScoreRequest, json.dumps(spelt).encode()) is None
+    ScoreRequest.model_validate(spelt)  # still valid: the reference models score it
+    assert parse_canonical(CanonicalBatchRequest, json.dumps({"leads": []}).encode()) is None
+    assert parse_canonical(CanonicalScoreRequest, b'{"lead": {') is None
+
+
+def test_batch_json_is_the_batch_response_model_byte_for_byte(client: TestClient) -> None:
+    body = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
+    responses = [ScoreResponse.model_validate({**body, "lead_id": f"L-{i}", "request_id": 'r"1'}) for i in range(3)]
+    records = log_records(responses, [{}] * 3)
+    assert batch_json('r"1', records) == BatchResponse(request_id='r"1', scores=responses).model_dump_json()
+    assert json.loads(batch_json("r", [])) == {"request_id": "r", "scores": []}
+
+
+def test_a_batch_is_logged_with_the_reference_models_normal_form(client: TestClient) -> None:
+    leads = [copy.deepcopy(EXAMPLE_REQUEST) for _ in range(2)]
+    leads[1]["activities"][0]["activity_type"] = "Content Download"  # this batch goes the reference way
+    for batch in ({"leads": leads[:1]}, {"leads": leads}):
+        scored = client.post("/v1/score/batch", json=batch, headers=SCORING).json()
+        state: ServiceState = client.app.state.service  # type: ignore[attr-defined]
+        logged = state.score_log.read(request_id=scored["request_id"])
+        expected = BatchRequest.model_validate(batch).model_dump(mode="json")["leads"]
+        assert [r.inputs for r in logged] == expected
+
+
+def test_concurrent_single_requests_get_their_own_answers_and_log_records(client: TestClient) -> None:
+    bodies = [copy.deepcopy(EXAMPLE_REQUEST) for _ in range(12)]
+    for i, body in enumerate(bodies):
+        body["lead"]["lead_id"] = f"C-{i}"
+        body["lead"]["employee_count"] = 10 + 97 * i
+        body["activities"] = body["activities"][: i % 4]
+    alone = [client.post("/v1/score", json=b, headers=SCORING).json() for b in bodies]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda b: client.post("/v1/score", json=b, headers=SCORING).json(), bodies))
+    assert len({r["request_id"] for r in together}) == len(bodies)
+    for one, grouped in zip(alone, together, strict=True):
+        assert {k: v for k, v in grouped.items() if k not in ("request_id", "scored_at")} == {
+            k: v for k, v in one.items() if k not in ("request_id", "scored_at")
+        }
+    state: ServiceState = client.app.state.service  # type: ignore[attr-defined]
+    for body, scored in zip(bodies, together, strict=True):
+        [record] = state.score_log.read(request_id=scored["request_id"])
+        assert record.inputs == body and record.outputs == scored
+
+
+def test_coalescer_groups_waiting_calls_and_a_bad_item_fails_alone() -> None:
+    groups: list[list[int]] = []
+
+    async def work(items: list[int]) -> list[int]:
+        groups.append(items)
+        if 13 in items:
+            raise ValueError("unlucky")
+        return [2 * item for item in items]
+
+    async def scenario() -> list[int | str]:
+        coalescer: Coalescer[int, int] = Coalescer()
+
+        async def call(item: int) -> int | str:
+            try:
+                return await coalescer.run(item, work)
+            except ValueError as err:
+                return str(err)
+
+        first = await asyncio.gather(*(call(i) for i in (1, 2, 3)))
+        second = await asyncio.gather(*(call(i) for i in (4, 13, 5)))
+        return [*first, *second, await call(6)]
+
+    assert asyncio.run(scenario()) == [2, 4, 6, 8, "unlucky", 10, 12]
+    assert groups == [[1, 2, 3], [4, 13, 5], [4], [13], [5], [6]]
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "not-a-key"}])
+def test_malformed_json_without_a_key_is_still_422_first(client: TestClient, headers: dict[str, str]) -> None:
+    # FastAPI reads the body before it checks the key: the fast path leaves such requests to it.
+    response = client.post("/v1/score", content='{"lead": {', headers={**headers, "Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"

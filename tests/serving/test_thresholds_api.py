@@ -1,0 +1,186 @@
+"""/v1/thresholds: versions with who/when/why, admin-only changes, rollback, simulation and the solver over HTTP."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.schemas import EXAMPLE_REQUEST
+from tests.serving.conftest import ADMIN, SCORING, Registry, service_settings
+
+
+@pytest.fixture(scope="module")
+def app_client(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A service of its own: these tests change the thresholds in force."""
+    app = create_app(service_settings(registry, tmp_path_factory.mktemp("thresholds")))
+    with TestClient(app) as client:
+        yield client
+
+
+def in_force(client: TestClient) -> dict[str, Any]:
+    response = client.get("/v1/thresholds", headers=SCORING)
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def put(client: TestClient, policy: dict[str, Any], reason: str = "test", **extra: Any) -> Any:
+    return client.put("/v1/thresholds", json={"policy": policy, "reason": reason, **extra}, headers=ADMIN)
+
+
+def score(client: TestClient, request: dict[str, Any] = EXAMPLE_REQUEST) -> dict[str, Any]:
+    response = client.post("/v1/score", json=request, headers=SCORING)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_changes_need_an_admin_key_and_a_reason(app_client: TestClient) -> None:
+    policy = in_force(app_client)["policy"]
+    body = {"policy": policy, "reason": "more SDRs"}
+    assert app_client.put("/v1/thresholds", json=body).status_code == 401
+    assert app_client.put("/v1/thresholds", json=body, headers=SCORING).status_code == 403
+    missing = app_client.put("/v1/thresholds", json={"policy": policy, "reason": "  "}, headers=ADMIN)
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "reason"]
+    rollback = app_client.post("/v1/thresholds/rollback", json={"version": 1, "reason": "x"}, headers=SCORING)
+    assert rollback.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "words"),
+    [
+        ({"stages": {"MQL": 0.5, "SQL": 0.2}}, ["body", "policy", "stages"], "above the MQL cut-off"),
+        ({"grades": {"A": 40, "B": 60, "C": 10}}, ["body", "policy", "grades"], "decrease strictly"),
+        ({"matrix": {"A": {"SQL": {"queue": "closers", "priority": 1}}}}, ["body", "policy", "matrix", "A", "SQL",
+                                                                              "queue"], "sales"),
+        ({"stages": {"MQL": 0.1, "SQL": 1.5}}, ["body", "policy", "stages", "SQL"], "less than 1"),
+    ],
+)  # fmt: skip
+def test_invalid_policies_are_refused_and_nothing_changes(
+    app_client: TestClient, change: dict[str, Any], loc: list[Any], words: str
+) -> None:
+    before = in_force(app_client)
+    policy = copy.deepcopy(before["policy"]) | change
+    response = put(app_client, policy)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert any(d["loc"][: len(loc)] == loc and words in d["msg"] for d in detail), detail
+    assert in_force(app_client) == before
+
+
+def test_a_saved_version_routes_the_next_score_and_rollback_restores_routing_exactly(app_client: TestClient) -> None:
+    first = in_force(app_client)
+    before = score(app_client)
+    assert before["thresholds_version"] == first["version"]
+    # Everything is SQL-ready and every grade goes to sales: the example lead must now be called by sales first.
+    everything = copy.deepcopy(first["policy"])
+    everything["stages"] = {"MQL": 1e-6, "SQL": 2e-6}
+    for grade in everything["matrix"].values():
+        grade["SQL"] = {"queue": "sales", "priority": 1}
+    saved = put(app_client, everything, reason="all hands on deck", author="ops@example.com")
+    assert saved.status_code == 200, saved.text
+    new = saved.json()
+    assert new["version"] == first["version"] + 1
+    assert (new["author"], new["reason"]) == ("ops@example.com", "all hands on deck")
+    after = score(app_client)
+    assert after["thresholds_version"] == new["version"]
+    assert (after["readiness"]["stage"], after["route"]["queue"], after["route"]["priority"]) == ("SQL", "sales", 1)
+
+    back = app_client.post(
+        "/v1/thresholds/rollback", json={"version": first["version"], "reason": "too many calls"}, headers=ADMIN
+    )
+    assert back.status_code == 200, back.text
+    restored = back.json()
+    assert restored["version"] == new["version"] + 1
+    assert restored["policy"] == first["policy"]
+    assert restored["reason"] == f"rollback to version {first['version']}: too many calls"
+    again = score(app_client)
+    assert again["thresholds_version"] == restored["version"]
+    for part in ("fit", "readiness", "route"):
+        assert again[part] == before[part]
+    history = app_client.get("/v1/thresholds/history", headers=SCORING).json()["versions"]
+    assert [v["version"] for v in history][:3] == [restored["version"], new["version"], first["version"]]
+
+
+def test_rollback_to_a_version_that_does_not_exist_is_a_404(app_client: TestClient) -> None:
+    response = app_client.post("/v1/thresholds/rollback", json={"version": 999, "reason": "x"}, headers=ADMIN)
+    assert response.status_code == 404 and "999" in response.json()["detail"]
+
+
+def test_an_edit_of_a_stale_version_is_refused_not_lost(app_client: TestClient) -> None:
+    base = in_force(app_client)
+    first = put(app_client, base["policy"], reason="editor one", base_version=base["version"])
+    second = put(app_client, base["policy"], reason="editor two", base_version=base["version"])
+    assert first.status_code == 200
+    assert second.status_code == 409 and "reload the thresholds" in second.json()["detail"]
+    assert in_force(app_client)["reason"] == "editor one"
+
+
+def test_concurrent_saves_all_get_their_own_version(app_client: TestClient) -> None:
+    policy = in_force(app_client)["policy"]
+    start = in_force(app_client)["version"]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: put(app_client, policy, reason=f"save {i}"), range(16)))
+    assert all(r.status_code == 200 for r in responses)
+    versions = sorted(r.json()["version"] for r in responses)
+    assert versions == list(range(start + 1, start + 17))
+    history = app_client.get("/v1/thresholds/history", headers=SCORING).json()["versions"]
+    assert {f"save {i}" for i in range(16)} <= {v["reason"] for v in history}
+
+
+def test_segment_cut_offs_route_the_leads_of_their_segment(app_client: TestClient) -> None:
+    policy = copy.deepcopy(in_force(app_client)["policy"])
+    policy["segments"] = [{"match": {"region": "north america"}, "stages": {"MQL": 0.98, "SQL": 0.99}}]
+    assert put(app_client, policy, reason="NA is saturated").status_code == 200
+    scored = score(app_client)  # the example lead is in "North America"
+    assert scored["route"]["segment"] == "region=north america"
+    assert scored["readiness"]["stage"] == "nurture"
+    elsewhere = copy.deepcopy(EXAMPLE_REQUEST)
+    elsewhere["lead"]["region"] = "EMEA"
+    assert score(app_client, elsewhere)["route"]["segment"] is None
+
+
+def test_simulate_and_solve_replay_the_champions_holdout(app_client: TestClient) -> None:
+    policy = in_force(app_client)["policy"]
+    capacities = {"queues": {"sales": {"reps": 2, "leads_per_rep_per_week": 10},
+                             "sdr": {"reps": 3, "leads_per_rep_per_week": 20}}}  # fmt: skip
+    body = {"policy": policy, "capacities": capacities, "data": "holdout"}
+    simulated = app_client.post("/v1/thresholds/simulate", json=body, headers=SCORING)
+    assert simulated.status_code == 200, simulated.text
+    sim = simulated.json()
+    assert sim["data"]["kind"] == "holdout" and sim["data"]["rows"] > 100
+    assert {q["queue"] for q in sim["queues"]} == {"sales", "sdr", "nurture", "disqualify"}
+    assert len(sim["matrix"]) == 12 and sim["curves"]["MQL"]
+    solved = app_client.post("/v1/thresholds/solve", json=body, headers=SCORING)
+    assert solved.status_code == 200, solved.text
+    proposal = solved.json()
+    loads = {q["queue"]: q["weekly_leads"] for q in proposal["simulation"]["queues"]}
+    if proposal["feasible"]:
+        assert loads["sales"] <= 20 + 1e-9 and loads["sdr"] <= 60 + 1e-9
+    assert proposal["policy"]["capacities"]["queues"]["sales"]["reps"] == 2
+    # Proposals are not applied: the policy in force is unchanged until someone saves it.
+    assert in_force(app_client)["policy"] == policy
+
+
+def test_recent_data_needs_scores_in_the_log(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> None:
+    app = create_app(service_settings(registry, tmp_path_factory.mktemp("fresh")))
+    with TestClient(app) as client:
+        policy = in_force(client)["policy"]
+        response = client.post("/v1/thresholds/simulate", json={"policy": policy, "data": "recent"}, headers=SCORING)
+        assert response.status_code == 422 and "no scores" in response.json()["detail"]
+        for i in range(3):
+            request = copy.deepcopy(EXAMPLE_REQUEST)
+            request["lead"]["lead_id"] = f"L-{i}"
+            request.pop("as_of")
+            score(client, request)
+        recent = client.post("/v1/thresholds/simulate", json={"policy": policy, "data": "recent"}, headers=SCORING)
+        assert recent.status_code == 200, recent.text
+        assert recent.json()["data"] | {"kind": "recent", "leads": 3} == recent.json()["data"]
+        auto = client.post("/v1/thresholds/simulate", json={"policy": policy}, headers=SCORING)
+        assert auto.json()["data"]["kind"] == "holdout"  # 3 recent leads are too few to judge volumes by
