@@ -231,18 +231,7 @@ class ScoreLog:
         if lead_id is not None:
             query = query.where(score_log.c.lead_id == lead_id)
         with self.engine.connect() as conn:
-            return [
-                ScoreRecord(
-                    request_id=r.request_id,
-                    lead_id=r.lead_id,
-                    scored_at=_aware(r.scored_at),
-                    model_version=r.model_version,
-                    thresholds_version=r.thresholds_version,
-                    inputs=json.loads(r.inputs),
-                    outputs=json.loads(r.outputs),
-                )
-                for r in conn.execute(query)
-            ]
+            return [_score_record(r) for r in conn.execute(query)]
 
     def read_since(self, since: dt.datetime, *, limit: int) -> list[ScoreRecord]:
         """The latest `limit` records scored at or after `since`, oldest first (what threshold tuning replays)."""
@@ -251,18 +240,20 @@ class ScoreLog:
         query = select(score_log).where(score_log.c.scored_at >= since).order_by(score_log.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             rows = list(conn.execute(query))
-        return [
-            ScoreRecord(
-                request_id=r.request_id,
-                lead_id=r.lead_id,
-                scored_at=_aware(r.scored_at),
-                model_version=r.model_version,
-                thresholds_version=r.thresholds_version,
-                inputs=json.loads(r.inputs),
-                outputs=json.loads(r.outputs),
-            )
-            for r in reversed(rows)
-        ]
+        return [_score_record(r) for r in reversed(rows)]
+
+
+def _score_record(row: Any) -> ScoreRecord:
+    """A score-log row as the record that was appended."""
+    return ScoreRecord(
+        request_id=row.request_id,
+        lead_id=row.lead_id,
+        scored_at=_aware(row.scored_at),
+        model_version=row.model_version,
+        thresholds_version=row.thresholds_version,
+        inputs=json.loads(row.inputs),
+        outputs=json.loads(row.outputs),
+    )
 
 
 def recover_journals(engine: Engine, journal_dir: Path) -> int:

@@ -342,11 +342,11 @@ def _past_sla(arrival_weeks: np.ndarray, capacity: float, sla_hours: float, hour
 
 
 def _queue_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, capacities: Capacities,
-                   outcomes: _Outcomes) -> list[dict[str, Any]]:  # fmt: skip
+                   outcomes: _Outcomes, counted: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
     scale = sample.weeks * sample.sampled_share
     fit_p = sample.frame["fit_probability"].to_numpy()
     ready = sample.frame["readiness_probability"].to_numpy()
-    base = _recall_base(outcomes, _counted_leads(sample, routed))
+    base = _recall_base(outcomes, counted)
     out = []
     for q, queue in enumerate(QUEUES):
         rows = _first_rows(sample, routed.queue == q)
@@ -380,7 +380,7 @@ def _worked_rows(sample: ScoreSample, routed: Routed) -> np.ndarray:
     return _first_rows(sample, _worked_mask(routed))
 
 
-def _totals(sample: ScoreSample, routed: Routed, outcomes: _Outcomes) -> dict[str, Any]:
+def _totals(sample: ScoreSample, routed: Routed, outcomes: _Outcomes, counted: np.ndarray) -> dict[str, Any]:
     rows = _worked_rows(sample, routed)
     scale = sample.weeks * sample.sampled_share
     successes = float(outcomes.success[rows].sum())
@@ -388,15 +388,15 @@ def _totals(sample: ScoreSample, routed: Routed, outcomes: _Outcomes) -> dict[st
         "weekly_leads_worked": len(rows) / scale,
         "expected_sqls": float(sample.frame["readiness_probability"].to_numpy()[rows].sum()) / scale,
         "precision": _ratio(successes, len(rows)),
-        "recall": _ratio(successes, _recall_base(outcomes, _counted_leads(sample, routed))),
+        "recall": _ratio(successes, _recall_base(outcomes, counted)),
     }
 
 
-def _segment_figures(sample: ScoreSample, routed: Routed, outcomes: _Outcomes) -> list[dict[str, Any]]:
+def _segment_figures(sample: ScoreSample, routed: Routed, outcomes: _Outcomes, counted: np.ndarray
+                     ) -> list[dict[str, Any]]:  # fmt: skip
     scale = sample.weeks * sample.sampled_share
     ready = sample.frame["readiness_probability"].to_numpy()
     label = outcomes.success
-    counted = _counted_leads(sample, routed)
     out = []
     for dimension in SEGMENT_DIMENSIONS:
         raw = sample.frame[dimension].to_numpy(dtype=object)
@@ -482,11 +482,12 @@ def simulate(sample: ScoreSample, policy: RoutingPolicy, capacities: Capacities,
     """Every figure of a candidate policy on the replayed leads (see the module docstring for definitions)."""
     routed = route(sample, policy)
     outcomes = _outcomes(sample)
+    counted = _counted_leads(sample, routed)  # the leads whose outcome every recall below counts
     return {
         "data": sample.describe(),
-        "queues": _queue_figures(sample, routed, policy, capacities, outcomes),
-        "totals": _totals(sample, routed, outcomes),
-        "segments": _segment_figures(sample, routed, outcomes),
+        "queues": _queue_figures(sample, routed, policy, capacities, outcomes, counted),
+        "totals": _totals(sample, routed, outcomes, counted),
+        "segments": _segment_figures(sample, routed, outcomes, counted),
         "matrix": _matrix_figures(sample, routed, policy, outcomes),
         "curves": {s: _curve(sample, policy, outcomes, s) for s in ("MQL", "SQL")} if curves else {},
     }

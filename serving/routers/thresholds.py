@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -27,6 +28,7 @@ from serving.tuning import (
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/thresholds", tags=["thresholds"])
+_T = TypeVar("_T")
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Author = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
@@ -148,8 +150,14 @@ def _sample(state: ServiceState, data: Literal["auto", "holdout", "recent"]) -> 
     return choose_sample(data, read_recent, read_holdout)
 
 
-def _unprocessable(err: Exception) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err))
+async def _replay(work: Callable[[], _T]) -> _T:
+    """Run a replay off the event loop; no data to replay is the caller's 422, an unreadable model's holdout a 409."""
+    try:
+        return await asyncio.to_thread(work)
+    except SampleError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from err
+    except ModelNotAvailableError as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
 
 
 @router.post("/simulate", summary="What a candidate policy would do", dependencies=[ScoringAuth])
@@ -159,12 +167,7 @@ async def simulate_policy(body: SimulateRequest, state: StateDep, model: ModelDe
     def run() -> dict[str, Any]:
         return simulate(_sample(state, body.data), body.policy, body.capacities)
 
-    try:
-        return await asyncio.to_thread(run)
-    except SampleError as err:
-        raise _unprocessable(err) from err
-    except ModelNotAvailableError as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
+    return await _replay(run)
 
 
 @router.post("/solve", summary="Propose cut-offs for the capacities", dependencies=[ScoringAuth])
@@ -179,9 +182,4 @@ async def solve_policy(body: SimulateRequest, state: StateDep, model: ModelDep) 
             policy=proposal.policy, feasible=proposal.feasible, note=proposal.note, simulation=simulation
         )
 
-    try:
-        return await asyncio.to_thread(run)
-    except SampleError as err:
-        raise _unprocessable(err) from err
-    except ModelNotAvailableError as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
+    return await _replay(run)

@@ -257,16 +257,21 @@
     state.timer = setTimeout(simulateNow, DEBOUNCE_MS);
   }
 
+  // The policy and capacities on the form, as simulate and solve take them; null (with the reason shown) if invalid.
+  function candidate() {
+    try {
+      return { policy: readPolicy(), capacities: readCapacities(), data: "auto" };
+    } catch (err) {
+      showStatus("status", "error", err.message);
+      return null;
+    }
+  }
+
   async function simulateNow() {
     clearTimeout(state.timer);
     const seq = ++state.seq;
-    let body;
-    try {
-      body = { policy: readPolicy(), capacities: readCapacities(), data: "auto" };
-    } catch (err) {
-      showStatus("status", "error", err.message);
-      return;
-    }
+    const body = candidate();
+    if (body === null) return;
     try {
       const simulation = await api("POST", "/v1/thresholds/simulate", body);
       if (seq !== state.seq) return; // a newer request is on its way: its answer is the one to draw
@@ -452,13 +457,8 @@
 
   async function propose() {
     const button = $("propose");
-    let body;
-    try {
-      body = { policy: readPolicy(), capacities: readCapacities(), data: "auto" };
-    } catch (err) {
-      showStatus("status", "error", err.message);
-      return;
-    }
+    const body = candidate();
+    if (body === null) return;
     button.disabled = true;
     showStatus("status", "info", "Looking for cut-offs that fit the team…");
     try {

@@ -57,6 +57,15 @@ class Service:
         return {"X-API-Key": key}
 
 
+def register_champion(trained: Trained, root: Path) -> str:
+    """A SQLite MLflow store under `root` holding the session's model as @champion; its tracking URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    configure_tracking(uri)
+    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
+    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    return uri
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,10 +88,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 120
 @pytest.fixture(scope="module")
 def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    configure_tracking(uri)
-    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    uri = register_champion(trained, root)
     port = _free_port()
     store_url = f"sqlite:///{root / 'service.db'}"
     env = {

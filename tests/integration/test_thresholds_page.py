@@ -14,14 +14,11 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from mlflow import MlflowClient
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from serving.schemas import EXAMPLE_REQUEST
 from tests.conftest import Trained
-from tests.integration.test_serving import ADMIN_KEY, MODEL, SCORING_KEY, _free_port, _wait_ready
-from training.pipeline import TrainConfig
-from training.tracking import CHAMPION, configure_tracking, log_training
+from tests.integration.test_serving import ADMIN_KEY, SCORING_KEY, _free_port, _wait_ready, register_champion
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +44,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("thresholds-page")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    configure_tracking(uri)
-    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    uri = register_champion(trained, root)
     port = _free_port()
     env = {
         **os.environ,
