@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Self, cast
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -86,15 +87,23 @@ def _type_codes(values: Sequence[object]) -> list[int]:
     return [_type_code(v) for v in values] if -1 in codes else codes
 
 
-def _touch_seconds(values: Sequence[object]) -> np.ndarray:
-    """`record_seconds(value, round_up=True)` of every value."""
-    if all(type(v) is dt.datetime and v.tzinfo is not None for v in values):
-        # Zone-aware datetimes (what the API hands over): record_seconds' own arithmetic, without a call per touch.
-        stamps = cast(Sequence[dt.datetime], values)
-        seconds = [-(-((v - _EPOCH) // _ONE_MICROSECOND) // MICROS_PER_SECOND) for v in stamps]
-    else:
-        seconds = [record_seconds(v, round_up=True) for v in values]
-    return np.array(seconds, dtype=np.int64)
+def _seconds_up(values: Sequence[object]) -> list[int]:
+    """`record_seconds(value, round_up=True)` of every value; aware datetimes and nulls without a call each.
+
+    Zone-aware datetimes are what the API hands over. For one, `timestamp()` is the exact microsecond count divided
+    by 10^6 and correctly rounded: below 2^33 seconds (the year 2242) half a float step is under a microsecond, so
+    its ceiling is the exact ceiling.
+    """
+    never = int(NEVER)
+    out: list[int] = []
+    for v in values:
+        if v is None:
+            out.append(never)
+        elif type(v) is dt.datetime and v.tzinfo is not None:
+            out.append(math.ceil(v.timestamp()))
+        else:
+            out.append(record_seconds(v, round_up=True))
+    return out
 
 
 def series_ns(series: pd.Series) -> np.ndarray:
@@ -169,6 +178,21 @@ class FeatureBuilder:
         self.feature_names_ = self.fit_feature_names_ + self.engagement_feature_names_
         self.categorical_features_ = [*self.fit_encoder_.categorical_features_, "stage"]
         return self
+
+    # The engine plan is derived from the config: left out of a pickle and rebuilt on load, so that a model logged
+    # by an earlier version of the engine (whose plan held other arrays) still loads and scores.
+    def __getstate__(self) -> dict[str, object]:
+        """The builder's state without the derived engine plan."""
+        state = self.__dict__.copy()
+        state.pop("plan_", None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Restore a pickled builder, planning the engine afresh for its config."""
+        self.__dict__.update(state)
+        self.__dict__.pop("plan_", None)
+        if "feature_names_" in state:  # fitted
+            self.plan_ = plan_engine(self.config_)
 
     # ---- batch -------------------------------------------------------------------------------------------------
     def _tables(self, leads: pd.DataFrame, activities: pd.DataFrame) -> _Tables:
@@ -316,7 +340,7 @@ class FeatureBuilder:
             people = [request.lead, *request.colleagues]
             first = len(lifecycle_rows)
             index = {str(p["lead_id"]): first + i for i, p in enumerate(people)}
-            lifecycle_rows += [[record_seconds(p.get(c), round_up=True) for c in LIFECYCLE_CHAIN] for p in people]
+            lifecycle_rows += [_seconds_up([p.get(c) for c in LIFECYCLE_CHAIN]) for p in people]
             account_start += [first] * len(people)
             account_end += [first + len(people)] * len(people)
             pair_lead.append(first)
@@ -326,7 +350,7 @@ class FeatureBuilder:
             else:
                 codes += [index[str(x)] for x in ids]
         lifecycle = np.array(lifecycle_rows, dtype=np.int64)
-        ts = _touch_seconds([t for r in requests for t in r.touch_times])
+        ts = np.array(_seconds_up([t for r in requests for t in r.touch_times]), dtype=np.int64)
         types = np.array(_type_codes([t for r in requests for t in r.touch_types]), dtype=np.int64)
         if not len(codes) == len(ts) == len(types):
             raise ValueError("every touch needs a lead_id, a time and an activity type")
@@ -343,5 +367,5 @@ class FeatureBuilder:
         )
         at = np.array([record_seconds(r.as_of, round_up=False) for r in requests], dtype=np.int64)
         engagement = compute_engagement(block, np.array(pair_lead, dtype=np.int64), at, self.plan_)
-        fit = np.array([self.fit_encoder_.transform_record(r.lead) for r in requests], dtype=np.float64)
+        fit = np.array([self.fit_encoder_.record_values(r.lead) for r in requests], dtype=np.float64)
         return np.hstack([fit.reshape(len(requests), -1), engagement])

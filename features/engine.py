@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from features.jit import jit
 from features.spec import ACTIVITY_TYPES, LIFECYCLE_CHAIN
 
 SECONDS_PER_DAY = 86_400
@@ -27,7 +28,6 @@ NOT_YET_CREATED = -1
 # Stages in which a lead is still being nurtured or worked towards qualification: the readiness question applies.
 READINESS_STAGES: tuple[str, ...] = ("lead", "mql", "sal", "recycled")
 SQL_STAMPS: tuple[str, ...] = ("sql_at", "requalified_at")
-_SQL_COLUMNS = tuple(LIFECYCLE_CHAIN.index(name) for name in (*SQL_STAMPS, "won_at"))
 
 # Relative weight of each touch in decayed engagement: bottom-of-funnel actions say far more about intent.
 DEFAULT_ENGAGEMENT_WEIGHTS: Mapping[str, float] = MappingProxyType(
@@ -119,14 +119,25 @@ class FunnelBlock:
 
 def stage_at(lifecycle: np.ndarray, as_of: np.ndarray) -> np.ndarray:
     """Stage code of each row at as_of: the chain position of its latest stamp strictly before as_of (-1: none)."""
-    before = lifecycle < as_of[:, None]
-    n = lifecycle.shape[1]
-    last = n - 1 - np.argmax(before[:, ::-1], axis=1)
-    return np.where(before.any(axis=1), last, NOT_YET_CREATED)
+    life = np.ascontiguousarray(lifecycle, dtype=np.int64)
+    at = np.ascontiguousarray(as_of, dtype=np.int64)
+    out = np.empty(at.shape[0], dtype=np.int64)
+    _stages(life, at, out)
+    return out
 
 
-def _days(seconds: np.ndarray) -> np.ndarray:
-    return seconds.astype(np.float64) / SECONDS_PER_DAY
+@jit
+def _stage(stamps: np.ndarray, as_of: int) -> int:  # pragma: no cover - compiled
+    for position in range(stamps.shape[0] - 1, -1, -1):
+        if stamps[position] < as_of:
+            return position
+    return NOT_YET_CREATED
+
+
+@jit
+def _stages(lifecycle: np.ndarray, as_of: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    for row in range(as_of.shape[0]):
+        out[row] = _stage(lifecycle[row], as_of[row])
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +146,12 @@ class EnginePlan:
 
     config: FeatureConfig
     n_features: int
-    offsets: np.ndarray  # seconds before as_of: window starts, decay start, buying-group window start
-    weights: np.ndarray  # engagement weight per activity type
-    high: np.ndarray  # activity type indices that signal high intent
+    window_seconds: np.ndarray  # int64 (windows,)
+    window_days: np.ndarray  # float64 (windows,)
+    decay_seconds: int  # decayed engagement reads touches this recent
+    buying_group_seconds: int
+    weights: np.ndarray  # float64 (types,): engagement weight per activity type
+    high: np.ndarray  # bool (types,): the activity types that signal high intent
     short: int  # window index for velocity's recent rate
     long: int  # window index for velocity's baseline rate
 
@@ -145,171 +159,162 @@ class EnginePlan:
 def plan_engine(config: FeatureConfig) -> EnginePlan:
     """Prepare the engine for `config`."""
     windows = np.asarray(config.windows_days, dtype=np.int64)
-    decay_span = int(np.ceil(DECAY_HORIZON_HALF_LIVES * config.half_life_days * SECONDS_PER_DAY))
-    offsets = np.concatenate(
-        [windows * SECONDS_PER_DAY, [decay_span, config.buying_group_window_days * SECONDS_PER_DAY]]
-    )
     return EnginePlan(
         config=config,
         n_features=len(engagement_feature_names(config)),
-        offsets=offsets.astype(np.int64),
+        window_seconds=windows * SECONDS_PER_DAY,
+        window_days=windows.astype(np.float64),
+        decay_seconds=int(np.ceil(DECAY_HORIZON_HALF_LIVES * config.half_life_days * SECONDS_PER_DAY)),
+        buying_group_seconds=config.buying_group_window_days * SECONDS_PER_DAY,
         weights=np.array([config.engagement_weights.get(t, 0.0) for t in ACTIVITY_TYPES]),
-        high=np.array([ACTIVITY_TYPES.index(t) for t in config.high_intent_types], dtype=np.int64),
+        high=np.isin(np.array(ACTIVITY_TYPES), config.high_intent_types),
         # Velocity compares the two shortest windows: last week against the three weeks before (by default).
         short=0,
         long=min(1, len(config.windows_days) - 1),
     )
 
 
-class _Columns:
-    """Fills a preallocated feature matrix left to right (one allocation instead of ~80 column arrays)."""
-
-    def __init__(self, n_rows: int, n_cols: int) -> None:
-        self.out = np.empty((n_rows, n_cols), dtype=np.float64)
-        self.at = 0
-
-    def put(self, values: np.ndarray) -> None:
-        width = 1 if values.ndim == 1 else values.shape[1]
-        target = self.out[:, self.at : self.at + width]
-        target[...] = values if values.ndim == 2 else values[:, None]
-        self.at += width
-
-
 _UNSUBSCRIBE = ACTIVITY_TYPES.index("unsubscribe")
 _MQL = LIFECYCLE_CHAIN.index("mql_at")
+_SQL_COLUMNS = np.array([LIFECYCLE_CHAIN.index(name) for name in (*SQL_STAMPS, "won_at")], dtype=np.int64)
 
 
 def compute_engagement(block: FunnelBlock, lead: np.ndarray, as_of: np.ndarray, plan: EnginePlan) -> np.ndarray:
     """Engagement, lifecycle and buying-group features for (lead code, as_of seconds) pairs of one block.
 
-    Only activities and lifecycle stamps strictly before each pair's as_of are read.
+    Only activities and lifecycle stamps strictly before each pair's as_of are read. Each pair reads its own lead's
+    and colleagues' rows only, in block order, so a lead's row does not depend on which other leads share the
+    block: batch and request-time results are bit-identical.
     """
-    n_types = len(ACTIVITY_TYPES)
-    n_pairs = lead.shape[0]
-    n_windows = len(plan.config.windows_days)
-    key, types = block.act_key, block.act_type
-    # One padding slot keeps "the touch before position hi" indexable when a block has no touches at all.
-    ts = np.append(key & MAX_TIMESTAMP, 0)
-    base = lead << TS_BITS
-
-    # Cumulative one-hot counts and "position of the last touch of each type" over the block's sorted activities.
-    n_acts = key.shape[0]
-    rows = np.arange(1, n_acts + 1)
-    cum = np.zeros((n_acts + 1, n_types), dtype=np.int32)
-    cum[rows, types] = 1
-    np.cumsum(cum, axis=0, out=cum)
-    last_pos = np.full((n_acts + 1, n_types), -1, dtype=np.int64)
-    last_pos[rows, types] = rows - 1
-    np.maximum.accumulate(last_pos, axis=0, out=last_pos)
-
-    # One searchsorted for every bound of every pair: lead start, window starts, decay start, buying window, as_of.
-    bounds = np.empty((n_pairs, n_windows + 4), dtype=np.int64)
-    bounds[:, 0] = base
-    bounds[:, 1:-1] = base[:, None] | np.maximum(as_of[:, None] - plan.offsets[None, :], 0)
-    bounds[:, -1] = base | as_of
-    pos = np.searchsorted(key, bounds.ravel(), side="left").reshape(n_pairs, -1)
-    first, hi = pos[:, 0], pos[:, -1]
-    decay_lo, bg_lo = pos[:, 1 + n_windows], pos[:, 2 + n_windows]
-
-    out = _Columns(n_pairs, plan.n_features)
-    lifecycle = block.lifecycle[lead]
-    stage = stage_at(lifecycle, as_of)
-    stage_stamp = lifecycle[np.arange(n_pairs), np.maximum(stage, 0)]
-    mql = lifecycle[:, _MQL]
-    out.put(_days(as_of - lifecycle[:, 0]))
-    out.put(stage)
-    out.put(np.where(stage >= 0, _days(as_of - stage_stamp), np.nan))
-    out.put(np.where(mql < as_of, _days(as_of - np.minimum(mql, as_of)), np.nan))
-
-    cum_hi = cum[hi]
-    cum_lo = cum[pos[:, 1 : 1 + n_windows]]  # (P, W, T)
-    for j in range(n_windows):
-        counts = cum_hi - cum_lo[:, j]
-        out.put(counts)
-        out.put(counts.sum(axis=1))
-
-    last = last_pos[hi]  # (P, T) positions; valid when inside the lead's own segment
-    out.put(np.where(last >= first[:, None], _days(as_of[:, None] - ts[np.maximum(last, 0)]), np.nan))
-    out.put(np.where(hi > first, _days(as_of - ts[np.maximum(hi - 1, 0)]), np.nan))
-    out.put(hi - first)
-    out.put(_decayed(ts, types, decay_lo, hi, as_of, plan))
-
-    # Velocity: the recent touch rate against the rate just before it, as a bounded index in [-1, 1].
-    windows = plan.config.windows_days
-    recent = (cum_hi - cum_lo[:, plan.short]).sum(axis=1) / windows[plan.short]
-    earlier = (cum_lo[:, plan.short] - cum_lo[:, plan.long]).sum(axis=1) / max(
-        windows[plan.long] - windows[plan.short], 1
+    out = np.empty((lead.shape[0], plan.n_features), dtype=np.float64)
+    key, types, lifecycle, start, end, codes, at = (
+        np.ascontiguousarray(a, dtype=np.int64)
+        for a in (block.act_key, block.act_type, block.lifecycle, block.account_start, block.account_end, lead, as_of)
     )
-    total_rate = recent + earlier
-    out.put(np.divide(recent - earlier, total_rate, out=np.zeros(n_pairs), where=total_rate > 0))
-
-    # Recent touch rate against the lead's own lifetime rate: some people open every e-mail, so a count means
-    # more intent from a quiet lead than from a chatty one. Add-one smoothing keeps new leads finite.
-    lifetime_days = np.maximum(_days(as_of - lifecycle[:, 0]), 0.0)
-    lifetime_rate = ((hi - first) + 1.0) / (lifetime_days + 1.0)
-    for j in range(min(2, n_windows)):
-        window_rate = (cum_hi - cum_lo[:, j]).sum(axis=1) / windows[j]
-        out.put(window_rate / lifetime_rate)
-
-    out.put((cum_hi[:, plan.high] - cum[bg_lo][:, plan.high]).sum(axis=1))
-    out.put(cum_hi[:, _UNSUBSCRIBE] - cum[first, _UNSUBSCRIBE] > 0)
-    for column in _buying_group(block, lead, as_of, cum, plan.high, plan.config.buying_group_window_days):
-        out.put(column)
-    return out.out
+    _engagement(
+        key, types, lifecycle, start, end, codes, at, plan.window_seconds, plan.window_days, plan.decay_seconds,
+        float(plan.config.half_life_days), plan.buying_group_seconds, plan.weights, plan.high, plan.short, plan.long,
+        _SQL_COLUMNS, out,
+    )  # fmt: skip
+    return out
 
 
-def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten half-open ranges [lo, hi) into (owner row, index) arrays without a Python loop."""
-    lengths = hi - lo
-    owner = np.repeat(np.arange(lo.shape[0]), lengths)
-    starts = np.cumsum(lengths) - lengths
-    index = np.arange(owner.shape[0]) - starts[owner] + lo[owner]
-    return owner, index
+@jit
+def _engagement(
+    act_key: np.ndarray,
+    act_type: np.ndarray,
+    lifecycle: np.ndarray,
+    account_start: np.ndarray,
+    account_end: np.ndarray,
+    lead: np.ndarray,
+    as_of: np.ndarray,
+    window_seconds: np.ndarray,
+    window_days: np.ndarray,
+    decay_seconds: int,
+    half_life_days: float,
+    buying_group_seconds: int,
+    weights: np.ndarray,
+    high: np.ndarray,
+    short: int,
+    long: int,
+    sql_columns: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled; its behaviour is tested through FeatureBuilder
+    n_types = weights.shape[0]
+    n_windows = window_seconds.shape[0]
+    counts = np.zeros((n_windows, n_types), dtype=np.int64)
+    window_start = np.zeros(n_windows, dtype=np.int64)
+    last = np.zeros(n_types, dtype=np.int64)
+    for p in range(lead.shape[0]):
+        code, at = lead[p], as_of[p]
+        base = code << TS_BITS
+        # The lead's touches strictly before as_of: positions [first, hi) of the sorted keys.
+        first = np.searchsorted(act_key, base)
+        hi = np.searchsorted(act_key, base | at)
+        life = lifecycle[code]
+        stage = _stage(life, at)
+        out[p, 0] = (at - life[0]) / SECONDS_PER_DAY
+        out[p, 1] = stage
+        out[p, 2] = (at - life[stage]) / SECONDS_PER_DAY if stage >= 0 else np.nan
+        out[p, 3] = (at - life[_MQL]) / SECONDS_PER_DAY if life[_MQL] < at else np.nan
+        col = 4
 
+        counts[:, :] = 0
+        for w in range(n_windows):
+            window_start[w] = np.searchsorted(act_key, base | max(at - window_seconds[w], 0))
+        window_total = np.zeros(n_windows, dtype=np.int64)
+        for w in range(n_windows):
+            for i in range(window_start[w], hi):
+                counts[w, act_type[i]] += 1
+            for t in range(n_types):
+                out[p, col + t] = counts[w, t]
+                window_total[w] += counts[w, t]
+            out[p, col + n_types] = window_total[w]
+            col += n_types + 1
 
-def _decayed(
-    ts: np.ndarray, types: np.ndarray, lo: np.ndarray, hi: np.ndarray, as_of: np.ndarray, plan: EnginePlan
-) -> np.ndarray:
-    """Sum of weight * 2^(-age / half-life) over each pair's recent touches.
+        last[:] = -1
+        unsubscribed = False
+        for i in range(first, hi):
+            last[act_type[i]] = i
+            unsubscribed |= act_type[i] == _UNSUBSCRIBE
+        for t in range(n_types):
+            out[p, col + t] = (at - (act_key[last[t]] & MAX_TIMESTAMP)) / SECONDS_PER_DAY if last[t] >= 0 else np.nan
+        col += n_types
+        out[p, col] = (at - (act_key[hi - 1] & MAX_TIMESTAMP)) / SECONDS_PER_DAY if hi > first else np.nan
+        out[p, col + 1] = hi - first
 
-    Summed per pair from its own rows only (bincount adds in row order), so a lead's value does not depend on which
-    other leads share its block: batch and request-time results are bit-identical.
-    """
-    owner, index = _expand_ranges(lo, hi)
-    age_days = _days(as_of[owner] - ts[index])
-    values = plan.weights[types[index]] * np.exp2(-age_days / plan.config.half_life_days)
-    return np.bincount(owner, weights=values, minlength=lo.shape[0])
+        # Decayed engagement: weight * 2^(-age / half-life), summed in block order over the recent touches.
+        decayed = 0.0
+        for i in range(np.searchsorted(act_key, base | max(at - decay_seconds, 0)), hi):
+            age = (at - (act_key[i] & MAX_TIMESTAMP)) / SECONDS_PER_DAY
+            decayed += weights[act_type[i]] * np.exp2(-age / half_life_days)
+        out[p, col + 2] = decayed
 
+        # Velocity: the recent touch rate against the rate just before it, as a bounded index in [-1, 1].
+        recent = window_total[short] / window_days[short]
+        earlier = (window_total[long] - window_total[short]) / max(window_days[long] - window_days[short], 1.0)
+        total_rate = recent + earlier
+        out[p, col + 3] = (recent - earlier) / total_rate if total_rate > 0 else 0.0
+        col += 4
 
-def _buying_group(
-    block: FunnelBlock, lead: np.ndarray, as_of: np.ndarray, cum: np.ndarray, high: np.ndarray, window_days: int
-) -> list[np.ndarray]:
-    """Colleagues at the same account: known, engaged, their touches and high-intent touches, and SQLs so far."""
-    n_pairs = lead.shape[0]
-    pair, member = _expand_ranges(block.account_start[lead], block.account_end[lead])
-    keep = member != lead[pair]
-    pair, member = pair[keep], member[keep]
-    at = as_of[pair]
-    life = block.lifecycle[member]
-    known = life[:, 0] < at
-    mbase = member << TS_BITS
-    bounds = np.stack([mbase | np.maximum(at - window_days * SECONDS_PER_DAY, 0), mbase | at], axis=1)
-    pos = np.searchsorted(block.act_key, bounds.ravel(), side="left").reshape(-1, 2)
-    touches = pos[:, 1] - pos[:, 0]
-    high_touches = (cum[pos[:, 1]][:, high] - cum[pos[:, 0]][:, high]).sum(axis=1)
-    reached_sql = (life[:, list(_SQL_COLUMNS)] < at[:, None]).any(axis=1)
+        # Recent touch rate against the lead's own lifetime rate: some people open every e-mail, so a count means
+        # more intent from a quiet lead than from a chatty one. Add-one smoothing keeps new leads finite.
+        lifetime_days = max((at - life[0]) / SECONDS_PER_DAY, 0.0)
+        lifetime_rate = ((hi - first) + 1.0) / (lifetime_days + 1.0)
+        for j in range(min(2, n_windows)):
+            out[p, col] = (window_total[j] / window_days[j]) / lifetime_rate
+            col += 1
 
-    def per_pair(values: np.ndarray) -> np.ndarray:
-        return np.bincount(pair, weights=values.astype(np.float64), minlength=n_pairs)
+        group_start = max(at - buying_group_seconds, 0)
+        high_touches = 0
+        for i in range(np.searchsorted(act_key, base | group_start), hi):
+            high_touches += high[act_type[i]]
+        out[p, col] = high_touches
+        out[p, col + 1] = 1.0 if unsubscribed else 0.0
+        col += 2
 
-    n_known = per_pair(known)
-    colleague_touches = per_pair(touches)
-    return [
-        n_known,
-        per_pair(touches > 0),
-        colleague_touches,
-        per_pair(high_touches),
-        per_pair(reached_sql),
+        # Buying group: colleagues at the same account, known, engaged, their (high-intent) touches and SQLs so far.
+        known = engaged = touches = high_colleague = sql = 0.0
+        for member in range(account_start[code], account_end[code]):
+            if member == code:
+                continue
+            member_life = lifecycle[member]
+            known += member_life[0] < at
+            member_base = member << TS_BITS
+            lo_m = np.searchsorted(act_key, member_base | group_start)
+            hi_m = np.searchsorted(act_key, member_base | at)
+            touches += hi_m - lo_m
+            engaged += hi_m > lo_m
+            for i in range(lo_m, hi_m):
+                high_colleague += high[act_type[i]]
+            reached = False
+            for c in sql_columns:
+                reached |= member_life[c] < at
+            sql += reached
+        out[p, col] = known
+        out[p, col + 1] = engaged
+        out[p, col + 2] = touches
+        out[p, col + 3] = high_colleague
+        out[p, col + 4] = sql
         # The account's pulse per person: many touches from one big buying group mean less than from a small one.
-        colleague_touches / (n_known + 1.0),
-    ]
+        out[p, col + 5] = touches / (known + 1.0)

@@ -43,6 +43,8 @@ FREE_MAIL_DOMAINS: frozenset[str] = frozenset(
 # Categories seen fewer times than this at training are pooled into "other" with unseen values, so that the model
 # has examples of "other" and a typo at scoring time is scored like the rare values it resembles.
 DEFAULT_MIN_CATEGORY_COUNT = 10
+# (feature, value) results a fitted encoder keeps for scoring single leads before it starts afresh.
+MAX_MEMO = 100_000
 OTHER = "__other__"
 
 
@@ -127,6 +129,7 @@ class FitEncoder:
 
     def fit(self, leads: pd.DataFrame) -> Self:
         """Learn the category vocabularies from the training leads."""
+        self.__dict__.pop("_memo", None)  # results kept for the old vocabularies
         vocabularies: dict[str, tuple[str, ...]] = {}
         for col in self._categorical_columns():
             counts = leads[col.name].dropna().map(lambda v: normalize_category(str(v))).value_counts()
@@ -168,7 +171,34 @@ class FitEncoder:
 
     def transform_record(self, lead: Mapping[str, object]) -> np.ndarray:
         """Fit features of one lead given as a mapping of contract column names to values."""
-        return np.array([func(lead.get(source)) for source, func in self._scalar_functions()], dtype=np.float64)
+        return np.array(self.record_values(lead), dtype=np.float64)
+
+    def record_values(self, lead: Mapping[str, object]) -> list[float]:
+        """`transform_record` as a list: each feature's function applied once per distinct value.
+
+        Profiles repeat (the same industries, countries, titles and sizes come back lead after lead), so each
+        (feature, value) result is kept; the functions are pure, so a kept result is the result.
+        """
+        memo = self.__dict__.get("_memo")
+        if memo is None or len(memo) > MAX_MEMO:  # pickled models carry no memo; a long-running one is bounded
+            memo = self.__dict__["_memo"] = {}
+            self.__dict__["_functions"] = self._scalar_functions()
+        values = []
+        for j, (source, func) in enumerate(self.__dict__["_functions"]):
+            value = lead.get(source)
+            key = (j, value)
+            try:
+                result = memo[key]
+            except KeyError:
+                result = memo[key] = func(value)
+            except TypeError:  # an unhashable value (a caller's bug, refused by the function itself)
+                result = func(value)
+            values.append(result)
+        return values
+
+    def __getstate__(self) -> dict[str, object]:
+        """The encoder without its memo (rebuilt as leads are scored)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_memo", "_functions")}
 
 
 def _as_float(value: object) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from features.engine import STAGES
 from features.spec import ACTIVITY_TYPES
 
 Side = Literal["fit", "behaviour"]
+Row = np.ndarray | Sequence[float]  # one lead's feature values, in the builder's column order
 
 # What a touch of each kind says in a sentence ("requested a demo 2 days ago").
 ACTIVITY_PHRASES: Mapping[str, str] = {
@@ -154,6 +156,11 @@ class ReasonLabeler:
         self.membership[np.arange(len(self.feature_names)), member] = 1.0
         self._index = {name: j for j, name in enumerate(self.feature_names)}
 
+    @functools.cached_property
+    def _side_columns(self) -> dict[Side, list[int]]:
+        # Derived on first use, so that labelers pickled before it existed load too.
+        return {side: [g for g, s in enumerate(self.sides) if s == side] for side in ("fit", "behaviour")}
+
     def group_impacts(self, contributions: np.ndarray) -> np.ndarray:
         """(rows x groups) log-odds impacts from (rows x features) contributions."""
         return contributions @ self.membership
@@ -162,17 +169,30 @@ class ReasonLabeler:
         self, impacts: np.ndarray, values: np.ndarray, *, side: Side, k: int, min_impact: float = 0.0
     ) -> list[Reason]:
         """The k groups of one side with the largest |impact| for one row, phrased from that row's values."""
-        candidates = [g for g, s in enumerate(self.sides) if s == side]
-        ranked = sorted(candidates, key=lambda g: -abs(float(impacts[g])))
-        reasons: list[Reason] = []
-        for g in ranked:
-            impact = float(impacts[g])
-            if abs(impact) <= min_impact or len(reasons) == k:
-                break
-            reasons.append(Reason(self.groups[g], side, round(impact, 4), self.describe(self.groups[g], values)))
+        return self.top_reasons_of_rows(impacts[None, :], values[None, :], side=side, k=k, min_impact=min_impact)[0]
+
+    def top_reasons_of_rows(
+        self, impacts: np.ndarray, values: np.ndarray, *, side: Side, k: int, min_impact: float = 0.0
+    ) -> list[list[Reason]]:
+        """`top_reasons` of every row of (rows x groups) impacts: ranked for all rows at once, then phrased."""
+        columns = self._side_columns[side]
+        side_impacts = impacts[:, columns]
+        # A stable sort: groups of equal impact keep their order, as they would in `sorted`.
+        ranks = np.argsort(-np.abs(side_impacts), axis=1, kind="stable")[:, :k]
+        picked = np.take_along_axis(side_impacts, ranks, axis=1).tolist()
+        reasons: list[list[Reason]] = []
+        # Rows as lists: describing reads a few values per reason, and a list gives them cheaper than an array.
+        for rank, chosen, row_values in zip(ranks.tolist(), picked, values.tolist(), strict=True):
+            row_reasons: list[Reason] = []
+            for position, impact in zip(rank, chosen, strict=True):
+                if abs(impact) <= min_impact:
+                    break
+                group = self.groups[columns[position]]
+                row_reasons.append(Reason(group, side, round(impact, 4), self.describe(group, row_values)))
+            reasons.append(row_reasons)
         return reasons
 
-    def _value(self, values: np.ndarray, name: str) -> float:
+    def _value(self, values: Row, name: str) -> float:
         j = self._index.get(name)
         return float(values[j]) if j is not None else math.nan
 
@@ -182,7 +202,7 @@ class ReasonLabeler:
         vocab = self.vocabularies.get(name, [])
         return vocab[int(code)] if int(code) < len(vocab) else "other"
 
-    def describe(self, group: str, values: np.ndarray) -> str:
+    def describe(self, group: str, values: Row) -> str:
         """A short sentence for one reason group of one lead."""
         describer = _DESCRIBERS.get(group)
         if describer is not None:
@@ -195,22 +215,22 @@ class ReasonLabeler:
         value = self._value(values, group)
         return f"{label}: {value:g}" if _finite(value) else f"{label}: unknown"
 
-    def _lead_age(self, values: np.ndarray) -> str:
+    def _lead_age(self, values: Row) -> str:
         return f"lead created {_ago(self._value(values, 'days_since_created'))}"
 
-    def _company_size(self, values: np.ndarray) -> str:
+    def _company_size(self, values: Row) -> str:
         log_employees = self._value(values, "employee_count_log")
         if not _finite(log_employees):
             return "company size unknown"
         return f"company of {round(math.expm1(log_employees)):,} employees"
 
-    def _revenue(self, values: np.ndarray) -> str:
+    def _revenue(self, values: Row) -> str:
         log_revenue = self._value(values, "annual_revenue_log")
         if not _finite(log_revenue):
             return "annual revenue unknown"
         return f"annual revenue ${math.expm1(log_revenue) / 1e6:,.1f}M"
 
-    def _seniority(self, values: np.ndarray) -> str:
+    def _seniority(self, values: Row) -> str:
         declared = self._category("seniority", self._value(values, "seniority"))
         if declared not in ("unknown", "other"):
             return f"seniority: {declared}"
@@ -220,13 +240,13 @@ class ReasonLabeler:
             return f"job title reads as {names[int(rank)]}"
         return "seniority unknown"
 
-    def _email_domain(self, values: np.ndarray) -> str:
+    def _email_domain(self, values: Row) -> str:
         free = self._value(values, "email_free_domain")
         if not _finite(free):
             return "e-mail domain unknown"
         return "uses a free e-mail address" if free == 1.0 else "uses a business e-mail address"
 
-    def _activity(self, activity: str, values: np.ndarray) -> str:
+    def _activity(self, activity: str, values: Row) -> str:
         phrase = ACTIVITY_PHRASES[activity]
         last = self._value(values, f"days_since_last_{activity}")
         if not _finite(last):
@@ -239,7 +259,7 @@ class ReasonLabeler:
             sentence += f" ({int(n)} times in {window} days)"
         return sentence
 
-    def _activity_level(self, values: np.ndarray) -> str:
+    def _activity_level(self, values: Row) -> str:
         window = self.windows_days[min(1, len(self.windows_days) - 1)]
         n = self._value(values, f"n_touches_{window}d")
         velocity = self._value(values, "engagement_velocity")
@@ -250,13 +270,13 @@ class ReasonLabeler:
             "touchs", "touches"
         )
 
-    def _high_intent(self, values: np.ndarray) -> str:
+    def _high_intent(self, values: Row) -> str:
         window = self.buying_group_window_days
         n = self._value(values, f"n_high_intent_{window}d")
         count = _count(n if _finite(n) else 0, "high-intent touch").replace("touchs", "touches")
         return f"{count} (pricing, demo, trial, meeting) in {window} days"
 
-    def _buying_group(self, values: np.ndarray) -> str:
+    def _buying_group(self, values: Row) -> str:
         window = self.buying_group_window_days
         engaged = self._value(values, f"account_engaged_colleagues_{window}d")
         sql = self._value(values, "account_sql_colleagues")
@@ -269,7 +289,7 @@ class ReasonLabeler:
             return f"{_count(known, 'colleague')} known at the account, none active lately"
         return "no colleagues known at the account"
 
-    def _lifecycle(self, values: np.ndarray) -> str:
+    def _lifecycle(self, values: Row) -> str:
         stage = self._value(values, "stage")
         days = self._value(values, "days_in_stage")
         name = STAGES[int(stage)] if _finite(stage) and 0 <= stage < len(STAGES) else "unknown"
@@ -278,7 +298,7 @@ class ReasonLabeler:
 
 
 # Reason groups phrased by a method of their own (the rest: activity types and plain categories).
-_DESCRIBERS: Mapping[str, Callable[[ReasonLabeler, np.ndarray], str]] = {
+_DESCRIBERS: Mapping[str, Callable[[ReasonLabeler, Row], str]] = {
     "company_size": ReasonLabeler._company_size,
     "revenue": ReasonLabeler._revenue,
     "seniority": ReasonLabeler._seniority,

@@ -14,6 +14,7 @@ from scipy.special import expit
 
 from features.builder import FeatureBuilder
 from features.reasons import Reason, ReasonLabeler
+from features.treeshap import booster_contributions
 
 CalibrationKind = Literal["isotonic", "sigmoid"]
 Model = Literal["fit", "readiness"]
@@ -155,7 +156,7 @@ class LeadScorer:
     def _contributions_with_bias(self, model: Model, features: np.ndarray, *, threads: int) -> np.ndarray:
         booster = self.fit_booster if model == "fit" else self.readiness_booster
         x = features[:, : self.n_fit] if model == "fit" else features
-        return np.asarray(booster.predict(x, pred_contrib=True, num_threads=threads), dtype=np.float64)
+        return booster_contributions(booster, x, threads=threads)
 
     def contributions(self, model: Model, features: np.ndarray, *, threads: int = 0) -> np.ndarray:
         """TreeSHAP contributions (rows x features, log-odds, bias column dropped)."""
@@ -177,24 +178,23 @@ class LeadScorer:
         padded[:, : self.n_fit] = fit_contrib
         fit_impacts = self.labeler.group_impacts(padded)
         ready_impacts = self.labeler.group_impacts(ready_contrib)
-        scores = []
-        for i, lead_id in enumerate(lead_ids):
-            scores.append(
-                LeadScore(
-                    lead_id=str(lead_id),
-                    fit_probability=float(fit_p[i]),
-                    fit_score=float(fit_s[i]),
-                    fit_grade=self.cutoffs.grade(float(fit_s[i])),
-                    readiness_probability=float(ready_p[i]),
-                    readiness_score=float(ready_s[i]),
-                    readiness_stage=self.cutoffs.stage(float(ready_p[i])),
-                    fit_reasons=self.labeler.top_reasons(fit_impacts[i], features[i], side="fit", k=top_k),
-                    behaviour_reasons=self.labeler.top_reasons(
-                        ready_impacts[i], features[i], side="behaviour", k=top_k
-                    ),
-                )
+        fit_reasons = self.labeler.top_reasons_of_rows(fit_impacts, features, side="fit", k=top_k)
+        behaviour_reasons = self.labeler.top_reasons_of_rows(ready_impacts, features, side="behaviour", k=top_k)
+        rows = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
+        return [
+            LeadScore(
+                lead_id=str(lead_id),
+                fit_probability=fp,
+                fit_score=fs,
+                fit_grade=self.cutoffs.grade(fs),
+                readiness_probability=rp,
+                readiness_score=rs,
+                readiness_stage=self.cutoffs.stage(rp),
+                fit_reasons=fit_reasons[i],
+                behaviour_reasons=behaviour_reasons[i],
             )
-        return scores
+            for i, (lead_id, fp, fs, rp, rs) in enumerate(rows)
+        ]
 
     def score_record(
         self,

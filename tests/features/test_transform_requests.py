@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from features.builder import FeatureBuilder, RequestLead
+from features.builder import FeatureBuilder, RequestLead, _seconds_up, record_seconds
 from features.spec import ACTIVITY_TYPES, LIFECYCLE_CHAIN, LeadContract, custom_attribute
 from features.validation import validate_leads
 from tests.factories import lead, leads_frame
@@ -155,3 +158,34 @@ def test_a_colleague_with_the_leads_own_id_is_read_like_the_single_lead_path() -
     np.testing.assert_array_equal(
         builder.transform_requests([request])[0], builder.transform_records(me, touches, as_of, [twin])
     )
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    seconds=st.integers(-86_400, 2**33 - 1),
+    micros=st.one_of(st.integers(0, 999_999), st.sampled_from([0, 1, 999_999])),
+    offset_minutes=st.integers(-23 * 60, 23 * 60),
+)
+def test_aware_times_round_up_exactly_like_the_single_lead_path(seconds: int, micros: int, offset_minutes: int) -> None:
+    # The request path reads aware datetimes through timestamp(); the single-lead path by integer arithmetic.
+    zone = dt.timezone(dt.timedelta(minutes=offset_minutes))
+    moment = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds, microseconds=micros)).astimezone(
+        zone
+    )
+    assert _seconds_up([moment, None]) == [record_seconds(moment, round_up=True), record_seconds(None, round_up=True)]
+
+
+def test_a_pickled_builder_scores_alike_and_carries_no_derived_state() -> None:
+    builder = _builder()
+    lead_record = {"lead_id": "P1", "account_id": "P1", "created_at": START, "industry": "Software", "seats": 3}
+    touches = [{"lead_id": "P1", "occurred_at": START + dt.timedelta(days=2), "activity_type": "demo_request"}]
+    as_of = START + dt.timedelta(days=9)
+    before = builder.transform_records(lead_record, touches, as_of)  # fills the encoder's memo
+    state = pickle.dumps(builder)
+    restored = pickle.loads(state)
+    np.testing.assert_array_equal(restored.transform_records(lead_record, touches, as_of), before)
+    # The engine plan and the memo are derived: a model pickled with another engine version loads all the same.
+    assert "plan_" not in builder.__getstate__() and "_memo" not in builder.fit_encoder_.__getstate__()
+    stale = FeatureBuilder.__new__(FeatureBuilder)
+    stale.__setstate__({**builder.__getstate__(), "plan_": object()})
+    np.testing.assert_array_equal(stale.transform_records(lead_record, touches, as_of), before)
