@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -13,7 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
+from serving import fast
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
 from serving.routers import meta, page, score, thresholds
@@ -36,6 +39,19 @@ def tracking_uri(settings: Settings) -> str:
     )
 
 
+class ScoreService(FastAPI):
+    """The FastAPI app, with POSTs to the score routes offered to the fast path first (see serving.fast)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route score POSTs to the fast path once the service has started; everything else to FastAPI."""
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in fast.ANSWERS:
+            state: ServiceState | None = getattr(self.state, "service", None)
+            if state is not None:
+                await fast.answer(state, super().__call__, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The score service; settings come from the environment when not given (read here, never at import)."""
     settings = settings or Settings()
@@ -56,13 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.auth_enabled:
             log.warning("no API keys configured: scoring and admin are open to anyone on %s", settings.host)
         app.state.service = state
+        # What start-up made (MLflow, pandas, the model) lives as long as the service: frozen, it is never walked
+        # again by the collections that scoring's short-lived objects set off.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             state.score_log.close()
             engine.dispose()
 
-    app = FastAPI(
+    app = ScoreService(
         title="leadscore",
         version="1",
         summary="Calibrated, explained lead scores and routing for CRMs.",

@@ -36,6 +36,10 @@ class ServiceMetrics:
             "leadscore_score", "Scores handed out (0-100), by model.", ["model"], buckets=SCORE_BUCKETS,
             registry=self.registry,
         )  # fmt: skip
+        self.fast_path = Counter(
+            "leadscore_fast_path", "Score requests answered on the fast path, or handed to the documented endpoints.",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
         self.reloads = Counter(
             "leadscore_model_reloads", "Model reloads by outcome.", ["outcome"], registry=self.registry
         )
@@ -44,6 +48,7 @@ class ServiceMetrics:
         self._latency: dict[str, Histogram] = {}
         self._routes: dict[str, Counter] = {}
         self._scores: dict[str, Histogram] = {}
+        self._fast_path: dict[str, Counter] = {}
 
     def count_request(self, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered: its route template, status and latency."""
@@ -55,6 +60,14 @@ class ServiceMetrics:
         if latency is None:
             latency = self._latency[route] = self.latency.labels(route)
         latency.observe(seconds)
+
+    def count_fast_path(self, *, answered: bool) -> None:
+        """A score request answered on the fast path, or handed to the documented endpoint."""
+        key = "answered" if answered else "handed_over"
+        counter = self._fast_path.get(key)
+        if counter is None:
+            counter = self._fast_path[key] = self.fast_path.labels(key)
+        counter.inc()
 
     def count_scores(self, queues: Iterable[str], scores: Mapping[str, Iterable[float]]) -> None:
         """Leads routed (by queue) and the scores handed out (by model: fit, readiness)."""

@@ -8,26 +8,18 @@ import gc
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import msgspec
 import numpy as np
-from pydantic_core import to_json
 
 from features.builder import RequestLead
 from features.reasons import Reason
 from features.scoring import LeadScore
 from serving.model import LoadedModel
 from serving.policy import RoutingPolicy, lead_size_band, segment_value
-from serving.schemas import (
-    FitScore,
-    Lead,
-    LeadToScore,
-    ReadinessScore,
-    ReasonOut,
-    Reasons,
-    Route,
-    ScoreResponse,
-)
+from serving.schemas import LeadToScore, Person
 from serving.store import PolicyVersion, ScoreRecord
 
 
@@ -55,43 +47,75 @@ def feature_rows(model: LoadedModel, requests: Sequence[LeadToScore], now: dt.da
     return model.scorer.builder.transform_requests([request_lead(r, now) for r in requests])
 
 
-def _reasons(reasons: Sequence[Reason]) -> list[ReasonOut]:
-    return [ReasonOut(group=r.group, impact=r.impact, label=r.label) for r in reasons]
+def _reasons(reasons: Sequence[Reason]) -> list[dict[str, object]]:
+    return [{"group": r.group, "impact": r.impact, "label": r.label} for r in reasons]
 
 
-def lead_segment(rules: RoutingPolicy, lead: Lead) -> int | None:
+def lead_segment(rules: RoutingPolicy, lead: Person) -> int | None:
     """The policy segment whose cut-offs apply to `lead` (None: the policy's own)."""
     if not rules.segments:
         return None
     return rules.segment_of(segment_value(lead.region), lead_size_band(lead.employee_count), segment_value(lead.source))
 
 
+@dataclass(frozen=True, slots=True)
+class ScoredLead:
+    """One scored and routed lead: its answer (a ScoreResponse as JSON) and what the log and the metrics keep."""
+
+    request_id: str
+    lead_id: str
+    scored_at: dt.datetime
+    model_version: str
+    thresholds_version: int
+    queue: str
+    fit_score: float
+    readiness_score: float
+    response: bytes
+
+
+# Encodes answers in ScoreResponse's field order; a test checks every answer against that documented model.
+_ENCODER = msgspec.json.Encoder()
+
+
 def to_response(
-    score: LeadScore, lead: Lead, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
-) -> ScoreResponse:
+    score: LeadScore, lead: Person, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
+) -> ScoredLead:
     """Apply the routing policy (the cut-offs of the lead's segment) to a lead's scores."""
     rules: RoutingPolicy = policy.policy
     segment = lead_segment(rules, lead)
     grade = rules.grade(score.fit_score, segment)
     stage = rules.stage(score.readiness_probability, segment)
     cell, sla = rules.route(grade, stage)
-    return ScoreResponse(
+    answer = {
+        "request_id": request_id,
+        "lead_id": score.lead_id,
+        "fit": {"probability": round(score.fit_probability, 6), "score": score.fit_score, "grade": grade},
+        "readiness": {
+            "probability": round(score.readiness_probability, 6),
+            "score": score.readiness_score,
+            "stage": stage,
+        },
+        "route": {
+            "queue": cell.queue,
+            "priority": cell.priority,
+            "sla_hours": sla,
+            "segment": None if segment is None else rules.segments[segment].match.label(),
+        },
+        "reasons": {"fit": _reasons(score.fit_reasons), "behaviour": _reasons(score.behaviour_reasons)},
+        "model_version": model.version,
+        "thresholds_version": policy.version,
+        "scored_at": scored_at,
+    }
+    return ScoredLead(
         request_id=request_id,
         lead_id=score.lead_id,
-        fit=FitScore(probability=round(score.fit_probability, 6), score=score.fit_score, grade=grade),
-        readiness=ReadinessScore(
-            probability=round(score.readiness_probability, 6), score=score.readiness_score, stage=stage
-        ),
-        route=Route(
-            queue=cell.queue,
-            priority=cell.priority,
-            sla_hours=sla,
-            segment=None if segment is None else rules.segments[segment].match.label(),
-        ),
-        reasons=Reasons(fit=_reasons(score.fit_reasons), behaviour=_reasons(score.behaviour_reasons)),
+        scored_at=scored_at,
         model_version=model.version,
         thresholds_version=policy.version,
-        scored_at=scored_at,
+        queue=cell.queue,
+        fit_score=score.fit_score,
+        readiness_score=score.readiness_score,
+        response=_ENCODER.encode(answer),
     )
 
 
@@ -102,7 +126,7 @@ def score_requests(
     *,
     top_k: int,
     request_ids: Sequence[str],
-) -> list[ScoreResponse]:
+) -> list[ScoredLead]:
     """Score many leads: one engine pass for all feature rows, then both boosters once for all rows."""
     now = dt.datetime.now(dt.UTC)
     rows = feature_rows(model, requests, now)
@@ -115,26 +139,27 @@ def score_requests(
     ]
 
 
-def log_records(responses: Sequence[ScoreResponse], inputs: Sequence[str | dict[str, object]]) -> list[ScoreRecord]:
+def log_records(scored: Sequence[ScoredLead], inputs: Sequence[str | dict[str, object]]) -> list[ScoreRecord]:
     """What the score log keeps for each scored lead: its input (JSON text, or a dict) and output, both versions."""
     return [
         ScoreRecord(
-            request_id=resp.request_id,
-            lead_id=resp.lead_id,
-            scored_at=resp.scored_at,
-            model_version=resp.model_version,
-            thresholds_version=resp.thresholds_version,
+            request_id=s.request_id,
+            lead_id=s.lead_id,
+            scored_at=s.scored_at,
+            model_version=s.model_version,
+            thresholds_version=s.thresholds_version,
             inputs=raw,
-            outputs=resp.model_dump_json(),
+            outputs=s.response.decode(),
         )
-        for raw, resp in zip(inputs, responses, strict=True)
+        for raw, s in zip(inputs, scored, strict=True)
     ]
 
 
-def batch_json(request_id: str, records: Sequence[ScoreRecord]) -> str:
-    """The BatchResponse of scored records, byte for byte, from the response JSON already made for the log."""
-    scores = ",".join(r.outputs if isinstance(r.outputs, str) else to_json(r.outputs).decode() for r in records)
-    return f'{{"request_id":{to_json(request_id).decode()},"scores":[{scores}]}}'
+def batch_json(request_id: str, scored: Sequence[ScoredLead]) -> bytes:
+    """The BatchResponse of scored leads, joined from their answers (each encoded once, for the log too)."""
+    return b"".join(
+        [b'{"request_id":', _ENCODER.encode(request_id), b',"scores":[', b",".join(s.response for s in scored), b"]}"]
+    )
 
 
 @contextmanager

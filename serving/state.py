@@ -16,9 +16,9 @@ from serving.metrics import ServiceMetrics
 from serving.model import LoadedModel, ModelHolder
 from serving.policy import RoutingPolicy
 from serving.schemas import LeadToScore
-from serving.service import Coalescer
+from serving.service import Coalescer, ScoredLead
 from serving.settings import Settings
-from serving.store import PolicyStore, PolicyVersion, ScoreLog, ScoreRecord
+from serving.store import PolicyStore, PolicyVersion, ScoreLog
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ServiceState:
     metrics: ServiceMetrics
     tuning_samples: dict[str, Any] = field(default_factory=dict)  # replayable holdout per model version
     # Single-lead requests waiting at the same moment, scored as one group: (validated body, body as received).
-    single_scores: Coalescer[tuple[LeadToScore, bytes], ScoreRecord] = field(default_factory=Coalescer)
+    single_scores: Coalescer[tuple[LeadToScore, bytes], ScoredLead] = field(default_factory=Coalescer)
     _policy: PolicyVersion | None = None
     _policy_read_at: float = 0.0
     _policy_lock: threading.Lock = field(default_factory=threading.Lock)

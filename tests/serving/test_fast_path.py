@@ -8,6 +8,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ from serving.schemas import (
     ScoreResponse,
     parse_canonical,
 )
-from serving.service import Coalescer, batch_json, log_records
+from serving.service import Coalescer, batch_json
 from serving.state import ServiceState
 from tests.serving.conftest import SCORING
 
@@ -38,11 +39,14 @@ STAMPS = [
 TYPES = ["demo_request", "Demo Request", "page-view", " email_open ", "PRICING_PAGE_VIEW", "carrier_pigeon", "", 3]
 IDS = ["L-1042", "L-1043", " L-1042 ", "L-9999", None, "", "x" * 300]
 NUMBERS = [None, 0, 850, -1, 10_000_001, 1.5, 3.0, "850", True, 1e13, 2e13]
-TEXTS = [None, "Software", "  Software  ", "", "x" * 300, 5, "\u00e9t\u00e9"]
+TEXTS = [None, "Software", "  Software  ", "\u2003Software\x85", "\x1cSoftware", "", "x" * 300, 5, "\u00e9t\u00e9"]
 
 touch = st.fixed_dictionaries(
     {"occurred_at": st.sampled_from(STAMPS), "activity_type": st.sampled_from(TYPES)},
-    optional={"lead_id": st.sampled_from(IDS), "properties": st.sampled_from([None, {}, {"page": "/pricing"}, 3])},
+    optional={
+        "lead_id": st.sampled_from(IDS),
+        "properties": st.sampled_from([None, {}, {"page": "/pricing"}, {" page ": " /pricing "}, 3]),
+    },
 )
 person = st.fixed_dictionaries(
     {"lead_id": st.sampled_from(["L-1042", "L-1043", "L-1044"]), "created_at": st.sampled_from(STAMPS)},
@@ -55,7 +59,9 @@ person = st.fixed_dictionaries(
         "sql_at": st.sampled_from(STAMPS),
         "lost_at": st.sampled_from(STAMPS),
         "recycled_at": st.sampled_from(STAMPS),
-        "custom": st.sampled_from([{}, {"tier": "gold"}, {"employee_count": 5}]),
+        "custom": st.sampled_from(
+            [{}, {"tier": "gold"}, {" tier ": " gold "}, {"tier": 1, " tier": 2}, {"employee_count": 5}]
+        ),
         "favourite_colour": st.just("teal"),
     },
 )
@@ -81,7 +87,7 @@ def test_what_the_canonical_twin_accepts_the_reference_model_accepts_to_the_same
         assert canonical is None, "the fast path accepted a request the API refuses"
         return
     if canonical is not None:
-        assert json.loads(canonical.model_dump_json()) == reference.model_dump(mode="json")
+        assert json.loads(msgspec.json.encode(canonical)) == reference.model_dump(mode="json")
 
 
 def test_the_documented_example_takes_the_fast_path_and_crm_spellings_do_not() -> None:
@@ -96,11 +102,17 @@ def test_the_documented_example_takes_the_fast_path_and_crm_spellings_do_not() -
     assert parse_canonical(CanonicalScoreRequest, b'{"lead": {') is None
 
 
-def test_batch_json_is_the_batch_response_model_byte_for_byte(client: TestClient) -> None:
-    body = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
-    responses = [ScoreResponse.model_validate({**body, "lead_id": f"L-{i}", "request_id": 'r"1'}) for i in range(3)]
-    records = log_records(responses, [{}] * 3)
-    assert batch_json('r"1', records) == BatchResponse(request_id='r"1', scores=responses).model_dump_json()
+def test_answers_are_exactly_the_documented_response_models(client: TestClient) -> None:
+    spelt = copy.deepcopy(EXAMPLE_REQUEST)
+    spelt["activities"][0]["activity_type"] = "Content Download"  # the reference way
+    for body in (EXAMPLE_REQUEST, spelt):
+        for path, payload, model in (
+            ("/v1/score", body, ScoreResponse),
+            ("/v1/score/batch", {"leads": [body, EXAMPLE_REQUEST]}, BatchResponse),
+        ):
+            raw = client.post(path, json=payload, headers=SCORING).content
+            # Same keys, values and types as the model declares: nothing missing, nothing extra.
+            assert json.loads(raw) == json.loads(model.model_validate_json(raw).model_dump_json())
     assert json.loads(batch_json("r", [])) == {"request_id": "r", "scores": []}
 
 
@@ -167,3 +179,29 @@ def test_malformed_json_without_a_key_is_still_422_first(client: TestClient, hea
     response = client.post("/v1/score", content='{"lead": {', headers={**headers, "Content-Type": "application/json"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def _fast_path_counts(client: TestClient) -> dict[str, float]:
+    counts = {"answered": 0.0, "handed_over": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        for outcome in counts:
+            if line.startswith(f'leadscore_fast_path_total{{outcome="{outcome}"}}'):
+                counts[outcome] = float(line.split()[-1])
+    return counts
+
+
+def test_canonical_requests_take_the_fast_path_and_the_rest_get_the_same_scores_from_fastapi(
+    client: TestClient,
+) -> None:
+    spelt = copy.deepcopy(EXAMPLE_REQUEST)
+    spelt["activities"][0]["activity_type"] = "Content Download"
+    spelt["lead"]["industry"] = " Software "
+    before = _fast_path_counts(client)
+    fast = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
+    between = _fast_path_counts(client)
+    slow = client.post("/v1/score", json=spelt, headers=SCORING).json()
+    after = _fast_path_counts(client)
+    assert between == {"answered": before["answered"] + 1, "handed_over": before["handed_over"]}
+    assert after == {"answered": between["answered"], "handed_over": between["handed_over"] + 1}
+    same = {k: v for k, v in fast.items() if k not in ("request_id", "scored_at")}
+    assert same == {k: v for k, v in slow.items() if k not in ("request_id", "scored_at")}

@@ -240,3 +240,22 @@ def test_a_live_processs_journal_is_left_alone(engine: Engine, tmp_path: Path) -
         assert len(list(journal.glob("journal-*.jsonl"))) == 1  # the running worker's journal is still there
     finally:
         alive.close()
+
+
+def test_many_records_in_one_append_land_in_order_with_their_times(engine: Engine, tmp_path: Path) -> None:
+    # More records than one SQLite statement carries: they are split, and every one reads back as appended.
+    log = ScoreLog(engine, tmp_path / "journal")
+    try:
+        written = [
+            ScoreRecord(f"batch-{i // 250}", f"L-{i}", SCORED_AT + dt.timedelta(microseconds=37 * i), "7", 3,
+                        f'{{"lead": {{"lead_id": "L-{i}"}}}}', {"fit": {"score": i}})
+            for i in range(700)
+        ]  # fmt: skip
+        asyncio.run(log.append(written[:300]))
+        asyncio.run(log.append(written[300:]))
+        back = log.read()
+        assert [r.lead_id for r in back] == [r.lead_id for r in written]
+        assert [r.scored_at for r in back] == [r.scored_at for r in written]
+        assert back[699].inputs == {"lead": {"lead_id": "L-699"}} and back[699].outputs == {"fit": {"score": 699}}
+    finally:
+        log.close()
