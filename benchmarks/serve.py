@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -105,16 +105,35 @@ class Measurement:
         """Non-2xx responses; status 0 counts transport failures (reset or closed connections)."""
         return sum(n for status, n in self.statuses.items() if not 200 <= status < 300)
 
+    @classmethod
+    def pooled(cls, rounds: Sequence[Measurement]) -> Measurement:
+        """The rounds as one measurement: all requests over all their time."""
+        seconds = sum(m.seconds for m in rounds)
+        return cls(
+            latencies_ns=[ns for m in rounds for ns in m.latencies_ns],
+            statuses=sum((m.statuses for m in rounds), Counter()),
+            seconds=seconds,
+            client_cpu=sum(m.client_cpu * m.seconds for m in rounds) / seconds,
+        )
+
 
 @dataclass
 class ServerResult:
-    """Everything measured against one server."""
+    """Everything measured against one server, round by round."""
 
     name: str
     workers_started: int
-    single: dict[int, Measurement] = field(default_factory=dict)
-    batch: Measurement | None = None
-    other_cores: float = math.nan  # CPU used by processes other than the server and the load generator, in cores
+    single: dict[int, list[Measurement]] = field(default_factory=dict)
+    batch: list[Measurement] = field(default_factory=list)
+    other_cores: list[float] = field(default_factory=list)  # per round: CPU of processes other than these two
+
+    def pooled_single(self, concurrency: int) -> Measurement:
+        """Single-lead requests at `concurrency`, all rounds pooled."""
+        return Measurement.pooled(self.single[concurrency])
+
+    def pooled_batch(self) -> Measurement:
+        """Batches, all rounds pooled."""
+        return Measurement.pooled(self.batch)
 
 
 class ProtocolError(RuntimeError):
@@ -398,10 +417,9 @@ def _server_env(tracking_uri: str, extra: Mapping[str, str]) -> dict[str, str]:
 # --- the benchmark -------------------------------------------------------------------------------------------------
 
 
-def measure(name: str, server: Server, single: list[bytes], batch: bytes, seconds: float) -> ServerResult:
-    """Single-lead requests at each concurrency, then 1,000-lead batches one at a time."""
-    port = server.port
-    result = ServerResult(name, server.workers_started)
+def measure_round(result: ServerResult, server: Server, single: list[bytes], batch: bytes, seconds: float) -> None:
+    """One round against one server: single-lead requests at each concurrency, then 1,000-lead batches in turn."""
+    port, name = server.port, result.name
     start, machine, own, group = time.perf_counter(), *_cpu_ticks(), _group_ticks(server.pgid)
     for concurrency in CONCURRENCY:
         m = asyncio.run(
@@ -409,25 +427,25 @@ def measure(name: str, server: Server, single: list[bytes], batch: bytes, second
                 port, single, concurrency=concurrency, seconds=seconds, max_requests=MAX_REQUESTS, warmup=MAX_REQUESTS
             )
         )
-        result.single[concurrency] = m
+        result.single.setdefault(concurrency, []).append(m)
         log.info(
             "%s c=%d: %d requests, %.1f req/s, p50 %.2f ms, p99 %.2f ms, %d non-2xx, load generator %.0f%% of a core",
             name, concurrency, m.requests, m.rate, m.percentile_ms(50), m.percentile_ms(99), m.errors,
             100 * m.client_cpu,
         )  # fmt: skip
     m = asyncio.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
-    result.batch = m
+    result.batch.append(m)
     machine_end, own_end = _cpu_ticks()
     other = (machine_end - machine) - (own_end - own) - (_group_ticks(server.pgid) - group)
     if machine:
-        result.other_cores = other / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - start)
-        if result.other_cores > BUSY_CORES:
-            log.warning("other processes used %.2f cores while %s was measured", result.other_cores, name)
+        cores = other / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - start)
+        result.other_cores.append(cores)
+        if cores > BUSY_CORES:
+            log.warning("other processes used %.2f cores while %s was measured", cores, name)
     log.info(
         "%s batch: %d x %d leads, %.0f rows/s, %.2f s per batch (median), %d non-2xx",
         name, m.requests, BATCH_LEADS, m.rate * BATCH_LEADS, m.percentile_ms(50) / 1e3, m.errors,
     )  # fmt: skip
-    return result
 
 
 def _sanity_ours(port: int, requests: list[bytes]) -> list[float]:
@@ -481,47 +499,52 @@ def _errors(m: Measurement) -> str:
     return f"{m.errors:,} of {m.requests:,}" + (f" ({detail})" if detail else "")
 
 
+def _spread(ratios: Sequence[float]) -> str:
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else ""
+
+
 def report(ours: ServerResult, theirs: ServerResult, work: Workload, notes: dict[str, str]) -> None:
-    """The comparison table, then how it was measured."""
-    assert ours.batch is not None and theirs.batch is not None
-    table = Table(title="score service vs mlflow models serve (same model, leads, as_of, workers)")
-    for column in ("measure", "ours", "MLflow", "ours/MLflow", "target", "met"):
+    """The comparison table (all rounds pooled, with the spread of the per-round ratios), then how it was measured."""
+    rounds = len(ours.batch)
+    table = Table(title=f"score service vs mlflow models serve (same model, leads, as_of, workers; {rounds} rounds)")
+    for column in ("measure", "ours", "MLflow", "ours/MLflow", "per round", "target", "met"):
         table.add_column(column, justify="left" if column == "measure" else "right")
 
-    def row(label: str, a: float, b: float, *, ms: bool = False, target: str = "", met: bool | None = None) -> None:
+    def row(
+        label: str, a: float, b: float, per_round: Sequence[float] = (), *, ms: bool = False, target: str = "",
+        met: bool | None = None,
+    ) -> None:  # fmt: skip
         shown = (f"{a:.2f}", f"{b:.2f}") if ms else (_fmt_rate(a), _fmt_rate(b))
         verdict = "" if met is None else ("yes" if met else "NO")
-        table.add_row(label + (" (ms)" if ms else ""), *shown, f"{a / b:.2f}x", target, verdict)
+        table.add_row(label + (" (ms)" if ms else ""), *shown, f"{a / b:.2f}x", _spread(per_round), target, verdict)
 
     for c in CONCURRENCY:
-        a, b = ours.single[c], theirs.single[c]
+        a, b = ours.pooled_single(c), theirs.pooled_single(c)
+        ratios = [x.rate / y.rate for x, y in zip(ours.single[c], theirs.single[c], strict=True)]
         if c == CONCURRENCY[-1]:
-            ratio_met = a.rate / b.rate >= C16_RATIO_TARGET
-            row(f"single lead, c={c}: req/s", a.rate, b.rate, target=f">= {C16_RATIO_TARGET:.0f}x", met=ratio_met)
+            met = a.rate / b.rate >= C16_RATIO_TARGET
+            row(f"single lead, c={c}: req/s", a.rate, b.rate, ratios, target=f">= {C16_RATIO_TARGET:.0f}x", met=met)
         else:
-            row(f"single lead, c={c}: req/s", a.rate, b.rate)
+            row(f"single lead, c={c}: req/s", a.rate, b.rate, ratios)
         p50 = a.percentile_ms(50)
         if c == CONCURRENCY[0]:
             target = f"<= {C1_P50_TARGET_MS:.0f} ms (ours)"
-            row(
-                f"single lead, c={c}: p50",
-                p50,
-                b.percentile_ms(50),
-                ms=True,
-                target=target,
-                met=p50 <= C1_P50_TARGET_MS,
-            )
+            row(f"single lead, c={c}: p50", p50, b.percentile_ms(50), ms=True, target=target,
+                met=p50 <= C1_P50_TARGET_MS)  # fmt: skip
         else:
             row(f"single lead, c={c}: p50", p50, b.percentile_ms(50), ms=True)
         row(f"single lead, c={c}: p99", a.percentile_ms(99), b.percentile_ms(99), ms=True)
-    a_rows, b_rows = ours.batch.rate * BATCH_LEADS, theirs.batch.rate * BATCH_LEADS
-    batch_met = a_rows / b_rows >= BATCH_RATIO_TARGET
+    a_batch, b_batch = ours.pooled_batch(), theirs.pooled_batch()
+    a_rows, b_rows = a_batch.rate * BATCH_LEADS, b_batch.rate * BATCH_LEADS
+    ratios = [x.rate / y.rate for x, y in zip(ours.batch, theirs.batch, strict=True)]
     label = f"batch of {BATCH_LEADS:,}, c=1"
-    row(f"{label}: rows/s", a_rows, b_rows, target=f">= {BATCH_RATIO_TARGET:.0f}x", met=batch_met)
-    row(f"{label}: p50 per batch", ours.batch.percentile_ms(50), theirs.batch.percentile_ms(50), ms=True)
+    row(f"{label}: rows/s", a_rows, b_rows, ratios, target=f">= {BATCH_RATIO_TARGET:.0f}x",
+        met=a_rows / b_rows >= BATCH_RATIO_TARGET)  # fmt: skip
+    row(f"{label}: p50 per batch", a_batch.percentile_ms(50), b_batch.percentile_ms(50), ms=True)
     for c in CONCURRENCY:
-        table.add_row(f"non-2xx, single c={c}", _errors(ours.single[c]), _errors(theirs.single[c]), "", "", "")
-    table.add_row("non-2xx, batch", _errors(ours.batch), _errors(theirs.batch), "", "", "")
+        table.add_row(f"non-2xx, single c={c}", _errors(ours.pooled_single(c)), _errors(theirs.pooled_single(c)),
+                      "", "", "", "")  # fmt: skip
+    table.add_row("non-2xx, batch", _errors(a_batch), _errors(b_batch), "", "", "", "")
 
     setup = Table(title="setup", show_header=False)
     setup.add_column("what")
@@ -529,54 +552,85 @@ def report(ours: ServerResult, theirs: ServerResult, work: Workload, notes: dict
     setup.add_row("workers", f"ours {ours.workers_started} started; MLflow {theirs.workers_started} started")
     setup.add_row("leads", f"{len(work.lead_ids):,} leads, mean {work.mean_touches:.1f} activities each (20-50)")
     setup.add_row("as_of", work.as_of.isoformat())
-    load = ", ".join(f"{r.name} c={c} {100 * r.single[c].client_cpu:.0f}%" for r in (ours, theirs) for c in CONCURRENCY)
+    load = ", ".join(
+        f"{r.name} c={c} {100 * r.pooled_single(c).client_cpu:.0f}%" for r in (ours, theirs) for c in CONCURRENCY
+    )
     setup.add_row("load generator CPU (of one core)", load)
-    others = f"while ours ran {ours.other_cores:.2f}, while MLflow ran {theirs.other_cores:.2f} (of {os.cpu_count()})"
-    setup.add_row("CPU used by other processes (cores)", others)
+    others = ", ".join(f"while {r.name} ran {max(r.other_cores, default=math.nan):.2f}" for r in (ours, theirs))
+    setup.add_row("CPU used by other processes (cores, worst round)", f"{others} (of {os.cpu_count()})")
     for key, value in notes.items():
         setup.add_row(key, value)
-    console = Console(width=160)
+    console = Console(width=170)
     console.print(table)
     console.print(setup)
 
 
-def _bench_ours(
-    root: Path,
-    tracking_uri: str,
-    env: dict[str, str],
-    work: Workload,
-    workers: int,
-    seconds: float,
-    notes: dict[str, str],
-) -> tuple[list[float], ServerResult]:
-    port = free_port()
-    command = [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(workers)]
-    notes["ours"] = " ".join(command)
-    server_env = _server_env(tracking_uri, env)
-    with running("ours", command, server_env, cwd=root, port=port, probe_path="/readyz", workers=workers) as server:
-        probabilities = _sanity_ours(port, work.ours_sanity)
-        return probabilities, measure("ours", server, work.ours_single, work.ours_batch, seconds)
+@dataclass(frozen=True)
+class Contender:
+    """A server to start: its name, command, environment, readiness probe and the requests it is sent."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    probe_path: str
+    single: list[bytes]
+    batch: bytes
 
 
-def _bench_mlflow(
-    root: Path, tracking_uri: str, work: Workload, workers: int, seconds: float, notes: dict[str, str]
-) -> tuple[list[float], ServerResult]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-        "--host", HOST, "--port", str(port), "--workers", str(workers),
+def _contenders(
+    root: Path, tracking_uri: str, ours_env: dict[str, str], work: Workload, workers: int
+) -> list[Contender]:
+    ours_port, mlflow_port = free_port(), free_port()
+    return [
+        Contender(
+            "ours",
+            [sys.executable, "-m", "leadscore", "serve", "--port", str(ours_port), "--workers", str(workers)],
+            _server_env(tracking_uri, ours_env), "/readyz", work.ours_single, work.ours_batch,
+        ),
+        Contender(
+            "MLflow",
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+             "--host", HOST, "--port", str(mlflow_port), "--workers", str(workers)],
+            _server_env(tracking_uri, {}), "/ping", work.mlflow_single, work.mlflow_batch,
+        ),
     ]  # fmt: skip
-    notes["MLflow"] = " ".join(command)
-    server_env = _server_env(tracking_uri, {})
-    with running("MLflow", command, server_env, cwd=root, port=port, probe_path="/ping", workers=workers) as server:
-        probabilities = _sanity_mlflow(port, work.mlflow_sanity)
-        return probabilities, measure("MLflow", server, work.mlflow_single, work.mlflow_batch, seconds)
+
+
+def _port(command: list[str]) -> int:
+    return int(command[command.index("--port") + 1])
+
+
+def _bench(
+    root: Path, contenders: list[Contender], work: Workload, workers: int, seconds: float, rounds: int
+) -> tuple[ServerResult, ServerResult, float]:
+    """Start both servers, check they agree, then measure them in alternating order, round after round.
+
+    Both stay up throughout (an idle server costs nothing): the machine's speed drifts over minutes, and
+    alternating short rounds exposes both servers to the same drift, so the pooled ratio is the fair one.
+    """
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(running(c.name, c.command, c.env, cwd=root, port=_port(c.command),
+                                        probe_path=c.probe_path, workers=workers))
+            for c in contenders
+        ]  # fmt: skip
+        ours_p = _sanity_ours(servers[0].port, work.ours_sanity)
+        mlflow_p = _sanity_mlflow(servers[1].port, work.mlflow_sanity)
+        results = [ServerResult(c.name, s.workers_started) for c, s in zip(contenders, servers, strict=True)]
+        for k in range(rounds):
+            order = [0, 1] if k % 2 == 0 else [1, 0]
+            for i in order:
+                log.info("round %d of %d: %s", k + 1, rounds, contenders[i].name)
+                measure_round(results[i], servers[i], contenders[i].single, contenders[i].batch, seconds)
+    gap = max(abs(a - b) for a, b in zip(ours_p, mlflow_p, strict=True))
+    return results[0], results[1], gap
 
 
 @app.command()
 def main(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes for each server.")] = 2,
-    seconds: Annotated[float, typer.Option(min=1.0, help="Time bound of each measurement.")] = 10.0,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Time bound of each measurement in a round.")] = 5.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds, each measuring both servers (order alternates).")] = 3,
     tracking_uri: Annotated[
         str | None, typer.Option(help=f"Existing store with {MODEL_URI}; default: train one in a temporary folder.")
     ] = None,
@@ -611,9 +665,10 @@ def main(
             f"ours {np.mean(single_sizes[0]):,.0f} B, MLflow {np.mean(single_sizes[1]):,.0f} B"
         )
 
-        ours_probabilities, ours = _bench_ours(root, tracking_uri, ours_env, work, workers, seconds, notes)
-        mlflow_probabilities, theirs = _bench_mlflow(root, tracking_uri, work, workers, seconds, notes)
-        gap = max(abs(a - b) for a, b in zip(ours_probabilities, mlflow_probabilities, strict=True))
+        contenders = _contenders(root, tracking_uri, ours_env, work, workers)
+        for contender in contenders:
+            notes[contender.name] = " ".join(contender.command)
+        ours, theirs, gap = _bench(root, contenders, work, workers, seconds, rounds)
         notes["same scores"] = f"fit probability of {SANITY_LEADS} leads: largest difference {gap:.1e}"
         if gap > 1e-5:
             log.warning("the two servers disagree on the same leads (fit probability gap %.2e)", gap)

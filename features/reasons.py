@@ -172,19 +172,29 @@ class ReasonLabeler:
         return self.top_reasons_of_rows(impacts[None, :], values[None, :], side=side, k=k, min_impact=min_impact)[0]
 
     def top_reasons_of_rows(
-        self, impacts: np.ndarray, values: np.ndarray, *, side: Side, k: int, min_impact: float = 0.0
+        self,
+        impacts: np.ndarray,
+        values: np.ndarray | Sequence[Row],
+        *,
+        side: Side,
+        k: int,
+        min_impact: float = 0.0,
     ) -> list[list[Reason]]:
-        """`top_reasons` of every row of (rows x groups) impacts: ranked for all rows at once, then phrased."""
+        """`top_reasons` of every row of (rows x groups) impacts: ranked for all rows at once, then phrased.
+
+        `values` may be given as lists of row values already (describing reads single values, which a list gives
+        far cheaper than an array): a caller phrasing both sides converts once.
+        """
         columns = self._side_columns[side]
         side_impacts = impacts[:, columns]
         # A stable sort: groups of equal impact keep their order, as they would in `sorted`.
         ranks = np.argsort(-np.abs(side_impacts), axis=1, kind="stable")[:, :k]
-        picked = np.take_along_axis(side_impacts, ranks, axis=1).tolist()
+        chosen = side_impacts[np.arange(ranks.shape[0])[:, None], ranks]
+        rows = values.tolist() if isinstance(values, np.ndarray) else values
         reasons: list[list[Reason]] = []
-        # Rows as lists: describing reads a few values per reason, and a list gives them cheaper than an array.
-        for rank, chosen, row_values in zip(ranks.tolist(), picked, values.tolist(), strict=True):
-            row_reasons: list[Reason] = []
-            for position, impact in zip(rank, chosen, strict=True):
+        for rank, picked, row_values in zip(ranks.tolist(), chosen.tolist(), rows, strict=True):
+            row_reasons = []
+            for position, impact in zip(rank, picked, strict=True):
                 if abs(impact) <= min_impact:
                     break
                 group = self.groups[columns[position]]

@@ -178,8 +178,9 @@ class LeadScorer:
         padded[:, : self.n_fit] = fit_contrib
         fit_impacts = self.labeler.group_impacts(padded)
         ready_impacts = self.labeler.group_impacts(ready_contrib)
-        fit_reasons = self.labeler.top_reasons_of_rows(fit_impacts, features, side="fit", k=top_k)
-        behaviour_reasons = self.labeler.top_reasons_of_rows(ready_impacts, features, side="behaviour", k=top_k)
+        rows = features.tolist()  # once for both sides: reasons are phrased from single values
+        fit_reasons = self.labeler.top_reasons_of_rows(fit_impacts, rows, side="fit", k=top_k)
+        behaviour_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="behaviour", k=top_k)
         rows = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
         return [
             LeadScore(

@@ -21,8 +21,12 @@ left to LightGBM.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,8 @@ MAX_DEPTH = 8
 ZERO_THRESHOLD = 1e-35
 # A category code that cannot be a C int goes right in LightGBM (static_cast<int> gives INT_MIN on x86).
 MAX_CATEGORY = 2**31 - 1
+# Below this many rows per thread, handing work to other threads costs more than it saves.
+MIN_ROWS_PER_THREAD = 128
 _NUMERICAL, _CATEGORICAL = 0, 1
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 
@@ -61,19 +67,40 @@ class TreeTables:
     leaf_feature: np.ndarray  # int32 (leaves, depth): the distinct path features, -1 padded
     leaf_weight: np.ndarray  # float64 (leaves, 2^depth, depth): contribution per pattern and path feature
 
-    def contributions(self, features: np.ndarray) -> np.ndarray:
-        """Rows x (features + 1): TreeSHAP contributions in log-odds, then the bias, as pred_contrib returns them."""
+    def contributions(self, features: np.ndarray, *, threads: int = 1) -> np.ndarray:
+        """Rows x (features + 1): TreeSHAP contributions in log-odds, then the bias, as pred_contrib returns them.
+
+        threads: 1 computes in the calling thread; 0 splits large inputs over the machine's cores (the kernel runs
+        without the interpreter lock), like LightGBM's num_threads=0.
+        """
         x = np.ascontiguousarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {x.shape}")
         out = np.zeros((x.shape[0], self.n_features + 1), dtype=np.float64)
+        workers = (os.cpu_count() or 1) if threads == 0 else max(threads, 1)
+        parts = min(workers, x.shape[0] // MIN_ROWS_PER_THREAD)
+        if parts <= 1:
+            self._fill(x, out)
+        else:
+            bounds = np.linspace(0, x.shape[0], parts + 1).astype(int).tolist()
+            pending = [_pool().submit(self._fill, x[a:b], out[a:b]) for a, b in itertools.pairwise(bounds)]
+            for done in pending:
+                done.result()  # each part writes its own rows of `out`
+        out[:, -1] = self.bias
+        return out
+
+    def _fill(self, x: np.ndarray, out: np.ndarray) -> None:
         _contributions(
             x, self.node_feature, self.node_threshold, self.node_kind, self.node_missing, self.node_default_left,
             self.node_category_set, self.category_left, self.leaf_path_node, self.leaf_path_left,
             self.leaf_path_slot, self.leaf_feature, self.leaf_weight, out,
         )  # fmt: skip
-        out[:, -1] = self.bias
-        return out
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Threads for splitting large inputs, made on first use and kept for the process."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="treeshap")
 
 
 class _Builder:
@@ -288,4 +315,4 @@ def booster_contributions(booster: lgb.Booster, features: np.ndarray, *, threads
     tables = _TABLES[booster]
     if tables is None:
         return np.asarray(booster.predict(features, pred_contrib=True, num_threads=threads), dtype=np.float64)
-    return tables.contributions(features)
+    return tables.contributions(features, threads=threads)

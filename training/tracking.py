@@ -40,7 +40,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_CODE = Path(__file__).with_name("lead_scorer_model.py")
 # Packages the logged model needs at load time (pinned to the versions it was trained with).
-MODEL_REQUIREMENTS = ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn", "joblib", "pandera", "pydantic")
+MODEL_REQUIREMENTS = ("mlflow", "lightgbm", "numba", "numpy", "pandas", "scikit-learn", "joblib", "pandera", "pydantic")
 BASELINE_TITLES: Mapping[str, str] = {
     "model": "leadscore LightGBM (calibrated)",
     "odoo_naive_bayes": "Odoo naive Bayes",

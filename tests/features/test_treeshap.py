@@ -91,3 +91,12 @@ def test_rows_of_the_wrong_width_are_refused() -> None:
     assert tables is not None
     with pytest.raises(ValueError, match="expected rows of 5 features"):
         tables.contributions(x[:, :4])
+
+
+def test_large_inputs_split_over_threads_give_the_same_rows() -> None:
+    booster, x = _booster({"num_leaves": 15, "max_depth": 4})
+    tables = tree_tables(booster)
+    assert tables is not None
+    rows = np.vstack([_awkward_rows(x, np.random.default_rng(seed)) for seed in range(3)])  # 1,200 rows
+    np.testing.assert_array_equal(tables.contributions(rows, threads=0), tables.contributions(rows, threads=1))
+    np.testing.assert_array_equal(tables.contributions(rows, threads=3), tables.contributions(rows, threads=1))

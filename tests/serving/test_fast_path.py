@@ -205,3 +205,18 @@ def test_canonical_requests_take_the_fast_path_and_the_rest_get_the_same_scores_
     assert after == {"answered": between["answered"], "handed_over": between["handed_over"] + 1}
     same = {k: v for k, v in fast.items() if k not in ("request_id", "scored_at")}
     assert same == {k: v for k, v in slow.items() if k not in ("request_id", "scored_at")}
+
+
+def test_a_canonical_check_that_breaks_hands_the_request_over_instead_of_failing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(request: object) -> bool:
+        raise RuntimeError("a bug in the twin")
+
+    expected = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
+    monkeypatch.setattr("serving.schemas._canonicalise", broken)
+    before = _fast_path_counts(client)
+    response = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING)
+    assert response.status_code == 200
+    assert response.json()["fit"] == expected["fit"] and response.json()["reasons"] == expected["reasons"]
+    assert _fast_path_counts(client)["handed_over"] == before["handed_over"] + 1
