@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import typer
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -141,6 +142,7 @@ class ProtocolError(RuntimeError):
 
 
 # --- the load generator: a minimal HTTP/1.1 keep-alive client ----------------------------------------------------
+# It shares the machine with the servers, so it runs on uvloop: every core-second it spends is taken from them.
 
 
 def http_request(path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
@@ -422,7 +424,7 @@ def measure_round(result: ServerResult, server: Server, single: list[bytes], bat
     port, name = server.port, result.name
     start, machine, own, group = time.perf_counter(), *_cpu_ticks(), _group_ticks(server.pgid)
     for concurrency in CONCURRENCY:
-        m = asyncio.run(
+        m = uvloop.run(
             closed_loop(
                 port, single, concurrency=concurrency, seconds=seconds, max_requests=MAX_REQUESTS, warmup=MAX_REQUESTS
             )
@@ -433,7 +435,7 @@ def measure_round(result: ServerResult, server: Server, single: list[bytes], bat
             name, concurrency, m.requests, m.rate, m.percentile_ms(50), m.percentile_ms(99), m.errors,
             100 * m.client_cpu,
         )  # fmt: skip
-    m = asyncio.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
+    m = uvloop.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
     result.batch.append(m)
     machine_end, own_end = _cpu_ticks()
     other = (machine_end - machine) - (own_end - own) - (_group_ticks(server.pgid) - group)
