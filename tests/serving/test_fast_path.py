@@ -17,10 +17,14 @@ from pydantic import ValidationError
 
 from serving.schemas import (
     EXAMPLE_REQUEST,
+    Activity,
     BatchRequest,
     BatchResponse,
+    CanonicalActivity,
     CanonicalBatchRequest,
+    CanonicalLead,
     CanonicalScoreRequest,
+    Lead,
     ScoreRequest,
     ScoreResponse,
     parse_canonical,
@@ -220,3 +224,17 @@ def test_a_canonical_check_that_breaks_hands_the_request_over_instead_of_failing
     assert response.status_code == 200
     assert response.json()["fit"] == expected["fit"] and response.json()["reasons"] == expected["reasons"]
     assert _fast_path_counts(client)["handed_over"] == before["handed_over"] + 1
+
+
+@pytest.mark.parametrize(
+    ("twin", "reference"),
+    [
+        (CanonicalLead, Lead),
+        (CanonicalActivity, Activity),
+        (CanonicalScoreRequest, ScoreRequest),
+        (CanonicalBatchRequest, BatchRequest),
+    ],
+)
+def test_each_twin_declares_the_fields_of_its_reference_model(twin: type[msgspec.Struct], reference: type) -> None:
+    # A field added to a request model without its twin would send every request to the slow path (or worse).
+    assert twin.__struct_fields__ == tuple(reference.model_fields)
