@@ -25,6 +25,33 @@ SCORE_PERCENTILES = np.linspace(0.0, 100.0, 101)
 # Calibrated probabilities stay this far from 0 and 1: an isotonic plateau at exactly 0 would claim certainty
 # (and an infinite log loss) from a few validation rows.
 PROBABILITY_FLOOR = 1e-4
+# Interpolation points of the loaded models as arrays, by the identity of the tuples that hold them (the tuple is
+# kept with its array, so an id cannot be reused while cached): converting them costs more than scoring a few leads.
+_POINTS: dict[int, tuple[tuple[float, ...], np.ndarray]] = {}
+_MAX_POINTS = 256
+
+
+def _points(values: tuple[float, ...]) -> np.ndarray:
+    """`values` as a read-only float array, converted once per tuple rather than on every call."""
+    cached = _POINTS.get(id(values))
+    if cached is not None and cached[0] is values:
+        return cached[1]
+    array = np.array(values, dtype=np.float64)
+    array.setflags(write=False)
+    if len(_POINTS) >= _MAX_POINTS:
+        _POINTS.clear()  # models replaced many times over: start afresh
+    _POINTS[id(values)] = (values, array)
+    return array
+
+
+def _clip_probabilities(p: np.ndarray) -> np.ndarray:
+    # np.minimum/np.maximum: what np.clip computes, without its argument handling (a few microseconds a call).
+    return np.minimum(np.maximum(np.asarray(p, dtype=np.float64), PROBABILITY_FLOOR), 1.0 - PROBABILITY_FLOOR)
+
+
+def _round_tenths(x: np.ndarray) -> np.ndarray:
+    # What np.round(x, 1) computes for floats (scale, round half to even, unscale), as two plain ufunc calls.
+    return np.rint(x * 10.0) / 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +71,10 @@ class Calibrator:
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for raw log-odds."""
         if self.kind == "isotonic":
-            p = np.interp(raw, np.asarray(self.x_), np.asarray(self.y_))
+            p = np.interp(raw, _points(self.x_), _points(self.y_))
         else:
             p = expit(self.a * raw + self.b)
-        return np.asarray(np.clip(p, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR), dtype=np.float64)
+        return _clip_probabilities(p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +98,10 @@ class ScoreScale:
 
     def score(self, probabilities: np.ndarray) -> np.ndarray:
         """Scores 0-100 (one decimal) for probabilities."""
-        xp, fp = np.asarray(self.probabilities), np.asarray(self.percentiles)
+        xp, fp = _points(self.probabilities), _points(self.percentiles)
         if xp.size == 1:
             return np.full(np.shape(probabilities), 50.0)
-        return np.asarray(np.round(np.interp(probabilities, xp, fp, left=0.0, right=100.0), 1), dtype=np.float64)
+        return _round_tenths(np.asarray(np.interp(probabilities, xp, fp, left=0.0, right=100.0), dtype=np.float64))
 
 
 @dataclass(frozen=True, slots=True)

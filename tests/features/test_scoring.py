@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from features.reasons import ReasonLabeler, reason_group
 from features.scoring import PROBABILITY_FLOOR, Calibrator, CutOffs, ScoreScale
@@ -27,6 +30,40 @@ def test_score_is_the_percentile_among_reference_probabilities() -> None:
     scale = ScoreScale.from_reference(np.linspace(0.0, 1.0, 1001))
     assert scale.score(np.array([0.0, 0.25, 0.5, 1.0])).tolist() == pytest.approx([0.0, 25.0, 50.0, 100.0])
     assert scale.score(np.array([-1.0, 2.0])).tolist() == [0.0, 100.0]
+
+
+_PROBABILITIES = arrays(np.float64, st.integers(1, 40), elements=st.floats(-0.5, 1.5, allow_nan=False))
+
+
+@given(reference=arrays(np.float64, st.integers(2, 300), elements=st.floats(0.0, 1.0)), p=_PROBABILITIES)
+def test_scores_are_the_percentile_rounded_to_a_tenth_exactly(reference: np.ndarray, p: np.ndarray) -> None:
+    # The scale's cheap rounding and cached points must give what np.round(np.interp(...), 1) gives, bit for bit.
+    scale = ScoreScale.from_reference(reference)
+    xp, fp = np.array(scale.probabilities), np.array(scale.percentiles)
+    expected = np.full(p.shape, 50.0) if xp.size == 1 else np.round(np.interp(p, xp, fp, left=0.0, right=100.0), 1)
+    assert np.array_equal(scale.score(p), expected)
+
+
+def test_scores_round_half_tenths_to_even_as_np_round_does() -> None:
+    # 0.125 * 98 = 12.25 and 0.375 * 98 = 36.75 exactly: ties, which np.round breaks to the even tenth.
+    scores = ScoreScale((0.0, 1.0), (0.0, 98.0)).score(np.array([0.125, 0.375]))
+    assert scores.tolist() == [12.2, 36.8] == np.round([12.25, 36.75], 1).tolist()
+
+
+@given(raw=arrays(np.float64, st.integers(1, 40), elements=st.floats(-50.0, 50.0)))
+def test_calibrated_probabilities_are_clipped_as_np_clip_clips(raw: np.ndarray) -> None:
+    x, y = (-2.0, -0.5, 0.0, 3.0), (0.0, 0.1, 0.4, 1.0)
+    assert np.array_equal(
+        Calibrator("isotonic", x_=x, y_=y).apply(raw),
+        np.clip(np.interp(raw, x, y), PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR),
+    )
+
+
+def test_scales_of_different_models_never_share_points() -> None:
+    # Points are cached by tuple identity: many scales built and dropped must each keep answering with their own.
+    for i in range(600):
+        scale = ScoreScale.from_reference(np.linspace(0.0, 1.0 - i / 1000, 201))
+        assert scale.score(np.array([(1.0 - i / 1000) / 2]))[0] == pytest.approx(50.0)
 
 
 def test_tied_reference_values_score_at_the_middle_of_their_span() -> None:
