@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,6 +102,20 @@ def test_score_log_keeps_input_output_and_both_versions(client: TestClient) -> N
     assert record.outputs == body
     assert record.inputs["lead"]["lead_id"] == "L-1042"
     assert len(record.inputs["activities"]) == len(EXAMPLE_REQUEST["activities"])
+
+
+def test_request_ids_are_uuid7s_that_sort_by_time(client: TestClient) -> None:
+    # Time-ordered ids keep the score log's request_id index appending at its end as the log grows.
+    ids = []
+    for _ in range(3):
+        ids.append(client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()["request_id"])
+        time.sleep(0.002)  # past the millisecond that orders them
+    ids.append(client.post("/v1/score/batch", json={"leads": [EXAMPLE_REQUEST]}, headers=SCORING).json()["request_id"])
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
+        assert abs((parsed.int >> 80) / 1000 - time.time()) < 60  # its first 48 bits: Unix milliseconds
 
 
 def test_batch_keeps_request_order_and_matches_single_scores(client: TestClient) -> None:
