@@ -94,6 +94,40 @@ def test_what_the_canonical_twin_accepts_the_reference_model_accepts_to_the_same
         assert json.loads(msgspec.json.encode(canonical)) == reference.model_dump(mode="json")
 
 
+def _same_verdict(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The twin's reading of `body`, asserted to agree with the reference model's (None: the twin hands it over)."""
+    raw = json.dumps(body).encode()
+    canonical = parse_canonical(CanonicalScoreRequest, raw)
+    try:
+        reference = ScoreRequest.model_validate(json.loads(raw)).model_dump(mode="json")
+    except ValidationError:
+        assert canonical is None, "the fast path accepted a request the API refuses"
+        return None
+    if canonical is not None:
+        assert json.loads(msgspec.json.encode(canonical)) == reference
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("change", "accepted"),
+    [
+        ({"occurred_at": "2100-01-01T00:00:00.000001Z"}, False),  # after the latest time the API takes
+        ({"occurred_at": "1969-12-31T23:59:59Z"}, False),  # before the earliest
+        ({"occurred_at": "2025-05-02T11:15:00+02:00"}, True),  # another zone: the reference way, same instant
+        ({"lead_id": "L-1042"}, True),  # the lead's own id, named
+        ({"lead_id": " L-1042 "}, True),  # named with white space the reference strips
+        ({"lead_id": "L-9999"}, False),  # neither the lead nor a colleague
+        ({"properties": {" page ": " /pricing "}}, True),  # keys stripped as the reference strips them
+        ({"properties": {"page": 1, " page": 2}}, True),  # keys that collide once stripped: the reference decides
+    ],
+)
+def test_every_touch_is_checked_as_the_reference_model_checks_it(change: dict[str, Any], accepted: bool) -> None:
+    # The last of several touches differs: what the twin checks for all touches at once must still catch it.
+    body = copy.deepcopy(EXAMPLE_REQUEST)
+    body["activities"][-1].update(change)
+    assert (_same_verdict(body) is not None) == accepted
+
+
 def test_the_documented_example_takes_the_fast_path_and_crm_spellings_do_not() -> None:
     raw = json.dumps(EXAMPLE_REQUEST).encode()
     assert parse_canonical(CanonicalScoreRequest, raw) is not None
