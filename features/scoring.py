@@ -25,8 +25,8 @@ SCORE_PERCENTILES = np.linspace(0.0, 100.0, 101)
 # Calibrated probabilities stay this far from 0 and 1: an isotonic plateau at exactly 0 would claim certainty
 # (and an infinite log loss) from a few validation rows.
 PROBABILITY_FLOOR = 1e-4
-# Interpolation points of the loaded models as arrays, by the identity of the tuples that hold them (the tuple is
-# kept with its array, so an id cannot be reused while cached): converting them costs more than scoring a few leads.
+# Interpolation points of the loaded models as arrays, by the identity of the tuples that hold them: converting them
+# costs more than scoring a few leads. Each entry keeps its tuple alive, so no other object can take its id meanwhile.
 _POINTS: dict[int, tuple[tuple[float, ...], np.ndarray]] = {}
 _MAX_POINTS = 256
 
@@ -34,7 +34,7 @@ _MAX_POINTS = 256
 def _points(values: tuple[float, ...]) -> np.ndarray:
     """`values` as a read-only float array, converted once per tuple rather than on every call."""
     cached = _POINTS.get(id(values))
-    if cached is not None and cached[0] is values:
+    if cached is not None:
         return cached[1]
     array = np.array(values, dtype=np.float64)
     array.setflags(write=False)

@@ -30,7 +30,7 @@ def new_request_id() -> str:
     Time-ordered ids land at the end of the score log's request_id index, where random ones (UUIDv4) land on a random
     page of it: on a store of 400,000 records that is about half of the writer's work per record.
     """
-    value = (time.time_ns() // 1_000_000 & (1 << 48) - 1) << 80  # unix_ts_ms
+    value = ((time.time_ns() // 1_000_000) & ((1 << 48) - 1)) << 80  # unix_ts_ms
     value |= 0x7 << 76 | secrets.randbits(12) << 64  # ver, rand_a
     value |= 0b10 << 62 | secrets.randbits(62)  # var, rand_b
     return f"{value:032x}"
