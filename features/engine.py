@@ -1,4 +1,4 @@
-"""Point-in-time engagement features: one numpy engine for batch snapshots and single-lead requests."""
+"""Point-in-time engagement features: one compiled (numba) engine for batch snapshots and single-lead requests."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ class LeadScorer:
         rows = features.tolist()  # once for both sides: reasons are phrased from single values
         fit_reasons = self.labeler.top_reasons_of_rows(fit_impacts, rows, side="fit", k=top_k)
         behaviour_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="behaviour", k=top_k)
-        rows = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
+        figures = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
         return [
             LeadScore(
                 lead_id=str(lead_id),
@@ -221,7 +221,7 @@ class LeadScorer:
                 fit_reasons=fit_reasons[i],
                 behaviour_reasons=behaviour_reasons[i],
             )
-            for i, (lead_id, fp, fs, rp, rs) in enumerate(rows)
+            for i, (lead_id, fp, fs, rp, rs) in enumerate(figures)
         ]
 
     def score_record(

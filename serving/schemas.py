@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 EARLIEST = dt.datetime(1970, 1, 2, tzinfo=dt.UTC)
 LATEST = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 MAX_TEXT = 256
+# Bounds of a lead's size figures, shared by the reference model and its twin: beyond them a value is a typo.
+MAX_EMPLOYEES = 10_000_000
+MAX_REVENUE = 1e13
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -76,8 +79,8 @@ class Lead(BaseModel):
     account_id: Identifier | None = Field(default=None, description="The company; default: the lead is its own.")
     created_at: Timestamp
     industry: Text | None = None
-    employee_count: int | None = Field(default=None, ge=0, le=10_000_000)
-    annual_revenue: float | None = Field(default=None, ge=0, le=1e13)
+    employee_count: int | None = Field(default=None, ge=0, le=MAX_EMPLOYEES)
+    annual_revenue: float | None = Field(default=None, ge=0, le=MAX_REVENUE)
     country: Text | None = None
     region: Text | None = None
     job_title: Text | None = None
@@ -295,8 +298,8 @@ class CanonicalLead(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     account_id: _TwinId | None = None
     created_at: _TwinStamp
     industry: _TwinText | None = None
-    employee_count: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] | None = None
-    annual_revenue: Annotated[float, msgspec.Meta(ge=0, le=1e13)] | None = None
+    employee_count: Annotated[int, msgspec.Meta(ge=0, le=MAX_EMPLOYEES)] | None = None
+    annual_revenue: Annotated[float, msgspec.Meta(ge=0, le=MAX_REVENUE)] | None = None
     country: _TwinText | None = None
     region: _TwinText | None = None
     job_title: _TwinText | None = None

@@ -316,7 +316,8 @@ def _insert_missing(engine: Engine, rows: list[dict[str, Any]]) -> int:
     return len(missing)
 
 
-_ROW_COLUMNS = ("request_id", "lead_id", "scored_at", "model_version", "thresholds_version", "inputs", "outputs")
+_ROW_COLUMNS = tuple(c.name for c in score_log.columns if c.name != "id")  # what a row holds; the id is the database's
+_SCORED_AT = _ROW_COLUMNS.index("scored_at")
 # Rows per SQLite statement: 7 parameters each stays under the 999 that older SQLite builds allow.
 SQLITE_ROWS_PER_STATEMENT = 128
 
@@ -336,10 +337,10 @@ def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         chunk = rows[start : start + SQLITE_ROWS_PER_STATEMENT]
         values: list[object] = []
         for row in chunk:
-            # scored_at as SQLAlchemy itself stores it, so that reads parse it back.
-            scored_at = row["scored_at"] if stamp is None else stamp(row["scored_at"])
-            values += (row["request_id"], row["lead_id"], scored_at, row["model_version"], row["thresholds_version"],
-                       row["inputs"], row["outputs"])  # fmt: skip
+            row_values = [row[name] for name in _ROW_COLUMNS]
+            if stamp is not None:  # scored_at as SQLAlchemy itself stores it, so that reads parse it back
+                row_values[_SCORED_AT] = stamp(row_values[_SCORED_AT])
+            values += row_values
         placeholders = ",".join(["(" + ",".join("?" * len(_ROW_COLUMNS)) + ")"] * len(chunk))
         conn.exec_driver_sql(f"INSERT INTO score_log ({', '.join(_ROW_COLUMNS)}) VALUES {placeholders}", tuple(values))
 
