@@ -134,6 +134,32 @@ def test_reasons_sum_their_features_and_read_like_sentences() -> None:
     assert [r.label for r in fit] == ["uses a free e-mail address", "industry: software"]
 
 
+TIED_IMPACTS = [0.0, 0.1, -0.1, 0.25, -0.7]  # few values, so that many groups tie on |impact|
+
+
+@given(
+    st.integers(1, 5).flatmap(
+        lambda n: arrays(np.float64, (n, len(_labeler().groups)), elements=st.sampled_from(TIED_IMPACTS))
+    ),
+    st.integers(1, 6),
+    st.sampled_from([0.0, 0.1]),
+)
+def test_reasons_are_the_largest_impacts_of_their_side_ties_in_group_order(
+    impacts: np.ndarray, k: int, min_impact: float
+) -> None:
+    labeler = _labeler()
+    values = np.zeros((impacts.shape[0], len(FEATURES)))
+    for side in ("fit", "behaviour"):
+        columns = [g for g, s in enumerate(labeler.sides) if s == side]
+        got = labeler.top_reasons_of_rows(impacts, values, side=side, k=k, min_impact=min_impact)
+        for row, reasons in zip(impacts, got, strict=True):
+            ranked = sorted(columns, key=lambda g, row=row: -abs(row[g]))  # stable: equal impacts keep group order
+            expected = [labeler.groups[g] for g in ranked[:k] if abs(row[g]) > min_impact]
+            assert [r.group for r in reasons] == expected
+            assert all(r.side == side for r in reasons)
+            assert [r.impact for r in reasons] == [round(float(row[labeler.groups.index(g)]), 4) for g in expected]
+
+
 def test_reason_sentences_for_absent_values() -> None:
     labeler = _labeler()
     values = np.full(len(FEATURES), np.nan)
