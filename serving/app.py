@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import math
@@ -21,8 +23,8 @@ from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
 from serving.routers import meta, page, score, thresholds
 from serving.settings import LOOPBACK_HOSTS, Settings
-from serving.state import ServiceState
-from serving.store import PolicyStore, ScoreLog, make_engine
+from serving.state import RELOAD_CHECK_SECONDS, ServiceState
+from serving.store import PolicyStore, ReloadStore, ScoreLog, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder.load()  # no model, no service: raises with a message saying how to get one
         engine = make_engine(settings.store_url, durable_fsync=settings.store_durable_fsync)
         journal = Path(settings.journal_dir) if settings.journal_dir else None
-        state = ServiceState(settings, holder, ScoreLog(engine, journal), PolicyStore(engine), metrics)
+        state = ServiceState(
+            settings, holder, ScoreLog(engine, journal), PolicyStore(engine), metrics, ReloadStore(engine)
+        )
         state.policy()  # stores the model's default policy as version 1 on first start
+        state.skip_past_reloads()
         if not settings.auth_enabled:
             log.warning("no API keys configured: scoring and admin are open to anyone on %s", settings.host)
         app.state.service = state
@@ -76,9 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # again by the collections that scoring's short-lived objects set off.
         gc.collect()
         gc.freeze()
+        follower = asyncio.create_task(_follow_reloads(state))
         try:
             yield
         finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
             state.score_log.close()
             engine.dispose()
 
@@ -107,6 +116,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(MetricsAndLimitsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+async def _follow_reloads(state: ServiceState) -> None:
+    """Swap in the model of a reload that another worker answered: each worker checks the store every second."""
+    while True:
+        await asyncio.sleep(RELOAD_CHECK_SECONDS)
+        try:
+            # In a thread: a check is a small query, but a load takes seconds, and scoring must go on meanwhile.
+            await asyncio.to_thread(state.follow_reloads)
+        except Exception:
+            log.exception("could not check for reloads; trying again in %.0f s", RELOAD_CHECK_SECONDS)
 
 
 def _printable(value: object) -> object:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 
+from serving.metrics import MULTIPROCESS_DIR
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,24 @@ def serve(
     os.environ["LEADSCORE_HOST"] = host
     os.environ["LEADSCORE_PORT"] = str(port)
     log.info("scoring on http://%s:%d (docs at /docs)", host, port)
+    own_folder = None
+    if workers > 1:
+        # A scrape of /metrics reaches one worker: with a shared folder it answers for all of them.
+        given = os.environ.get(MULTIPROCESS_DIR)
+        if given:
+            for stale in Path(given).glob("*.db"):  # a previous run's counts (prometheus_client: wipe before start)
+                stale.unlink()
+        else:
+            own_folder = tempfile.mkdtemp(prefix="leadscore-metrics-")
+            os.environ[MULTIPROCESS_DIR] = own_folder
+    try:
+        _run(host, port, workers)
+    finally:
+        if own_folder is not None:
+            shutil.rmtree(own_folder, ignore_errors=True)
+
+
+def _run(host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "serving.app:create_app",
         factory=True,

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Latency buckets from 0.5 ms: a single score takes a few milliseconds, a batch of 1,000 up to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCORE_BUCKETS = tuple(float(b) for b in range(10, 101, 10))
+# Where workers of one service keep their metrics (prometheus_client's multiprocess mode; `leadscore serve` sets it
+# for several workers): a scrape reaches one worker, which then answers for all of them.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass
@@ -49,6 +54,14 @@ class ServiceMetrics:
         self._routes: dict[str, Counter] = {}
         self._scores: dict[str, Histogram] = {}
         self._fast_path: dict[str, Counter] = {}
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format: those of every worker when they share a multiprocess folder."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
 
     def count_request(self, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered: its route template, status and latency."""

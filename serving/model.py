@@ -46,28 +46,33 @@ class LoadedModel:
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
-def load_model(tracking_uri: str, name: str, alias: str) -> LoadedModel:
-    """Load `models:/name@alias` and warm it; raises ModelNotAvailableError with a clear message."""
+def load_model(tracking_uri: str, name: str, alias: str, version: str | None = None) -> LoadedModel:
+    """Load `models:/name@alias` (or that exact version) and warm it; raises ModelNotAvailableError, clearly worded."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if version is None
+            else client.get_model_version(name, version)
+        )
     except MlflowException as err:
+        wanted = f"{name}@{alias}" if version is None else f"{name} version {version}"
         raise ModelNotAvailableError(
-            f"no model {name}@{alias} in the registry at {tracking_uri}: train and promote one first "
+            f"no model {wanted} in the registry at {tracking_uri}: train and promote one first "
             f"(leadscore train && leadscore promote)"
         ) from err
     try:
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{found.version}")
         scorer = pyfunc.unwrap_python_model().scorer
     except Exception as err:
-        raise ModelNotAvailableError(f"cannot load {name} version {version.version}: {err}") from err
+        raise ModelNotAvailableError(f"cannot load {name} version {found.version}: {err}") from err
     if not isinstance(scorer, LeadScorer):
-        raise ModelNotAvailableError(f"{name} version {version.version} holds no LeadScorer")
+        raise ModelNotAvailableError(f"{name} version {found.version} holds no LeadScorer")
     _warm(scorer)
-    trained_at = dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC)
-    return LoadedModel(scorer, name, alias, str(version.version), version.run_id, trained_at)
+    trained_at = dt.datetime.fromtimestamp(found.creation_timestamp / 1000, dt.UTC)
+    return LoadedModel(scorer, name, alias, str(found.version), found.run_id, trained_at)
 
 
 def _warm(scorer: LeadScorer) -> None:
@@ -100,11 +105,11 @@ class ModelHolder:
         """A model is loaded and warm."""
         return self._current is not None
 
-    def load(self) -> LoadedModel:
-        """Load the alias' model and make it current; on failure the old model (if any) stays and the error is kept."""
+    def load(self, version: str | None = None) -> LoadedModel:
+        """Load the alias' model (or `version`) and make it current; on failure the old model stays, the error kept."""
         with self._lock:
             try:
-                loaded = load_model(self.tracking_uri, self.name, self.alias)
+                loaded = load_model(self.tracking_uri, self.name, self.alias, version)
             except ModelNotAvailableError as err:
                 self.last_reload_error = str(err)
                 log.error("model reload failed, keeping version %s: %s", self._version(), err)

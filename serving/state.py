@@ -13,18 +13,20 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
 
 from serving.metrics import ServiceMetrics
-from serving.model import LoadedModel, ModelHolder
+from serving.model import LoadedModel, ModelHolder, ModelNotAvailableError
 from serving.policy import RoutingPolicy
 from serving.schemas import LeadToScore
 from serving.service import Coalescer, ScoredLead
 from serving.settings import Settings
-from serving.store import PolicyStore, PolicyVersion, ScoreLog
+from serving.store import PolicyStore, PolicyVersion, ReloadStore, ScoreLog
 
 log = logging.getLogger(__name__)
 
 # How long a worker trusts its cached policy before reading the store again: a saved policy reaches every worker
 # within this time, without a database read on every request.
 POLICY_REFRESH_SECONDS = 1.0
+# How often a worker looks for a reload that another worker answered (a reload request reaches one worker only).
+RELOAD_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -36,12 +38,14 @@ class ServiceState:
     score_log: ScoreLog
     policies: PolicyStore
     metrics: ServiceMetrics
+    reloads: ReloadStore
     tuning_samples: dict[str, Any] = field(default_factory=dict)  # replayable holdout per model version
     # Single-lead requests waiting at the same moment, scored as one group: (validated body, body as received).
     single_scores: Coalescer[tuple[LeadToScore, bytes], ScoredLead] = field(default_factory=Coalescer)
     _policy: PolicyVersion | None = None
     _policy_read_at: float = 0.0
     _policy_lock: threading.Lock = field(default_factory=threading.Lock)
+    _reload_seen: int = 0  # the newest reload this worker has acted on (or found when it started)
 
     def policy(self) -> PolicyVersion:
         """The routing policy in force (stored default of the model until sales ops save one)."""
@@ -59,6 +63,38 @@ class ServiceState:
     def forget_policy(self) -> None:
         """Read the store on the next request (after this worker saved a new version)."""
         self._policy_read_at = 0.0
+
+    def skip_past_reloads(self) -> None:
+        """At start-up: reloads answered before this worker started are in the model it loaded from the alias."""
+        latest = self.reloads.latest(self.holder.name)
+        self._reload_seen = latest.id if latest else 0
+
+    def reload(self) -> LoadedModel:
+        """Load the model the alias points at now, in this worker, and record it for the other workers to follow."""
+        try:
+            loaded = self.holder.load()
+        except ModelNotAvailableError:
+            self.metrics.reloads.labels("failed").inc()
+            raise
+        self.metrics.reloads.labels("ok").inc()
+        self._reload_seen = self.reloads.record(loaded.name, loaded.version).id
+        return loaded
+
+    def follow_reloads(self) -> None:
+        """Load the version of a reload another worker answered, if this worker has not acted on it yet."""
+        latest = self.reloads.latest(self.holder.name)
+        if latest is None or latest.id <= self._reload_seen:
+            return
+        self._reload_seen = latest.id
+        if self.holder.ready and self.holder.current.version == latest.version:
+            return
+        # That exact version, not the alias (which may have moved since): every worker serves what the reload chose.
+        try:
+            self.holder.load(latest.version)
+        except ModelNotAvailableError:
+            self.metrics.reloads.labels("failed").inc()  # the old model stays; /readyz reports the error
+        else:
+            self.metrics.reloads.labels("ok").inc()
 
     def may_score(self, key: str | None) -> bool:
         """Whether a request with this X-API-Key (None: none, or empty) may score: any key does when none is set."""

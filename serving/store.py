@@ -61,6 +61,15 @@ threshold_versions = Table(
     Column("reason", Text, nullable=False),
     Column("policy", Text, nullable=False),
 )
+# One row per successful POST /v1/admin/reload: the version that worker loaded, for every other worker to follow.
+model_reloads = Table(
+    "model_reloads",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(256), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("reloaded_at", DateTime(timezone=True), nullable=False),
+)
 # Records written per commit (whole requests, so a large batch commits alone): enough to amortise a commit under load.
 MAX_BATCH = 256
 # The journal is emptied once the database has caught up and it has grown past this size: small enough to replay in
@@ -453,6 +462,48 @@ class PolicyStore:
         except IntegrityError:
             return None
         return PolicyVersion(version, created_at, author, reason, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReload:
+    """A reload that one worker answered: which version of which model it loaded, and when."""
+
+    id: int
+    model_name: str
+    version: str
+    reloaded_at: dt.datetime
+
+
+class ReloadStore:
+    """The reloads answered so far: how every worker (and every replica on the same store) learns of one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(self, model_name: str, version: str) -> ModelReload:
+        """Store that `version` of `model_name` was loaded by a reload."""
+        reloaded_at = dt.datetime.now(dt.UTC)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(model_reloads), [{"model_name": model_name, "version": version, "reloaded_at": reloaded_at}]
+            )
+            key = result.inserted_primary_key
+        assert key is not None
+        return ModelReload(int(key[0]), model_name, version, reloaded_at)
+
+    def latest(self, model_name: str) -> ModelReload | None:
+        """The newest reload of `model_name`, if any."""
+        query = (
+            select(model_reloads)
+            .where(model_reloads.c.model_name == model_name)
+            .order_by(model_reloads.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return ModelReload(int(row.id), row.model_name, row.version, _aware(row.reloaded_at))
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -6,7 +6,7 @@ import asyncio
 import math
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from features.fit import SIZE_BAND_LABELS
 from serving.model import ModelNotAvailableError
@@ -35,7 +35,7 @@ async def readyz(state: StateDep, response: Response) -> Readiness:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: StateDep) -> Response:
     """Request counts, latency histograms, routes chosen and the score distribution."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/model", summary="The model in use", dependencies=[ScoringAuth])
@@ -69,15 +69,17 @@ async def model_info(state: StateDep, model: ModelDep) -> ModelInfo:
 
 @router.post("/v1/admin/reload", summary="Load the model the alias points at now", dependencies=[AdminAuth])
 async def reload(state: StateDep, response: Response) -> ReloadResult:
-    """Loads and warms the new model before swapping it in; on failure the old one keeps serving (status 409)."""
+    """Loads and warms the new model before swapping it in; on failure the old one keeps serving (status 409).
+
+    The worker that answers reloads at once; the service's other workers load the same version within about a
+    second and swap it in once it is warm, each keeping its old model if the load fails (see their /readyz).
+    """
     holder = state.holder
     previous = holder.current.version if holder.ready else ""
     try:
         # Loading takes seconds: off the event loop, so scoring goes on meanwhile with the old model.
-        loaded = await asyncio.to_thread(holder.load)
+        loaded = await asyncio.to_thread(state.reload)
     except ModelNotAvailableError as err:
-        state.metrics.reloads.labels("failed").inc()
         response.status_code = 409
         return ReloadResult(reloaded=False, model_version=previous, previous_version=previous, error=str(err))
-    state.metrics.reloads.labels("ok").inc()
     return ReloadResult(reloaded=True, model_version=loaded.version, previous_version=previous)
