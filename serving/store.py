@@ -1,4 +1,4 @@
-"""Durable service state on any SQLAlchemy database: the score log and the versioned routing policies."""
+"""Durable service state on any SQLAlchemy database: the score log, the versioned routing policies, the reloads."""
 
 from __future__ import annotations
 

@@ -66,6 +66,18 @@ def register_champion(trained: Trained, root: Path) -> str:
     return uri
 
 
+def service_env(uri: str, root: Path) -> dict[str, str]:
+    """The environment of a service on the registry at `uri`, with its store and journal under `root`, keys set."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "LEADSCORE_STORE_URL": f"sqlite:///{root / 'service.db'}",
+        "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
+        "LEADSCORE_API_KEYS": SCORING_KEY,
+        "LEADSCORE_ADMIN_KEYS": ADMIN_KEY,
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -90,17 +102,8 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("serving")
     uri = register_champion(trained, root)
     port = _free_port()
-    store_url = f"sqlite:///{root / 'service.db'}"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "LEADSCORE_STORE_URL": store_url,
-        "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
-        "LEADSCORE_API_KEYS": SCORING_KEY,
-        "LEADSCORE_ADMIN_KEYS": ADMIN_KEY,
-        "LEADSCORE_MAX_BODY_BYTES": "200000",
-        "LEADSCORE_MAX_BATCH": "50",
-    }
+    env = {**service_env(uri, root), "LEADSCORE_MAX_BODY_BYTES": "200000", "LEADSCORE_MAX_BATCH": "50"}
+    store_url = env["LEADSCORE_STORE_URL"]
     server_log = (root / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "leadscore", "serve", "--port", str(port)],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,14 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from serving.schemas import EXAMPLE_REQUEST
 from tests.conftest import Trained
-from tests.integration.test_serving import ADMIN_KEY, SCORING_KEY, _free_port, _wait_ready, register_champion
+from tests.integration.test_serving import (
+    ADMIN_KEY,
+    SCORING_KEY,
+    _free_port,
+    _wait_ready,
+    register_champion,
+    service_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +52,7 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     root = tmp_path_factory.mktemp("thresholds-page")
     uri = register_champion(trained, root)
     port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "LEADSCORE_STORE_URL": f"sqlite:///{root / 'service.db'}",
-        "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
-        "LEADSCORE_API_KEYS": SCORING_KEY,
-        "LEADSCORE_ADMIN_KEYS": ADMIN_KEY,
-    }
+    env = service_env(uri, root)
     log_path = root / "server.log"
     with log_path.open("wb") as server_log:
         process = subprocess.Popen(

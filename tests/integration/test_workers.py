@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from tests.integration.test_serving import (
     _leads,
     _wait_ready,
     register_champion,
+    service_env,
 )
 from training.pipeline import TrainConfig
 from training.tracking import CHAMPION, configure_tracking, log_training
@@ -38,14 +38,7 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("workers")
     uri = register_champion(trained, root)
     port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "LEADSCORE_STORE_URL": f"sqlite:///{root / 'service.db'}",
-        "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
-        "LEADSCORE_API_KEYS": SCORING_KEY,
-        "LEADSCORE_ADMIN_KEYS": ADMIN_KEY,
-    }
+    env = service_env(uri, root)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
@@ -55,9 +48,11 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process)
-        # Both workers up: each answers /readyz only once its model is warm.
-        for _ in range(4 * WORKERS):
-            _wait_ready(url, process)
+        # Every worker up (a worker takes connections only once started): otherwise one could take all the calls.
+        deadline = time.monotonic() + 120
+        while (root / "server.log").read_text().count("Application startup complete") < WORKERS:
+            assert time.monotonic() < deadline, "not every worker started in time"
+            time.sleep(0.3)
         yield url, uri
     finally:
         process.terminate()
