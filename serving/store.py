@@ -484,8 +484,9 @@ class ReloadStore:
         """Store that `version` of `model_name` was loaded by a reload."""
         reloaded_at = dt.datetime.now(dt.UTC)
         with self.engine.begin() as conn:
+            # One row, as one statement (not a list of rows): its primary key comes back on every database.
             result = conn.execute(
-                insert(model_reloads), [{"model_name": model_name, "version": version, "reloaded_at": reloaded_at}]
+                insert(model_reloads).values(model_name=model_name, version=version, reloaded_at=reloaded_at)
             )
             key = result.inserted_primary_key
         assert key is not None
