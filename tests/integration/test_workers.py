@@ -13,6 +13,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from serving.metrics import MULTIPROCESS_DIR
 from tests.conftest import Trained
 from tests.integration.test_serving import (
     ADMIN_KEY,
@@ -29,7 +30,7 @@ from training.tracking import CHAMPION, configure_tracking, log_training
 
 pytestmark = pytest.mark.integration
 WORKERS = 2
-# Each call on a new connection: the kernel hands connections to the workers in turn, so calls reach both.
+# Each call on a new connection: the workers share one listening socket, so new connections reach both of them.
 CALLS = 40
 
 
@@ -39,7 +40,7 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
     uri = register_champion(trained, root)
     port = _free_port()
     env = service_env(uri, root)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop(MULTIPROCESS_DIR, None)  # leadscore serve makes its own folder
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(WORKERS)],
