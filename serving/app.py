@@ -23,7 +23,7 @@ from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
 from serving.routers import meta, page, score, thresholds
 from serving.settings import LOOPBACK_HOSTS, Settings
-from serving.state import RELOAD_CHECK_SECONDS, ServiceState
+from serving.state import RELOAD_CHECK_SECONDS, ServiceStart, ServiceState
 from serving.store import PolicyStore, ReloadStore, ScoreLog, make_engine
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         holder = ModelHolder(tracking_uri(settings), settings.model_name, settings.model_alias)
-        holder.load()  # no model, no service: raises with a message saying how to get one
         engine = make_engine(settings.store_url, durable_fsync=settings.store_durable_fsync)
         journal = Path(settings.journal_dir) if settings.journal_dir else None
         state = ServiceState(
             settings, holder, ScoreLog(engine, journal), PolicyStore(engine), metrics, ReloadStore(engine)
         )
-        state.policy()  # stores the model's default policy as version 1 on first start
-        state.skip_past_reloads()
+        try:
+            state.start(ServiceStart.from_environment())  # no model, no service: raises saying how to get one
+            state.policy()  # stores the model's default policy as version 1 on first start
+        except BaseException:
+            state.score_log.close()  # its writer thread and journal, before the failure ends the worker
+            engine.dispose()
+            raise
         if not settings.auth_enabled:
             log.warning("no API keys configured: scoring and admin are open to anyone on %s", settings.host)
         app.state.service = state

@@ -12,8 +12,12 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from serving.app import tracking_uri
 from serving.metrics import MULTIPROCESS_DIR
+from serving.model import ModelNotAvailableError, registered_run
 from serving.settings import Settings
+from serving.state import SERVICE_START, ServiceStart
+from serving.store import ReloadStore, make_engine
 
 log = logging.getLogger(__name__)
 _DEFAULTS = Settings.model_construct()
@@ -30,6 +34,12 @@ def serve(
     # Each worker builds its own app from the environment, so the command line reaches them through it.
     os.environ["LEADSCORE_HOST"] = host
     os.environ["LEADSCORE_PORT"] = str(port)
+    try:
+        start = service_start(Settings())
+    except ModelNotAvailableError as err:
+        log.error("%s", err)
+        raise typer.Exit(code=1) from err
+    os.environ[SERVICE_START] = start.to_environment()
     log.info("scoring on http://%s:%d (docs at /docs)", host, port)
     own_folder = None
     if workers > 1:
@@ -46,6 +56,17 @@ def serve(
     finally:
         if own_folder is not None:
             shutil.rmtree(own_folder, ignore_errors=True)
+
+
+def service_start(settings: Settings) -> ServiceStart:
+    """What the workers start with: the version the alias points at now, and the newest reload recorded so far."""
+    version, _ = registered_run(tracking_uri(settings), settings.model_name, settings.model_alias)
+    engine = make_engine(settings.store_url)
+    try:
+        latest = ReloadStore(engine).latest(settings.model_name)
+    finally:
+        engine.dispose()
+    return ServiceStart(version, latest.id if latest else 0)
 
 
 def _run(host: str, port: int, workers: int) -> None:

@@ -58,10 +58,8 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
             else client.get_model_version(name, version)
         )
     except MlflowException as err:
-        wanted = f"{name}@{alias}" if version is None else f"{name} version {version}"
-        raise ModelNotAvailableError(
-            f"no model {wanted} in the registry at {tracking_uri}: train and promote one first "
-            f"(leadscore train && leadscore promote)"
+        raise _not_registered(
+            f"{name}@{alias}" if version is None else f"{name} version {version}", tracking_uri
         ) from err
     try:
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{found.version}")
@@ -146,5 +144,12 @@ def registered_run(tracking_uri: str, name: str, alias: str) -> tuple[str, str]:
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
-        raise ModelNotAvailableError(f"no model {name}@{alias} in {tracking_uri}: {err}") from err
+        raise _not_registered(f"{name}@{alias}", tracking_uri) from err
     return str(version.version), str(version.run_id or "")
+
+
+def _not_registered(wanted: str, tracking_uri: str) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"no model {wanted} in the registry at {tracking_uri}: train and promote one first "
+        f"(leadscore train && leadscore promote)"
+    )

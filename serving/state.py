@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,33 @@ log = logging.getLogger(__name__)
 POLICY_REFRESH_SECONDS = 1.0
 # How often a worker looks for a reload that another worker answered (a reload request reaches one worker only).
 RELOAD_CHECK_SECONDS = 1.0
+# Set by `leadscore serve` for its workers (see ServiceStart).
+SERVICE_START = "LEADSCORE_SERVICE_START"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStart:
+    """What a service of several workers started with: the alias' model version then, and the newest reload before.
+
+    uvicorn replaces a worker that dies. The replacement must serve what its siblings serve, which is this version
+    (or the version of a reload since), not wherever the alias points by the time it starts.
+    """
+
+    model_version: str
+    reload_id: int
+
+    def to_environment(self) -> str:
+        """The value of SERVICE_START that hands this to the workers."""
+        return json.dumps({"model_version": self.model_version, "reload_id": self.reload_id})
+
+    @classmethod
+    def from_environment(cls) -> ServiceStart | None:
+        """What `leadscore serve` handed over; None under a plain `uvicorn` (each worker then loads the alias)."""
+        value = os.environ.get(SERVICE_START)
+        if not value:
+            return None
+        fields = json.loads(value)
+        return cls(str(fields["model_version"]), int(fields["reload_id"]))
 
 
 @dataclass
@@ -64,10 +93,24 @@ class ServiceState:
         """Read the store on the next request (after this worker saved a new version)."""
         self._policy_read_at = 0.0
 
-    def skip_past_reloads(self) -> None:
-        """At start-up: reloads answered before this worker started are in the model it loaded from the alias."""
+    def start(self, service: ServiceStart | None) -> LoadedModel:
+        """Load this worker's first model: the service's (see ServiceStart), else the alias'.
+
+        Reloads recorded before the service started are not replayed: the alias said what to serve then.
+        """
         latest = self.reloads.latest(self.holder.name)
         self._reload_seen = latest.id if latest else 0
+        if service is None:
+            return self.holder.load()
+        reloaded = latest is not None and latest.id > service.reload_id
+        version = latest.version if latest is not None and reloaded else service.model_version
+        try:
+            return self.holder.load(version)
+        except ModelNotAvailableError:
+            # Serving the alias' model beats not serving: a worker that cannot start takes the whole service down.
+            log.warning("cannot load version %s, which the other workers serve; loading @%s", version,
+                        self.holder.alias)  # fmt: skip
+            return self.holder.load()
 
     def reload(self) -> LoadedModel:
         """Load the model the alias points at now, in this worker, and record it for the other workers to follow."""

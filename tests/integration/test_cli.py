@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,18 @@ def test_missing_input_exits_3(tmp_path: Path) -> None:
     result = _leadscore("build-dataset", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "sets"))
     assert result.returncode == 3
     assert "no leads table" in " ".join(result.stdout.split())
+
+
+def test_serve_without_a_champion_exits_1_saying_how_to_get_one(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "LEADSCORE_STORE_URL": f"sqlite:///{tmp_path / 'service.db'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "leadscore", "serve", "--port", "1", "--workers", "2"],
+        capture_output=True, text=True, timeout=300, check=False, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1, said
+    assert "no model lead-scorer@champion" in said and "leadscore train && leadscore promote" in said

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -34,8 +38,50 @@ WORKERS = 2
 CALLS = 40
 
 
+@dataclass(frozen=True)
+class Workers:
+    """A running `leadscore serve --workers 2`: where it answers, its registry, its parent process and its log."""
+
+    url: str
+    uri: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def startups(self) -> int:
+        """How many workers have started so far (replacements included)."""
+        return self.log.read_text().count("Application startup complete")
+
+    def wait_for_startups(self, count: int) -> None:
+        # A worker takes connections only once started: before that, the others could take all the calls.
+        deadline = time.monotonic() + 120
+        while self.startups() < count:
+            assert time.monotonic() < deadline, f"{count} worker start-ups expected, saw {self.startups()}"
+            time.sleep(0.3)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes: the children of the parent that run multiprocessing's spawned main."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                command = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue  # a process that ended meanwhile
+            if parent == self.process.pid and b"spawn_main" in command:
+                pids.append(int(stat.parent.name))
+        return pids
+
+
+def _served_versions(url: str, body: dict[str, object], calls: int) -> list[str]:
+    """The model version of `calls` scores, each on a new connection (so by either worker)."""
+    return [
+        httpx.post(f"{url}/v1/score", json=body, headers={"X-API-Key": SCORING_KEY}).json()["model_version"]
+        for _ in range(calls)
+    ]
+
+
 @pytest.fixture(scope="module")
-def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     root = tmp_path_factory.mktemp("workers")
     uri = register_champion(trained, root)
     port = _free_port()
@@ -46,15 +92,11 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
         [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(WORKERS)],
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    workers = Workers(f"http://127.0.0.1:{port}", uri, process, root / "server.log")
     try:
-        _wait_ready(url, process)
-        # Every worker up (a worker takes connections only once started): otherwise one could take all the calls.
-        deadline = time.monotonic() + 120
-        while (root / "server.log").read_text().count("Application startup complete") < WORKERS:
-            assert time.monotonic() < deadline, "not every worker started in time"
-            time.sleep(0.3)
-        yield url, uri
+        _wait_ready(workers.url, process)
+        workers.wait_for_startups(WORKERS)
+        yield workers
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -67,8 +109,8 @@ def _counted(text: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_every_scrape_counts_the_requests_of_every_worker(service: tuple[str, str], trained: Trained) -> None:
-    url, _ = service
+def test_every_scrape_counts_the_requests_of_every_worker(service: Workers, trained: Trained) -> None:
+    url = service.url
     for body in (_leads(trained, CALLS // 4) * 4)[:CALLS]:
         response = httpx.post(f"{url}/v1/score", json=body, headers={"X-API-Key": SCORING_KEY})
         assert response.status_code == 200, response.text
@@ -76,9 +118,9 @@ def test_every_scrape_counts_the_requests_of_every_worker(service: tuple[str, st
     assert [_counted(httpx.get(f"{url}/metrics").text) for _ in range(6)] == [float(CALLS)] * 6
 
 
-def test_a_reload_reaches_every_worker(service: tuple[str, str], trained: Trained) -> None:
-    url, uri = service
-    configure_tracking(uri)
+def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> None:
+    url = service.url
+    configure_tracking(service.uri)
     logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
     response = httpx.post(f"{url}/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
@@ -86,13 +128,26 @@ def test_a_reload_reaches_every_worker(service: tuple[str, str], trained: Traine
     body = _leads(trained, 1)[0]
     deadline = time.monotonic() + 90  # the other worker loads and warms the model too
     while True:
-        versions = [
-            httpx.post(f"{url}/v1/score", json=body, headers={"X-API-Key": SCORING_KEY}).json()["model_version"]
-            for _ in range(20)
-        ]
+        versions = _served_versions(url, body, 20)
         if versions == ["2"] * 20 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert versions == ["2"] * 20
     reloads = httpx.get(f"{url}/metrics").text
     assert 'leadscore_model_reloads_total{outcome="ok"} 2.0' in reloads  # one per worker
+
+
+def test_a_worker_replaced_after_a_crash_serves_what_the_others_serve(service: Workers, trained: Trained) -> None:
+    body = _leads(trained, 1)[0]
+    [served] = set(_served_versions(service.url, body, 10))
+    configure_tracking(service.uri)
+    # A new champion, not reloaded yet: the service must go on serving `served` until someone reloads.
+    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
+    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    started = service.startups()
+    pids = service.worker_pids()
+    assert len(pids) == WORKERS
+    os.kill(pids[0], signal.SIGKILL)
+    service.wait_for_startups(started + 1)  # uvicorn replaced it
+    assert len(service.worker_pids()) == WORKERS
+    assert set(_served_versions(service.url, body, 20)) == {served}

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from serving.metrics import ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.settings import Settings
-from serving.state import ServiceState
+from serving.state import SERVICE_START, ServiceStart, ServiceState
 from serving.store import PolicyStore, ReloadStore, ScoreLog, make_engine
 
 
@@ -29,8 +29,9 @@ class FakeHolder:
 
     current: _Served
     loadable: set[str]
-    alias_version: str = ""  # what the alias points at: a load without a version loads it
+    alias_version: str = ""  # what the alias points at (default: the current version): a load without one loads it
     name: str = "lead-scorer"
+    alias: str = "champion"
     asked: list[str | None] = field(default_factory=list)
     ready: bool = True
 
@@ -50,12 +51,16 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def worker(engine: Engine, holder: FakeHolder) -> ServiceState:
+def worker(engine: Engine, holder: FakeHolder, service: ServiceStart | None = None) -> ServiceState:
+    """A started worker; `holder.asked` then lists what it was asked to load after start-up only."""
+    holder.alias_version = holder.alias_version or holder.current.version
+    holder.loadable.add(holder.alias_version)
     state = ServiceState(
         Settings(), cast(ModelHolder, holder), ScoreLog(engine), PolicyStore(engine), ServiceMetrics(),
         ReloadStore(engine),
     )  # fmt: skip
-    state.skip_past_reloads()
+    state.start(service)
+    holder.asked.clear()
     return state
 
 
@@ -88,6 +93,41 @@ def test_a_failed_follow_keeps_the_old_model_and_is_counted(engine: Engine) -> N
     assert holder.current.version == "1"
     assert 'leadscore_model_reloads_total{outcome="failed"} 1.0' in state.metrics.exposition().decode()
     state.score_log.close()
+
+
+def test_a_replaced_worker_serves_the_version_the_service_started_with_not_the_moved_alias(engine: Engine) -> None:
+    ReloadStore(engine).record("lead-scorer", "1")  # a reload of an earlier run of the service
+    holder = FakeHolder(_Served(""), {"2", "3"}, alias_version="3")  # the alias moved to 3 without a reload
+    state = worker(engine, holder, ServiceStart(model_version="2", reload_id=1))
+    assert holder.current.version == "2"
+    state.follow_reloads()
+    assert holder.asked == []  # the reload from before the service started is not replayed either
+    state.score_log.close()
+
+
+def test_a_replaced_worker_serves_the_version_of_a_reload_since_the_service_started(engine: Engine) -> None:
+    service = ServiceStart(model_version="2", reload_id=0)
+    ReloadStore(engine).record("lead-scorer", "4")  # a sibling answered a reload after the service started
+    holder = FakeHolder(_Served(""), {"2", "4"}, alias_version="5")
+    state = worker(engine, holder, service)
+    assert holder.current.version == "4"
+    state.follow_reloads()
+    assert holder.asked == []
+    state.score_log.close()
+
+
+def test_a_replaced_worker_that_cannot_load_the_services_version_serves_the_alias(engine: Engine) -> None:
+    holder = FakeHolder(_Served(""), set(), alias_version="3")  # version 2 deleted from the registry meanwhile
+    state = worker(engine, holder, ServiceStart(model_version="2", reload_id=0))
+    assert holder.current.version == "3"
+    state.score_log.close()
+
+
+def test_the_service_start_reaches_workers_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SERVICE_START, raising=False)
+    assert ServiceStart.from_environment() is None  # plain uvicorn: each worker loads the alias
+    monkeypatch.setenv(SERVICE_START, ServiceStart(model_version="7", reload_id=12).to_environment())
+    assert ServiceStart.from_environment() == ServiceStart(model_version="7", reload_id=12)
 
 
 def test_the_reloading_worker_records_its_version_and_does_not_reload_twice(engine: Engine) -> None:
