@@ -102,8 +102,9 @@ class ServiceState:
         self._reload_seen = latest.id if latest else 0
         if service is None:
             return self.holder.load()
-        reloaded = latest is not None and latest.id > service.reload_id
-        version = latest.version if latest is not None and reloaded else service.model_version
+        version = service.model_version
+        if latest is not None and latest.id > service.reload_id:
+            version = latest.version  # reloaded since the service started: the other workers follow that one
         try:
             return self.holder.load(version)
         except ModelNotAvailableError:
