@@ -124,15 +124,16 @@ def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> No
     logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
     response = httpx.post(f"{url}/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
-    assert response.status_code == 200 and response.json()["model_version"] == "2", response.text
+    new = str(logged.version)
+    assert response.status_code == 200 and response.json()["model_version"] == new, response.text
     body = _leads(trained, 1)[0]
     deadline = time.monotonic() + 90  # the other worker loads and warms the model too
     while True:
         versions = _served_versions(url, body, 20)
-        if versions == ["2"] * 20 or time.monotonic() > deadline:
+        if versions == [new] * 20 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert versions == ["2"] * 20
+    assert versions == [new] * 20
     reloads = httpx.get(f"{url}/metrics").text
     assert 'leadscore_model_reloads_total{outcome="ok"} 2.0' in reloads  # one per worker
 
