@@ -32,7 +32,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from serving.policy import RoutingPolicy
@@ -125,7 +125,13 @@ def make_engine(url: str, *, durable_fsync: bool = False) -> Engine:
     engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas(durable_fsync))
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except DBAPIError as err:
+        # Service workers start together on a new store: each finds the tables missing, one creates them and the
+        # others' CREATE TABLE fails on a table that now exists. A second look finds them; any other fault recurs.
+        log.info("service store tables appeared while creating them (%s); looking again", err.orig)
+        metadata.create_all(engine)
     return engine
 
 

@@ -11,10 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from serving.policy import GradeCutoffs, RoutingPolicy, StageCutoffs
-from serving.store import PolicyStore, PolicyVersion, ScoreLog, ScoreRecord, make_engine, record_row, score_log
+from serving.store import (
+    PolicyStore,
+    PolicyVersion,
+    ScoreLog,
+    ScoreRecord,
+    make_engine,
+    metadata,
+    record_row,
+    score_log,
+)
 
 SCORED_AT = dt.datetime(2025, 6, 3, 9, 0, tzinfo=dt.UTC)
 
@@ -259,3 +268,29 @@ def test_many_records_in_one_append_land_in_order_with_their_times(engine: Engin
         assert back[699].inputs == {"lead": {"lead_id": "L-699"}} and back[699].outputs == {"fit": {"score": 699}}
     finally:
         log.close()
+
+
+def test_workers_creating_a_new_store_at_once_all_start(tmp_path: Path) -> None:
+    """Another process creating the tables between our look and our CREATE (workers starting together) is no error."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    raced: list[bool] = []
+
+    def other_worker_first(*_: object, **__: object) -> None:
+        if not raced:  # only the first pass: the other process's own create_all fires this event too
+            raced.append(True)
+            make_engine(url).dispose()
+
+    event.listen(metadata, "before_create", other_worker_first)
+    try:
+        engine = make_engine(url)
+    finally:
+        event.remove(metadata, "before_create", other_worker_first)
+    try:
+        assert raced == [True]
+        log = ScoreLog(engine)
+        asyncio.run(log.append([record("r-1")]))
+        assert [r.request_id for r in log.read(request_id="r-1")] == ["r-1"]
+        log.close()
+        assert PolicyStore(engine).ensure_default(policy(80)).version == 1
+    finally:
+        engine.dispose()
