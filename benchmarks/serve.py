@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -18,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,11 @@ SANITY_LEADS = 5  # leads scored by both servers and compared before timing
 CONCURRENCY = (1, 16)
 MAX_REQUESTS = 100_000  # a measurement stops after `seconds` or this many requests, whichever comes first
 BATCH_REPEATS = 5  # timed batches per server at most (also bounded by `seconds`)
+# Connections are opened afresh, at most this many times, until every worker holds at least this share of its
+# fair part of them (16 connections on 2 workers: 4 each at least); each try waits this long for the accepts.
+REOPEN_TRIES = 10
+MIN_SHARE = 0.5
+ACCEPT_SECONDS = 2.0
 WARMUP_SECONDS = 1.0  # untimed traffic on the open connections before each measurement
 GRACE_SECONDS = 120.0  # a measurement that overruns its time by this much is a hung server, not a slow one
 READY_SECONDS = 300.0  # start-up bound: model download and load, per server
@@ -86,6 +93,8 @@ class Measurement:
     statuses: Counter[int]
     seconds: float
     client_cpu: float  # share of one core the load generator used; near 1.0 means it may be the bottleneck
+    spread: tuple[int, ...] = ()  # the connections each worker held, most first (empty: not known)
+    reopened: int = 0  # times the connections were opened afresh because a worker held none
 
     @property
     def requests(self) -> int:
@@ -115,6 +124,7 @@ class Measurement:
             statuses=sum((m.statuses for m in rounds), Counter()),
             seconds=seconds,
             client_cpu=sum(m.client_cpu * m.seconds for m in rounds) / seconds,
+            reopened=sum(m.reopened for m in rounds),
         )
 
 
@@ -202,17 +212,67 @@ async def drive(
     return Measurement(latencies, statuses, elapsed, (time.process_time() - cpu_start) / elapsed)
 
 
+Spread = Callable[[], tuple[int, ...] | None]  # connections per worker of the server now, most first
+
+
 async def closed_loop(
-    port: int, requests: Sequence[bytes], *, concurrency: int, seconds: float, max_requests: int, warmup: int
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    warmup: int,
+    spread: Spread | None = None,
+    workers: int = 1,
 ) -> Measurement:
-    """Open `concurrency` connections, warm them up (untimed), then measure."""
-    connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
+    """Open `concurrency` connections, warm them up (untimed), then measure.
+
+    uvicorn's workers share one listening socket, and the first to wake accepts every connection waiting. The load
+    generator opens its connections within a millisecond, so at times one worker gets all or nearly all of them,
+    and the round measures one worker rather than the server: MLflow then answers half as many requests. With
+    `spread`, connections are opened afresh (a few times at most) until each worker holds at least MIN_SHARE of its
+    fair part; both servers get the same rule, and the spread is kept with the measurement.
+    """
+    connections: list[Connection] = []
+    held: tuple[int, ...] | None = None
+    reopened = 0
     try:
+        for attempt in range(REOPEN_TRIES):
+            connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
+            if spread is None or concurrency < workers:
+                break
+            held = await _accepted(spread, concurrency)
+            if held is None or _balanced(held, concurrency, workers) or attempt == REOPEN_TRIES - 1:
+                break
+            reopened += 1
+            _close(connections)
+            connections = []
         await drive(port, connections, requests, seconds=WARMUP_SECONDS, max_requests=warmup)
-        return await drive(port, connections, requests, seconds=seconds, max_requests=max_requests)
+        m = await drive(port, connections, requests, seconds=seconds, max_requests=max_requests)
+        return dataclasses.replace(m, spread=held or (), reopened=reopened)
     finally:
-        for _, writer in connections:
-            writer.close()
+        _close(connections)
+
+
+async def _accepted(spread: Spread, concurrency: int) -> tuple[int, ...] | None:
+    """The connections per worker once the server has accepted all `concurrency` (None: cannot tell)."""
+    deadline = time.monotonic() + ACCEPT_SECONDS
+    while True:
+        held = spread()
+        if held is None or sum(held) >= concurrency or time.monotonic() > deadline:
+            return held
+        await asyncio.sleep(0.01)
+
+
+def _balanced(held: tuple[int, ...], concurrency: int, workers: int) -> bool:
+    """Every worker holds at least MIN_SHARE of its fair part of the connections."""
+    return len(held) >= workers and min(held) >= MIN_SHARE * concurrency / workers
+
+
+def _close(connections: list[Connection]) -> None:
+    for _, writer in connections:
+        writer.close()
 
 
 async def send_once(port: int, request: bytes) -> tuple[int, bytes]:
@@ -345,9 +405,38 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(ticks[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime
 
 
-def _group_ticks(pgid: int) -> int:
-    """CPU ticks (user + system) of the live processes in a process group."""
-    total = 0
+def connections_per_process(pgid: int, port: int) -> tuple[int, ...] | None:
+    """Established connections to `port` that each process of a group holds, most first; None without /proc.
+
+    A worker that holds none is missing from the result: compare its length with the number of workers.
+    """
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    local = f":{port:04X}"
+    # Columns: sl, local address, remote address, state (01: established), ..., inode (the tenth).
+    inodes = {f"socket:[{f[9]}]" for f in (line.split() for line in table) if f[1].endswith(local) and f[3] == "01"}
+    held: list[int] = []
+    for pid in _group_pids(pgid):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue  # exited meanwhile
+        n = 0
+        for fd in fds:
+            try:
+                n += os.readlink(fd) in inodes
+            except OSError:
+                continue  # closed meanwhile
+        if n:
+            held.append(n)
+    return tuple(sorted(held, reverse=True))
+
+
+def _group_stats(pgid: int) -> dict[int, list[str]]:
+    """The /proc stat fields (after the command name) of the live processes in a process group."""
+    stats = {}
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit():
             continue
@@ -356,8 +445,18 @@ def _group_ticks(pgid: int) -> int:
         except OSError:
             continue  # exited meanwhile
         if int(stat[2]) == pgid:
-            total += int(stat[11]) + int(stat[12])
-    return total
+            stats[int(entry.name)] = stat
+    return stats
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """The live processes of a process group."""
+    return list(_group_stats(pgid))
+
+
+def _group_ticks(pgid: int) -> int:
+    """CPU ticks (user + system) of the live processes in a process group."""
+    return sum(int(stat[11]) + int(stat[12]) for stat in _group_stats(pgid).values())
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -426,15 +525,24 @@ def measure_round(result: ServerResult, server: Server, single: list[bytes], bat
     for concurrency in CONCURRENCY:
         m = uvloop.run(
             closed_loop(
-                port, single, concurrency=concurrency, seconds=seconds, max_requests=MAX_REQUESTS, warmup=MAX_REQUESTS
+                port, single, concurrency=concurrency, seconds=seconds, max_requests=MAX_REQUESTS, warmup=MAX_REQUESTS,
+                spread=functools.partial(connections_per_process, server.pgid, port), workers=server.workers_started,
             )
-        )
+        )  # fmt: skip
         result.single.setdefault(concurrency, []).append(m)
         log.info(
-            "%s c=%d: %d requests, %.1f req/s, p50 %.2f ms, p99 %.2f ms, %d non-2xx, load generator %.0f%% of a core",
+            "%s c=%d: %d requests, %.1f req/s, p50 %.2f ms, p99 %.2f ms, %d non-2xx, load generator %.0f%% of a core, "
+            "connections per worker %s (opened afresh %d times)",
             name, concurrency, m.requests, m.rate, m.percentile_ms(50), m.percentile_ms(99), m.errors,
-            100 * m.client_cpu,
+            100 * m.client_cpu, list(m.spread) or "unknown", m.reopened,
         )  # fmt: skip
+        if (
+            m.spread
+            and concurrency >= server.workers_started
+            and not _balanced(m.spread, concurrency, server.workers_started)
+        ):
+            log.warning("%s c=%d: connections stayed unevenly spread over the workers: %s", name, concurrency,
+                        list(m.spread))  # fmt: skip
     m = uvloop.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
     result.batch.append(m)
     machine_end, own_end = _cpu_ticks()
@@ -558,6 +666,13 @@ def report(ours: ServerResult, theirs: ServerResult, work: Workload, notes: dict
         f"{r.name} c={c} {100 * r.pooled_single(c).client_cpu:.0f}%" for r in (ours, theirs) for c in CONCURRENCY
     )
     setup.add_row("load generator CPU (of one core)", load)
+    c = CONCURRENCY[-1]
+    spreads = "; ".join(
+        f"{r.name} {' '.join(str(list(m.spread)) for m in r.single[c]) or 'unknown'}"
+        f" (opened afresh {r.pooled_single(c).reopened} times)"
+        for r in (ours, theirs)
+    )
+    setup.add_row(f"connections per worker, c={c}, by round", spreads)
     others = ", ".join(f"while {r.name} ran {max(r.other_cores, default=math.nan):.2f}" for r in (ours, theirs))
     setup.add_row("CPU used by other processes (cores, worst round)", f"{others} (of {os.cpu_count()})")
     for key, value in notes.items():
