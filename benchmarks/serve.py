@@ -94,7 +94,7 @@ class Measurement:
     seconds: float
     client_cpu: float  # share of one core the load generator used; near 1.0 means it may be the bottleneck
     spread: tuple[int, ...] = ()  # the connections each worker held, most first (empty: not known)
-    reopened: int = 0  # times the connections were opened afresh because a worker held none
+    reopened: int = 0  # times the connections were opened afresh because they were spread unevenly
 
     @property
     def requests(self) -> int:
