@@ -243,7 +243,7 @@ async def closed_loop(
             if spread is None or concurrency < workers:
                 break
             held = await _accepted(spread, concurrency)
-            if held is None or _balanced(held, concurrency, workers) or attempt == REOPEN_TRIES - 1:
+            if held is None or is_balanced(held, concurrency, workers) or attempt == REOPEN_TRIES - 1:
                 break
             reopened += 1
             _close(connections)
@@ -265,7 +265,7 @@ async def _accepted(spread: Spread, concurrency: int) -> tuple[int, ...] | None:
         await asyncio.sleep(0.01)
 
 
-def _balanced(held: tuple[int, ...], concurrency: int, workers: int) -> bool:
+def is_balanced(held: tuple[int, ...], concurrency: int, workers: int) -> bool:
     """Every worker holds at least MIN_SHARE of its fair part of the connections."""
     return len(held) >= workers and min(held) >= MIN_SHARE * concurrency / workers
 
@@ -539,7 +539,7 @@ def measure_round(result: ServerResult, server: Server, single: list[bytes], bat
         if (
             m.spread
             and concurrency >= server.workers_started
-            and not _balanced(m.spread, concurrency, server.workers_started)
+            and not is_balanced(m.spread, concurrency, server.workers_started)
         ):
             log.warning("%s c=%d: connections stayed unevenly spread over the workers: %s", name, concurrency,
                         list(m.spread))  # fmt: skip
