@@ -243,7 +243,11 @@ async def closed_loop(
             if spread is None or concurrency < workers:
                 break
             held = await _accepted(spread, concurrency)
-            if held is None or is_balanced(held, concurrency, workers) or attempt == REOPEN_TRIES - 1:
+            if held is None or is_balanced(held, concurrency, workers):
+                break
+            if attempt == REOPEN_TRIES - 1:
+                log.warning("port %d: connections stayed unevenly spread over the workers after %d tries: %s",
+                            port, REOPEN_TRIES, list(held))  # fmt: skip
                 break
             reopened += 1
             _close(connections)
@@ -418,7 +422,7 @@ def connections_per_process(pgid: int, port: int) -> tuple[int, ...] | None:
     # Columns: sl, local address, remote address, state (01: established), ..., inode (the tenth).
     inodes = {f"socket:[{f[9]}]" for f in (line.split() for line in table) if f[1].endswith(local) and f[3] == "01"}
     held: list[int] = []
-    for pid in _group_pids(pgid):
+    for pid in _group_stats(pgid):
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
@@ -447,11 +451,6 @@ def _group_stats(pgid: int) -> dict[int, list[str]]:
         if int(stat[2]) == pgid:
             stats[int(entry.name)] = stat
     return stats
-
-
-def _group_pids(pgid: int) -> list[int]:
-    """The live processes of a process group."""
-    return list(_group_stats(pgid))
 
 
 def _group_ticks(pgid: int) -> int:
@@ -536,13 +535,6 @@ def measure_round(result: ServerResult, server: Server, single: list[bytes], bat
             name, concurrency, m.requests, m.rate, m.percentile_ms(50), m.percentile_ms(99), m.errors,
             100 * m.client_cpu, list(m.spread) or "unknown", m.reopened,
         )  # fmt: skip
-        if (
-            m.spread
-            and concurrency >= server.workers_started
-            and not is_balanced(m.spread, concurrency, server.workers_started)
-        ):
-            log.warning("%s c=%d: connections stayed unevenly spread over the workers: %s", name, concurrency,
-                        list(m.spread))  # fmt: skip
     m = uvloop.run(closed_loop(port, [batch], concurrency=1, seconds=seconds, max_requests=BATCH_REPEATS, warmup=1))
     result.batch.append(m)
     machine_end, own_end = _cpu_ticks()
