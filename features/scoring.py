@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from features.builder import FeatureBuilder
+from features.builder import FeatureBuilder, RequestLead
 from features.reasons import Reason, ReasonLabeler
 from features.treeshap import booster_contributions
 
@@ -29,6 +29,9 @@ PROBABILITY_FLOOR = 1e-4
 # costs more than scoring a few leads. Each entry keeps its tuple alive, so no other object can take its id meanwhile.
 _POINTS: dict[int, tuple[tuple[float, ...], np.ndarray]] = {}
 _MAX_POINTS = 256
+# From this many rows a call gives LightGBM its thread pool: below it, on a busy 2-core box, the pool costs more than
+# it saves.
+THREADED_ROWS = 64
 
 
 def _points(values: tuple[float, ...]) -> np.ndarray:
@@ -236,6 +239,15 @@ class LeadScorer:
         """One lead at request time, through the same feature engine as training (one thread: fastest for a row)."""
         row = self.builder.transform_records(lead, activities, as_of, colleagues)
         return self.score_features([str(lead["lead_id"])], row[None, :], top_k=top_k, threads=1)[0]
+
+    def score_requests(self, requests: Sequence[RequestLead], *, top_k: int = 3) -> list[LeadScore]:
+        """Many leads at request time, in order: one feature-engine pass for all rows, then one call per booster.
+
+        Each lead's scores and reasons equal `score_record` of that lead: the engine reads every lead's own rows only.
+        """
+        rows = self.builder.transform_requests(requests)
+        threads = 1 if len(requests) < THREADED_ROWS else 0
+        return self.score_features([str(r.lead["lead_id"]) for r in requests], rows, top_k=top_k, threads=threads)
 
     def score_frame(self, leads: pd.DataFrame, activities: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
         """Batch probabilities and scores for (lead_id, as_of) pairs of canonical tables (no reasons: fast)."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import msgspec
-import numpy as np
 
 from features.builder import RequestLead
 from features.reasons import Reason
@@ -48,11 +47,6 @@ def request_lead(request: LeadToScore, now: dt.datetime) -> RequestLead:
         touch_types=[a.activity_type for a in touches],
         as_of=request.as_of or now,
     )
-
-
-def feature_rows(model: LoadedModel, requests: Sequence[LeadToScore], now: dt.datetime) -> np.ndarray:
-    """The leads' feature rows as of each request's as_of (default now), with the very code training used."""
-    return model.scorer.builder.transform_requests([request_lead(r, now) for r in requests])
 
 
 def _reasons(reasons: Sequence[Reason]) -> list[dict[str, object]]:
@@ -135,12 +129,9 @@ def score_requests(
     top_k: int,
     request_ids: Sequence[str],
 ) -> list[ScoredLead]:
-    """Score many leads: one engine pass for all feature rows, then both boosters once for all rows."""
+    """Score many leads as of each request's as_of (default now), with the very code training used."""
     now = dt.datetime.now(dt.UTC)
-    rows = feature_rows(model, requests, now)
-    # One thread: on a busy 2-core box LightGBM's thread pool costs more than it saves for a few rows.
-    threads = 1 if len(requests) < 64 else 0
-    scores = model.scorer.score_features([r.lead.lead_id for r in requests], rows, top_k=top_k, threads=threads)
+    scores = model.scorer.score_requests([request_lead(r, now) for r in requests], top_k=top_k)
     return [
         to_response(s, r.lead, policy, model, request_id, now)
         for s, r, request_id in zip(scores, requests, request_ids, strict=True)
