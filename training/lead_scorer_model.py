@@ -62,7 +62,10 @@ def _request_lead(record: Mapping[Hashable, Any]) -> RequestLead:
     lead_id = str(lead.get("lead_id"))
     activities = _json_list(record.get(ACTIVITIES), ACTIVITIES, lead_id)
     colleagues = _json_list(record.get(COLLEAGUES), COLLEAGUES, lead_id)
-    people = {lead_id, *(str(c.get("lead_id")) for c in colleagues)}
+    for i, colleague in enumerate(colleagues):
+        if colleague.get("lead_id") is None:
+            raise ValueError(f"lead {lead_id!r}: {COLLEAGUES}[{i}] has no lead_id")
+    people = {lead_id, *(str(c["lead_id"]) for c in colleagues)}
     owners: list[str] = []
     for i, activity in enumerate(activities):
         missing = [name for name in ("occurred_at", "activity_type") if activity.get(name) is None]

@@ -90,3 +90,10 @@ def test_a_bad_touch_is_refused_naming_the_lead_and_the_touch(
     frame.loc[0, ACTIVITIES] = json.dumps([good, touch])
     with pytest.raises(ValueError, match=message):
         _model(trained).predict(None, frame)  # type: ignore[arg-type]
+
+
+def test_a_colleague_without_a_lead_id_is_refused_naming_the_lead(trained: Trained) -> None:
+    frame, _ = _frame(trained, 3)
+    frame.loc[0, COLLEAGUES] = json.dumps([{"lead_id": "C1"}, {"account_id": "acme"}])
+    with pytest.raises(ValueError, match=r"lead '.+': colleagues\[1\] has no lead_id"):
+        _model(trained).predict(None, frame)  # type: ignore[arg-type]
