@@ -29,8 +29,8 @@ PROBABILITY_FLOOR = 1e-4
 # costs more than scoring a few leads. Each entry keeps its tuple alive, so no other object can take its id meanwhile.
 _POINTS: dict[int, tuple[tuple[float, ...], np.ndarray]] = {}
 _MAX_POINTS = 256
-# From this many rows a call gives LightGBM its thread pool: below it, on a busy 2-core box, the pool costs more than
-# it saves.
+# From this many rows a call spreads TreeSHAP (or LightGBM, for a booster without tables) over all cores: below it, on
+# a busy 2-core box, handing work to other threads costs more than it saves.
 THREADED_ROWS = 64
 
 
