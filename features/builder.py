@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Self, cast
+from typing import NoReturn, Self, cast
 
 import numpy as np
 import pandas as pd
@@ -113,6 +113,30 @@ def _touch_seconds(values: Sequence[object]) -> np.ndarray:
         stamps = cast(Sequence[dt.datetime], values)
         return np.ceil(np.array([v.timestamp() for v in stamps], dtype=np.float64)).astype(np.int64)
     return np.array(_seconds_up(values), dtype=np.int64)
+
+
+def _owner_rows(index: Mapping[str, int], touch_lead_ids: Sequence[object], lead_id: str) -> list[int]:
+    """The block row of each touch's person; a touch of someone who is neither the lead nor a colleague is refused."""
+    try:
+        return [index[str(x)] for x in touch_lead_ids]
+    except KeyError:
+        i, owner = next((i, str(x)) for i, x in enumerate(touch_lead_ids) if str(x) not in index)
+        raise ValueError(
+            f"lead {lead_id!r}: activities[{i}].lead_id {owner!r} is neither the lead nor a colleague"
+        ) from None
+
+
+def _refuse_timeless(seconds: np.ndarray, leads: Sequence[tuple[str, int]]) -> NoReturn:
+    """Refuse the first touch without a time (seconds NEVER), naming its lead and its place among the lead's touches.
+
+    `leads` holds (lead_id, number of touches) in the order of `seconds`. A touch is never "never": counted as such it
+    would silently drop out of every feature.
+    """
+    position = int(np.flatnonzero(seconds == NEVER)[0])
+    ends = np.cumsum([count for _, count in leads])
+    which = int(np.searchsorted(ends, position, side="right"))  # the lead whose touches hold that position
+    first = int(ends[which - 1]) if which else 0
+    raise ValueError(f"lead {leads[which][0]!r}: activities[{position - first}] has no occurred_at")
 
 
 def series_ns(series: pd.Series) -> np.ndarray:
@@ -312,8 +336,11 @@ class FeatureBuilder:
             [[record_seconds(p.get(c), round_up=True) for c in LIFECYCLE_CHAIN] for p in people], dtype=np.int64
         )
         n = len(people)
-        codes = np.array([index[str(a["lead_id"])] for a in activities], dtype=np.int64)
+        lead_id = str(lead["lead_id"])
+        codes = np.array(_owner_rows(index, [a["lead_id"] for a in activities], lead_id), dtype=np.int64)
         ts = np.array([record_seconds(a["occurred_at"], round_up=True) for a in activities], dtype=np.int64)
+        if (ts == NEVER).any():
+            _refuse_timeless(ts, [(lead_id, len(activities))])
         types = np.array([_type_code(a["activity_type"]) for a in activities], dtype=np.int64)
         _check_range(ts, "activities")
         _check_range(lifecycle, "leads")
@@ -357,12 +384,14 @@ class FeatureBuilder:
             if index[own] == first and set(ids) <= {own}:
                 codes += [first] * len(ids)  # all the lead's own (the usual case): no lookup per touch
             else:
-                codes += [index[str(x)] for x in ids]
+                codes += _owner_rows(index, ids, own)
         lifecycle = np.array(lifecycle_rows, dtype=np.int64)
         ts = _touch_seconds([t for r in requests for t in r.touch_times])
         types = np.array(_type_codes([t for r in requests for t in r.touch_types]), dtype=np.int64)
         if not len(codes) == len(ts) == len(types):
             raise ValueError("every touch needs a lead_id, a time and an activity type")
+        if (ts == NEVER).any():
+            _refuse_timeless(ts, [(str(r.lead["lead_id"]), len(r.touch_times)) for r in requests])
         _check_range(ts, "activities")
         _check_range(lifecycle, "leads")
         key = (np.array(codes, dtype=np.int64) << TS_BITS) | ts

@@ -65,22 +65,15 @@ def _request_lead(record: Mapping[Hashable, Any]) -> RequestLead:
     for i, colleague in enumerate(colleagues):
         if colleague.get("lead_id") is None:
             raise ValueError(f"lead {lead_id!r}: {COLLEAGUES}[{i}] has no lead_id")
-    people = {lead_id, *(str(c["lead_id"]) for c in colleagues)}
-    owners: list[str] = []
     for i, activity in enumerate(activities):
         missing = [name for name in ("occurred_at", "activity_type") if activity.get(name) is None]
         if missing:
             raise ValueError(f"lead {lead_id!r}: {ACTIVITIES}[{i}] has no {' and no '.join(missing)}")
-        owner = str(activity.get("lead_id") or lead_id)  # no lead_id: the lead's own touch, as the service reads it
-        if owner not in people:
-            raise ValueError(
-                f"lead {lead_id!r}: {ACTIVITIES}[{i}].lead_id {owner!r} is neither the lead nor a colleague"
-            )
-        owners.append(owner)
     return RequestLead(
         lead=lead,
         colleagues=colleagues,
-        touch_lead_ids=owners,
+        # No lead_id: the lead's own touch, as the service reads it. The builder refuses a stranger's touch.
+        touch_lead_ids=[str(a.get("lead_id") or lead_id) for a in activities],
         touch_times=[a["occurred_at"] for a in activities],
         touch_types=[a["activity_type"] for a in activities],
         as_of=_as_of(record.get(AS_OF)),

@@ -138,8 +138,10 @@ def test_no_requests_no_rows_and_bad_touches_are_refused_like_one_lead() -> None
     unknown = RequestLead(me, [], ["L1"], [START], ["carrier_pigeon"], START)
     with pytest.raises(ValueError, match="unknown activity type 'carrier_pigeon'"):
         builder.transform_requests([unknown])
-    stranger = RequestLead(me, [], ["L9"], [START], ["page_view"], START)
-    with pytest.raises(KeyError):
+    stranger = RequestLead(me, [], ["L1", "L9"], [START, START], ["page_view"] * 2, START)
+    with pytest.raises(
+        ValueError, match=r"lead 'L1': activities\[1\]\.lead_id 'L9' is neither the lead nor a colleague"
+    ):
         builder.transform_requests([stranger])
     too_late = RequestLead(me, [], ["L1"], [dt.datetime(2200, 1, 1, tzinfo=dt.UTC)], ["page_view"], START)
     with pytest.raises(ValueError, match="between 1970 and 2106"):
@@ -189,3 +191,23 @@ def test_a_pickled_builder_scores_alike_and_carries_no_derived_state() -> None:
     stale = FeatureBuilder.__new__(FeatureBuilder)
     stale.__setstate__({**builder.__getstate__(), "plan_": object()})
     np.testing.assert_array_equal(stale.transform_records(lead_record, touches, as_of), before)
+
+
+def test_a_touch_without_a_time_is_refused_naming_its_lead_and_place_on_both_paths() -> None:
+    # Counted as "never", such a touch would silently drop out of every feature.
+    builder = _builder()
+    people = [{"lead_id": f"L{i}", "account_id": f"a{i}", "created_at": START} for i in range(3)]
+    touch = START + dt.timedelta(days=1)
+    requests = [
+        RequestLead(people[0], [], ["L0"], [touch], ["page_view"], START + dt.timedelta(days=9)),
+        RequestLead(people[1], [], [], [], [], START + dt.timedelta(days=9)),
+        RequestLead(people[2], [], ["L2"] * 3, [touch, touch, None], ["page_view"] * 3, START + dt.timedelta(days=9)),
+    ]
+    with pytest.raises(ValueError, match=r"lead 'L2': activities\[2\] has no occurred_at"):
+        builder.transform_requests(requests)
+    touches = [{"lead_id": "L2", "occurred_at": t, "activity_type": "page_view"} for t in (touch, None)]
+    with pytest.raises(ValueError, match=r"lead 'L2': activities\[1\] has no occurred_at"):
+        builder.transform_records(people[2], touches, START + dt.timedelta(days=9))
+    stranger = [{"lead_id": "L7", "occurred_at": touch, "activity_type": "page_view"}]
+    with pytest.raises(ValueError, match=r"lead 'L2': activities\[0\]\.lead_id 'L7' is neither"):
+        builder.transform_records(people[2], stranger, START + dt.timedelta(days=9))
