@@ -22,8 +22,9 @@ from rich.table import Table
 from benchmarks.measure import peak_rss_mb
 from features.builder import FeatureBuilder
 from features.validation import validate_activities, validate_leads
+from training.config import SimulationConfig
 from training.data import read_table
-from training.simulator import SimulationConfig, write_simulation
+from training.simulator import write_simulation
 
 log = logging.getLogger("benchmarks.features")
 app = typer.Typer(add_completion=False)

@@ -35,8 +35,9 @@ from rich.table import Table
 
 from features.spec import LEADS
 from serving.settings import Settings
+from training.config import SimulationConfig
 from training.data import load_tables
-from training.simulator import SimulationConfig, write_simulation
+from training.simulator import write_simulation
 
 log = logging.getLogger("benchmarks.serve")
 app = typer.Typer(add_completion=False)

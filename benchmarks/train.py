@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.measure import peak_rss_mb
+from training.config import SimulationConfig, TrainConfig
 from training.data import load_tables, read_table
 from training.dataset import build_training_set
-from training.pipeline import BASELINES, TrainConfig, train_models
-from training.simulator import SimulationConfig, write_simulation
+from training.pipeline import BASELINES, train_models
+from training.simulator import write_simulation
 from training.tracking import configure_tracking, log_training, oracle_comparison
 
 log = logging.getLogger("benchmarks.train")

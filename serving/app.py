@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import math
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,23 +21,11 @@ from serving import fast
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
 from serving.routers import meta, page, score, thresholds
-from serving.settings import LOOPBACK_HOSTS, Settings
+from serving.settings import LOOPBACK_HOSTS, Settings, tracking_uri
 from serving.state import RELOAD_CHECK_SECONDS, ServiceStart, ServiceState
 from serving.store import PolicyStore, ReloadStore, ScoreLog, make_engine
 
 log = logging.getLogger(__name__)
-
-# Same default store as `leadscore train` (training.tracking): a SQLite file in the working directory.
-DEFAULT_TRACKING_DB = "mlflow.db"
-
-
-def tracking_uri(settings: Settings) -> str:
-    """Where the registry is: the setting, else $MLFLOW_TRACKING_URI, else the local SQLite store."""
-    return (
-        settings.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
-    )
 
 
 class ScoreService(FastAPI):

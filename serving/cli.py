@@ -7,30 +7,34 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 
-from serving.app import tracking_uri
-from serving.metrics import MULTIPROCESS_DIR
-from serving.model import ModelNotAvailableError, registered_run
-from serving.settings import Settings
-from serving.state import SERVICE_START, ServiceStart
-from serving.store import ReloadStore, make_engine
+from serving.defaults import DEFAULT_HOST, DEFAULT_PORT
+
+# The service's modules (FastAPI, MLflow, the model) are imported when `serve` runs, not when the command line
+# starts: uvicorn starts each worker by importing the console script again, and must hear from it within seconds.
+if TYPE_CHECKING:
+    from serving.settings import Settings
+    from serving.state import ServiceStart
 
 log = logging.getLogger(__name__)
-_DEFAULTS = Settings.model_construct()
 
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (API keys required beyond loopback).")] = (
-        _DEFAULTS.host
+        DEFAULT_HOST
     ),
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = _DEFAULTS.port,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = DEFAULT_PORT,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one per core is a good start).")] = 1,
 ) -> None:
     """Serve models:/lead-scorer@champion on HTTP; settings come from LEADSCORE_* environment variables."""
+    from serving.metrics import MULTIPROCESS_DIR
+    from serving.model import ModelNotAvailableError
+    from serving.settings import Settings
+    from serving.state import SERVICE_START
+
     # Each worker builds its own app from the environment, so the command line reaches them through it.
     os.environ["LEADSCORE_HOST"] = host
     os.environ["LEADSCORE_PORT"] = str(port)
@@ -60,6 +64,11 @@ def serve(
 
 def service_start(settings: Settings) -> ServiceStart:
     """What the workers start with: the version the alias points at now, and the newest reload recorded so far."""
+    from serving.model import registered_run
+    from serving.settings import tracking_uri
+    from serving.state import ServiceStart
+    from serving.store import ReloadStore, make_engine
+
     version, _ = registered_run(tracking_uri(settings), settings.model_name, settings.model_alias)
     engine = make_engine(settings.store_url)
     try:
@@ -70,6 +79,8 @@ def service_start(settings: Settings) -> ServiceStart:
 
 
 def _run(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "serving.app:create_app",
         factory=True,

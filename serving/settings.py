@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serving.defaults import DEFAULT_HOST, DEFAULT_PORT
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Same default store as `leadscore train` (training.tracking): a SQLite file in the working directory.
+DEFAULT_TRACKING_DB = "mlflow.db"
 
 
 class Settings(BaseSettings):
@@ -43,8 +49,8 @@ class Settings(BaseSettings):
     max_activities: int = Field(default=5000, ge=1, description="Most activities in one lead's request.")
     max_colleagues: int = Field(default=200, ge=0, description="Most colleagues in one lead's request.")
     top_reasons: int = Field(default=3, ge=1, le=10)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
@@ -57,3 +63,12 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Scoring needs a key once any key is configured."""
         return bool(self.api_keys or self.admin_keys)
+
+
+def tracking_uri(settings: Settings) -> str:
+    """Where the registry is: the setting, else $MLFLOW_TRACKING_URI, else the local SQLite store."""
+    return (
+        settings.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path(DEFAULT_TRACKING_DB).resolve()}"
+    )

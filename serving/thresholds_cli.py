@@ -6,20 +6,17 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from serving.app import tracking_uri
-from serving.model import ModelNotAvailableError, holdout_scores, load_model, registered_run
-from serving.policy import Capacities, QueueCapacity, RoutingPolicy
-from serving.settings import Settings
-from serving.store import PolicyStore, PolicyVersion, ScoreLog, ScoreRecord, make_engine
-from serving.tuning import SampleError, ScoreSample, choose_sample, holdout_sample, simulate, solve
+# The stores, the model and the replay are imported by the commands that use them: the command line starts at once.
+if TYPE_CHECKING:
+    from serving.policy import Capacities, RoutingPolicy
+    from serving.store import PolicyVersion, ScoreRecord
+    from serving.tuning import ScoreSample
 
 log = logging.getLogger(__name__)
 app = typer.Typer(
@@ -58,6 +55,9 @@ class _Context:
     """The stores a command works on, opened from the options or the service's settings."""
 
     def __init__(self, store_url: str | None, tracking: str | None) -> None:
+        from serving.settings import Settings, tracking_uri
+        from serving.store import PolicyStore, make_engine
+
         settings = Settings()
         self.settings = settings
         self.tracking_uri = tracking or tracking_uri(settings)
@@ -65,6 +65,9 @@ class _Context:
         self.policies = PolicyStore(self.engine)
 
     def in_force(self) -> PolicyVersion:
+        from serving.model import ModelNotAvailableError, load_model
+        from serving.policy import RoutingPolicy
+
         current = self.policies.latest()
         if current is not None:
             return current
@@ -76,6 +79,10 @@ class _Context:
         return self.policies.ensure_default(RoutingPolicy.from_cutoffs(loaded.scorer.cutoffs))
 
     def sample(self, data: str) -> ScoreSample:
+        from serving.model import ModelNotAvailableError, holdout_scores, registered_run
+        from serving.store import ScoreLog
+        from serving.tuning import SampleError, choose_sample, holdout_sample
+
         if data not in ("auto", "holdout", "recent"):
             raise _fail(f"--data must be auto, holdout or recent, got {data!r}", EXIT_INVALID)
 
@@ -97,6 +104,11 @@ class _Context:
 
 
 def _read_policy(path: Path) -> RoutingPolicy:
+    import yaml
+    from pydantic import ValidationError
+
+    from serving.policy import RoutingPolicy
+
     text = path.read_text()
     try:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
@@ -112,6 +124,8 @@ def _read_policy(path: Path) -> RoutingPolicy:
 
 
 def _capacities(sales_reps: int, sales_rate: float, sdr_reps: int, sdr_rate: float, hours: float) -> Capacities:
+    from serving.policy import Capacities, QueueCapacity
+
     return Capacities(
         queues={
             "sales": QueueCapacity(reps=sales_reps, leads_per_rep_per_week=sales_rate),
@@ -227,6 +241,8 @@ def simulate_command(
     tracking: TrackingOption = None,
 ) -> None:
     """What a policy would do per queue: weekly volume, load, SQLs and wins, precision, recall, SLA misses."""
+    from serving.tuning import simulate
+
     context = _Context(store_url, tracking)
     try:
         policy = _read_policy(policy_file) if policy_file else context.in_force().policy
@@ -250,6 +266,8 @@ def solve_command(
     tracking: TrackingOption = None,
 ) -> None:
     """Propose MQL/SQL cut-offs that capture the most expected SQLs within the teams' capacities (not applied)."""
+    from serving.tuning import simulate, solve
+
     context = _Context(store_url, tracking)
     try:
         policy = _read_policy(policy_file) if policy_file else context.in_force().policy

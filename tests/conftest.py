@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from features.validation import validate_activities, validate_leads
+from training.config import SimulationConfig, TrainConfig
 from training.dataset import TrainingSet, build_training_set
-from training.pipeline import TrainConfig, TrainResult, train_models
-from training.simulator import SimulatedFunnel, SimulationConfig, simulate
+from training.pipeline import TrainResult, train_models
+from training.simulator import SimulatedFunnel, simulate
 
 # Big enough that the fit model sees a few dozen wins, small enough to train in seconds.
 SMALL_FUNNEL_LEADS = 6000

@@ -6,41 +6,37 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import mlflow
-import pandas as pd
 import typer
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.validation import ContractError
-from training.crm_cli import crm_app
-from training.data import load_tables, read_table, replace_dir_atomic, write_parquet_atomic
-from training.dataset import TrainingSet, build_training_set
-from training.evaluation import oracle_auc
-from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT
-from training.models import BoosterConfig
-from training.pipeline import BASELINES, MODEL_NAME, TrainConfig, TrainResult, train_models
-from training.promotion import Decision, Holdout, default_gate, evaluate_scorer, promote
-from training.simulator import SimulationConfig, conversion_rates, write_simulation
-from training.snapshots import SnapshotConfig, data_end_of
-from training.tracking import (
-    CHALLENGER,
+from training.config import (
     CHAMPION,
     DEFAULT_EXPERIMENT,
-    LoggedModel,
-    configure_tracking,
-    load_scorer,
-    log_training,
-    version_by_alias,
+    MODEL_NAME,
+    BoosterConfig,
+    SimulationConfig,
+    SnapshotConfig,
+    TrainConfig,
 )
+from training.crm_cli import crm_app
+from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT
+
+# Everything heavy (pandas, MLflow, LightGBM) is imported inside the commands: `leadscore --help` starts at once, and
+# so does every service worker, which uvicorn starts by importing the console script again.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from training.dataset import TrainingSet
+    from training.pipeline import TrainResult
+    from training.promotion import Decision
+    from training.tracking import LoggedModel
 
 log = logging.getLogger("leadscore")
 app = typer.Typer(help="leadscore: calibrated, explained lead scoring.", no_args_is_help=True)
@@ -49,8 +45,16 @@ console = Console()
 
 
 DEFAULT_WORKDIR = Path("leadscore-demo")
-# Defaults shown in --help come from the simulator config itself (one home for each value).
-_SIM = SimulationConfig()
+
+
+def _simulation_default(name: str) -> int:
+    """A SimulationConfig default, read without building one (that would import pandas): one home for each value."""
+    value = next(f.default for f in fields(SimulationConfig) if f.name == name)
+    assert isinstance(value, int)
+    return value
+
+
+_SIM = {name: _simulation_default(name) for name in ("n_leads", "seed", "days")}
 # The demo simulates more leads than the simulator's default: wins are ~1 % of leads, and the fit model needs a few
 # hundred of them for its holdout to say anything.
 QUICKSTART_LEADS = 20_000
@@ -68,6 +72,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 def _generate(out: Path, config: SimulationConfig) -> None:
+    from training.data import replace_dir_atomic
+    from training.simulator import write_simulation
+
     # Written to a staging folder first: an interrupted run never leaves a half-written data set in `out`.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -92,15 +99,18 @@ def generate(
     out: Annotated[Path, typer.Option(help="Folder for leads/, activities/, truth/ and oracle/.")] = (
         DEFAULT_WORKDIR / "data"
     ),
-    leads: Annotated[int, typer.Option(min=1, help="Number of leads to simulate.")] = _SIM.n_leads,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = _SIM.seed,
-    days: Annotated[int, typer.Option(min=60, help="Days of history.")] = _SIM.days,
+    leads: Annotated[int, typer.Option(min=1, help="Number of leads to simulate.")] = _SIM["n_leads"],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = _SIM["seed"],
+    days: Annotated[int, typer.Option(min=60, help="Days of history.")] = _SIM["days"],
 ) -> None:
     """Simulate a B2B funnel (leads, activities and the true probabilities behind them)."""
     _generate(out, SimulationConfig(n_leads=leads, seed=seed, days=days))
 
 
 def _load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from features.validation import ContractError
+    from training.data import load_tables
+
     try:
         return load_tables(data)
     except FileNotFoundError as err:
@@ -112,6 +122,11 @@ def _load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _build(data: Path, out: Path, snapshot_config: SnapshotConfig, data_end: str | None) -> TrainingSet:
+    import pandas as pd
+
+    from training.data import write_parquet_atomic
+    from training.dataset import build_training_set
+
     leads, activities = _load(data)
     end = pd.Timestamp(data_end, tz="UTC") if data_end else None
     with console.status("building snapshots, labels and point-in-time features ..."):
@@ -142,6 +157,10 @@ def build_dataset(
 
 
 def _report(training_set: TrainingSet, data: Path) -> None:
+    from training.data import read_table
+    from training.evaluation import oracle_auc
+    from training.simulator import conversion_rates
+
     table = Table(title="leadscore training data", show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -179,6 +198,13 @@ def _train(
     experiment: str,
     data_end: str | None = None,
 ) -> LoggedModel:
+    import pandas as pd
+
+    from training.data import read_table
+    from training.dataset import build_training_set
+    from training.pipeline import train_models
+    from training.tracking import log_training
+
     leads, activities = _load(data)
     end = pd.Timestamp(data_end, tz="UTC") if data_end else None
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
@@ -199,6 +225,8 @@ def _train(
 
 
 def _report_training(result: TrainResult, logged: LoggedModel) -> None:
+    from training.pipeline import BASELINES
+
     table = Table(title=f"out-of-time holdout: lead-scorer version {logged.version} (@challenger)")
     table.add_column("scorer")
     for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
@@ -233,6 +261,8 @@ def train(
     ),
 ) -> None:
     """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger)."""
+    from training.tracking import configure_tracking
+
     configure_tracking(tracking_uri)
     readiness = replace(_BOOSTER, learning_rate=learning_rate, num_leaves=num_leaves, max_rounds=max_rounds)
     default = TrainConfig()
@@ -243,6 +273,12 @@ def train(
 
 
 def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float) -> Decision:
+    from mlflow import MlflowClient
+
+    from training.config import CHALLENGER
+    from training.promotion import default_gate, promote
+    from training.tracking import version_by_alias
+
     client = MlflowClient()
     challenger = version_by_alias(client, CHALLENGER)
     champion = version_by_alias(client, CHAMPION)
@@ -265,6 +301,8 @@ def promote_command(
     ece_tolerance: Annotated[float, typer.Option(min=0.0, help="How much higher its calibration error may be.")] = 0.01,
 ) -> None:
     """Move @champion to @challenger if the challenger is not worse on the same holdout (exit 4 when refused)."""
+    from training.tracking import configure_tracking
+
     configure_tracking(tracking_uri)
     decision = _decide(data, auc_tolerance, ece_tolerance)
     for line in decision.lines:
@@ -287,6 +325,13 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Also write the metrics here as JSON.")] = None,
 ) -> None:
     """Score a holdout period of `data` with a registered model and print its metrics."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from training.promotion import Holdout, evaluate_scorer
+    from training.snapshots import data_end_of
+    from training.tracking import configure_tracking, load_scorer
+
     configure_tracking(tracking_uri)
     leads, activities = _load(data)
     try:
@@ -325,17 +370,32 @@ def evaluate(
 def quickstart(
     workdir: Annotated[Path, typer.Option(help="Where demo data and outputs go.")] = DEFAULT_WORKDIR,
     leads: Annotated[int, typer.Option(min=100, help="Number of demo leads.")] = QUICKSTART_LEADS,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = _SIM.seed,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _SIM["seed"],
     tracking_uri: TrackingOption = None,
     experiment: ExperimentOption = DEFAULT_EXPERIMENT,
 ) -> None:
     """The whole job on embedded defaults: simulate demo data, train, register, promote a champion."""
-    configure_tracking(tracking_uri)
+    # Said before anything heavy is imported: a newcomer sees what is coming from the first second on.
+    console.print(
+        f"leadscore quickstart: four steps, about two minutes on two cores; everything goes to {workdir}/ and the "
+        "MLflow store",
+        highlight=False,
+    )
+    console.print(f"[1/4] simulating a B2B funnel of {leads:,} demo leads", highlight=False)
+    with console.status("loading pandas, LightGBM and MLflow ..."):
+        import mlflow
+
+        from training.tracking import configure_tracking
+
+        configure_tracking(tracking_uri)
     config = SimulationConfig(n_leads=leads, seed=seed)
     _generate(workdir / "data", config)
+    console.print("[2/4] validating the data and building point-in-time training sets", highlight=False)
     training_set = _build(workdir / "data", workdir / "datasets", SnapshotConfig(), data_end=None)
     _report(training_set, workdir / "data")
+    console.print("[3/4] training, calibrating and evaluating both models against the baselines", highlight=False)
     _train(workdir / "data", SnapshotConfig(), TrainConfig(), experiment)
+    console.print("[4/4] the promotion gate: challenger against champion", highlight=False)
     decision = _decide(workdir / "data", 0.005, 0.01)
     for line in decision.lines:
         console.print(f"  {line}")

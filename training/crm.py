@@ -22,8 +22,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from features.fit import DEFAULT_MIN_CATEGORY_COUNT
+from training.config import CRM_EXPERIMENT as EXPERIMENT
+from training.config import CRM_HOLDOUT_FRACTION as HOLDOUT_FRACTION
+from training.config import BoosterConfig
 from training.metrics import binary_metrics, metric_name, to_mlflow_metrics
-from training.models import BoosterConfig, fit_calibrator, train_booster
+from training.models import fit_calibrator, train_booster
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,6 @@ Role = Literal["fit", "engagement", "ignore"]
 ColumnType = Literal["category", "number", "boolean"]
 SplitKind = Literal["time", "random"]
 
-EXPERIMENT = "leadscore-crm-export"
-# The latest (or a random stratified) fifth of the leads is the holdout; a fifth of the rest is validation (early
-# stopping and calibration), the same shares as the lead-contract models.
-HOLDOUT_FRACTION = 0.2
 VALID_FRACTION = 0.2
 # Below this many leads of either class, the holdout would hold a handful of them and its AUC would mean little.
 MIN_CLASS_ROWS = 20

@@ -5,29 +5,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from training.crm import (
-    EXPERIMENT,
-    HOLDOUT_FRACTION,
-    CrmError,
-    CrmExport,
-    CrmMapping,
-    CrmTrainResult,
-    audit_leakage,
-    load_export,
-    load_mapping,
-    log_export_run,
-    train_export,
-)
+from training.config import CRM_EXPERIMENT, CRM_HOLDOUT_FRACTION, BoosterConfig
 from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
-from training.models import BoosterConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from training.crm import CrmExport, CrmMapping, CrmTrainResult
 
 crm_app = typer.Typer(
     help="Bring your own CRM export (one row per lead): audit it for leakage, then train and evaluate a scorer on it.",
@@ -57,6 +48,8 @@ def main() -> None:
 
 
 def _load(export: Path, mapping: Path) -> tuple[CrmExport, CrmMapping]:
+    from training.crm import CrmError, load_export, load_mapping
+
     for path, what in ((mapping, "mapping"), (export, "CRM export")):
         if not path.is_file():
             console.print(f"[red]missing input:[/red] no {what} at {path}")
@@ -122,6 +115,8 @@ def _print_audit(audit: pd.DataFrame) -> None:
 @crm_app.command()
 def audit(export: ExportOption, mapping: MappingOption) -> None:
     """Check an export against its mapping and flag the columns that look recorded after the outcome."""
+    from training.crm import audit_leakage
+
     loaded, crm_mapping = _load(export, mapping)
     _print_export(loaded, crm_mapping)
     _print_audit(audit_leakage(loaded.frame, loaded.y, crm_mapping))
@@ -154,13 +149,13 @@ def train(
         str | None,
         typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
     ] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = CRM_EXPERIMENT,
     track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
     out: Annotated[Path | None, typer.Option(help="Also write leakage_audit.csv and feature_importance.csv here.")] = (
         None
     ),
     holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Share of leads held out.")] = (
-        HOLDOUT_FRACTION
+        CRM_HOLDOUT_FRACTION
     ),
     seed: Annotated[int, typer.Option(help="Seed of the random split, the audit's folds and LightGBM.")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="LightGBM threads; 0: all cores.")] = _BOOSTER.num_threads,
@@ -170,6 +165,8 @@ def train(
     Logs one MLflow run (experiment leadscore-crm-export); no model is registered: the registered lead-scorer reads
     the lead contract, not a flat export.
     """
+    from training.crm import log_export_run, train_export
+
     loaded, crm_mapping = _load(export, mapping)
     _print_export(loaded, crm_mapping)
     try:

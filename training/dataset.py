@@ -10,7 +10,8 @@ import pandas as pd
 from features.builder import FeatureBuilder
 from features.engine import FeatureConfig
 from features.spec import DEFAULT_CONTRACT, LeadContract
-from training.snapshots import SnapshotConfig, build_fit_examples, build_readiness_snapshots, data_end_of
+from training.config import SnapshotConfig
+from training.snapshots import build_fit_examples, build_readiness_snapshots, data_end_of
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from features.scoring import Calibrator
+from training.config import BoosterConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,52 +23,6 @@ log = logging.getLogger(__name__)
 EARLY_STOPPING_ROUNDS = 50
 # Below this many positives an isotonic fit is a staircase of a few steps; sigmoid is the safer choice.
 MIN_POSITIVES_FOR_ISOTONIC = 50
-
-
-@dataclass(frozen=True, slots=True)
-class BoosterConfig:
-    """LightGBM hyperparameters of one model; logged as MLflow params."""
-
-    learning_rate: float = 0.05
-    # Shallow trees: as accurate here as 31 free leaves, and TreeSHAP (the reasons of every score) costs
-    # ~leaves x depth^2 per tree, so depth 4 makes explaining a lead about 5x cheaper (0.17 ms vs 0.8 ms).
-    num_leaves: int = 15
-    max_depth: int = 4
-    max_rounds: int = 1000
-    min_child_samples: int = 100
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    lambda_l2: float = 1.0
-    # Category codes seen in fewer rows than this are not split on alone; keeps rare industries from overfitting.
-    min_data_per_group: int = 100
-    cat_smooth: float = 10.0
-    num_threads: int = 0  # 0: LightGBM's default, all cores
-    seed: int = 0
-
-    def params(self) -> dict[str, object]:
-        """LightGBM parameter dict for binary log-loss training."""
-        return {
-            "objective": "binary",
-            "metric": "binary_logloss",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "max_depth": self.max_depth,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction,
-            "bagging_freq": 1,
-            "lambda_l2": self.lambda_l2,
-            "min_data_per_group": self.min_data_per_group,
-            "cat_smooth": self.cat_smooth,
-            "num_threads": self.num_threads,
-            "seed": self.seed,
-            "deterministic": True,
-            "verbosity": -1,
-        }
-
-    def as_params(self, prefix: str) -> dict[str, object]:
-        """Flat `prefix.name` dict for logging."""
-        return {f"{prefix}.{k}": v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True, slots=True)

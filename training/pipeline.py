@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,13 +17,13 @@ from features.reasons import ReasonLabeler
 from features.scoring import CutOffs, LeadScorer, ScoreScale
 from features.spec import LEADS
 from training.baselines import OdooNaiveBayes, PointRules, default_rules_path, logistic_baseline
+from training.config import MODEL_NAME, BoosterConfig, TrainConfig
 from training.dataset import TrainingSet
 from training.metrics import binary_metrics, segment_metrics
-from training.models import BoosterConfig, TimeSplit, fit_calibrator, time_split, train_booster
+from training.models import TimeSplit, fit_calibrator, time_split, train_booster
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "lead-scorer"
 SEGMENTS: tuple[str, ...] = ("source", "region", "size_band")
 # Default routing cut-offs: the top 5 % of holdout readiness is SQL-ready, the next 15 % MQL (sales ops tune these).
 DEFAULT_SQL_SHARE = 0.05
@@ -37,43 +37,6 @@ class Classifier(Protocol):
     def fit(self, x: pd.DataFrame, y: np.ndarray) -> Any: ...
 
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    """Everything that decides a training run besides the data; logged as params."""
-
-    readiness: BoosterConfig = field(default_factory=BoosterConfig)
-    # Wins are ~1 % of leads: the fit model gets small, strongly regularised trees.
-    fit: BoosterConfig = field(
-        default_factory=lambda: BoosterConfig(
-            num_leaves=7, max_depth=3, min_child_samples=50, learning_rate=0.03, lambda_l2=10.0, min_data_per_group=50,
-            cat_smooth=50.0, feature_fraction=0.7,
-        )
-    )  # fmt: skip
-    holdout_fraction: float = 0.2
-    valid_fraction: float = 0.2
-    rules_path: Path | None = None  # None: the packaged default rule table
-    top_reasons: int = 3
-    # Baselines learn from a seeded sample of at most this many pre-holdout rows: a linear model or a naive Bayes
-    # table gains little from more, and the logistic model's one-hot matrix costs ~1.7 KB per row (minutes and
-    # gigabytes at a million rows).
-    baseline_max_rows: int = 300_000
-    seed: int = 0
-
-    def as_params(self) -> dict[str, object]:
-        """Flat params for MLflow."""
-        params: dict[str, object] = {
-            "holdout_fraction": self.holdout_fraction,
-            "valid_fraction": self.valid_fraction,
-            "rules_path": str(self.rules_path or default_rules_path()),
-            "top_reasons": self.top_reasons,
-            "baseline_max_rows": self.baseline_max_rows,
-            "seed": self.seed,
-        }
-        params.update(self.readiness.as_params("readiness"))
-        params.update(self.fit.as_params("fit"))
-        return params
 
 
 @dataclass(slots=True)

@@ -9,10 +9,10 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from features.scoring import LeadScorer
+from training.config import CHALLENGER, CHAMPION, MODEL_NAME, SnapshotConfig
 from training.metrics import binary_metrics
-from training.pipeline import MODEL_NAME
-from training.snapshots import SnapshotConfig, build_fit_examples, build_readiness_snapshots
-from training.tracking import CHALLENGER, CHAMPION, load_scorer, version_by_alias
+from training.snapshots import build_fit_examples, build_readiness_snapshots
+from training.tracking import load_scorer, version_by_alias
 
 log = logging.getLogger(__name__)
 

@@ -28,38 +28,13 @@ ICP fit -- "should we ever sell to them?"
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from features.builder import as_of_to_seconds, series_ns, stamps_to_seconds
 from features.engine import NOT_YET_CREATED, READINESS_STAGES, SECONDS_PER_DAY, SQL_STAMPS, STAGE_CODE, STAGES, stage_at
 from features.spec import LIFECYCLE_CHAIN
-
-# 1970-01-05 was a Monday: grids anchored there fall on Mondays, when sales teams plan their week.
-DEFAULT_GRID_ANCHOR = "1970-01-05"
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotConfig:
-    """How history is cut into labelled examples."""
-
-    horizon_days: int = 30
-    every_days: int = 7
-    anchor: str = DEFAULT_GRID_ANCHOR
-    max_per_lead: int | None = 12
-    max_rows: int | None = 2_500_000
-    fit_horizon_days: int = 180
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.horizon_days < 1 or self.every_days < 1 or self.fit_horizon_days < 1:
-            raise ValueError("horizon_days, every_days and fit_horizon_days must be positive")
-        if self.max_per_lead is not None and self.max_per_lead < 1:
-            raise ValueError("max_per_lead must be positive (or None for every grid date)")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ValueError("max_rows must be positive (or None for no limit)")
+from training.config import SnapshotConfig
 
 
 def data_end_of(leads: pd.DataFrame, activities: pd.DataFrame) -> pd.Timestamp:

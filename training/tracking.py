@@ -25,19 +25,17 @@ from sklearn.metrics import roc_auc_score
 from features.scoring import LeadScorer
 from features.spec import DEFAULT_CONTRACT, LeadContract
 from training import plots
+from training.config import CHALLENGER, DEFAULT_EXPERIMENT, MODEL_NAME, TrainConfig
 from training.dataset import TrainingSet
 from training.evaluation import join_oracle
 from training.metrics import to_mlflow_metrics
 from training.model_card import write_model_card
-from training.pipeline import BASELINES, MODEL_NAME, SEGMENTS, TaskResult, TrainConfig, TrainResult
+from training.pipeline import BASELINES, SEGMENTS, TaskResult, TrainResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "leadscore"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 MODEL_CODE = Path(__file__).with_name("lead_scorer_model.py")
 # Packages the logged model needs at load time (pinned to the versions it was trained with).
 MODEL_REQUIREMENTS = ("mlflow", "lightgbm", "numba", "numpy", "pandas", "scikit-learn", "joblib", "pandera", "pydantic")

@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 
 from serving.store import ScoreLog, make_engine
 from tests.conftest import Trained
-from training.pipeline import TrainConfig
-from training.tracking import CHAMPION, configure_tracking, log_training
+from training.config import CHAMPION, TrainConfig
+from training.tracking import configure_tracking, log_training
 
 pytestmark = pytest.mark.integration
 MODEL = "lead-scorer"

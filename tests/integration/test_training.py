@@ -20,9 +20,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from training.cli import app
+from training.config import CHALLENGER, CHAMPION, SimulationConfig
 from training.exits import EXIT_GATE_REFUSED
-from training.simulator import SimulationConfig, write_simulation
-from training.tracking import CHALLENGER, CHAMPION, configure_tracking
+from training.simulator import write_simulation
+from training.tracking import configure_tracking
 
 pytestmark = pytest.mark.integration
 MODEL = "lead-scorer"

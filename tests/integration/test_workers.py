@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from mlflow import MlflowClient
 
 from serving.metrics import MULTIPROCESS_DIR
 from tests.conftest import Trained
+from tests.integration.test_cli_startup import CONSOLE_SCRIPT
 from tests.integration.test_serving import (
     ADMIN_KEY,
     MODEL,
@@ -29,13 +29,15 @@ from tests.integration.test_serving import (
     register_champion,
     service_env,
 )
-from training.pipeline import TrainConfig
-from training.tracking import CHAMPION, configure_tracking, log_training
+from training.config import CHAMPION, TrainConfig
+from training.tracking import configure_tracking, log_training
 
 pytestmark = pytest.mark.integration
 WORKERS = 2
 # Each call on a new connection: the workers share one listening socket, so new connections reach both of them.
 CALLS = 40
+# uvicorn pings each worker and replaces one that has not answered within 5 s: watched for longer than that.
+WATCH_SECONDS = 8
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class Workers:
         while self.startups() < count:
             assert time.monotonic() < deadline, f"{count} worker start-ups expected, saw {self.startups()}"
             time.sleep(0.3)
+
+    def deaths(self) -> list[str]:
+        """What uvicorn said of workers it lost or could not start."""
+        return [line for line in self.log.read_text().splitlines() if "died" in line or "failed to start" in line]
 
     def worker_pids(self) -> list[int]:
         """The worker processes: the children of the parent that run multiprocessing's spawned main."""
@@ -88,8 +94,9 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = service_env(uri, root)
     env.pop(MULTIPROCESS_DIR, None)  # leadscore serve makes its own folder
     log = (root / "server.log").open("wb")
+    # README's command: the console script, which uvicorn imports again to start each worker.
     process = subprocess.Popen(
-        [sys.executable, "-m", "leadscore", "serve", "--port", str(port), "--workers", str(WORKERS)],
+        [str(CONSOLE_SCRIPT), "serve", "--port", str(port), "--workers", str(WORKERS)],
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     workers = Workers(f"http://127.0.0.1:{port}", uri, process, root / "server.log")
@@ -102,6 +109,14 @@ def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Itera
         process.wait(timeout=60)
         log.close()
         mlflow.set_tracking_uri(None)
+
+
+def test_the_readme_command_starts_every_worker_and_loses_none(service: Workers) -> None:
+    pids = sorted(service.worker_pids())
+    time.sleep(WATCH_SECONDS)
+    assert service.deaths() == []
+    assert sorted(service.worker_pids()) == pids and len(pids) == WORKERS
+    assert service.startups() == WORKERS
 
 
 def _counted(text: str) -> float:

@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from serving.app import create_app
 from serving.settings import Settings
 from tests.conftest import Trained
-from training.pipeline import MODEL_NAME, TrainConfig
-from training.tracking import CHAMPION, configure_tracking, log_training
+from training.config import CHAMPION, MODEL_NAME, TrainConfig
+from training.tracking import configure_tracking, log_training
 
 SCORING_KEY = "scoring-key-for-tests"
 ADMIN_KEY = "admin-key-for-tests"

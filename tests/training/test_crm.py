@@ -14,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from training.config import BoosterConfig
 from training.crm import (
     CrmExport,
     CrmMapping,
@@ -30,7 +31,6 @@ from training.crm import (
 )
 from training.crm_cli import crm_app
 from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
-from training.models import BoosterConfig
 
 # One thread and a quick learning rate: the suite shares two cores with other work.
 FAST = BoosterConfig(num_threads=1, learning_rate=0.1, max_rounds=200)

@@ -8,9 +8,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from features.validation import validate_activities, validate_leads
+from training.config import SimulationConfig
 from training.dataset import TrainingSet, build_training_set
 from training.evaluation import oracle_auc
-from training.simulator import SimulatedFunnel, SimulationConfig, simulate
+from training.simulator import SimulatedFunnel, simulate
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 
 from features.validation import validate_leads
 from tests.factories import lead, leads_frame, ts
-from training.snapshots import SnapshotConfig, build_fit_examples, build_readiness_snapshots
+from training.config import SnapshotConfig
+from training.snapshots import build_fit_examples, build_readiness_snapshots
 
 # Mondays in 2024: Jan 1, 8, 15, 22, 29, Feb 5, 12, ...
 ALL = SnapshotConfig(horizon_days=30, max_per_lead=None)
