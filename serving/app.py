@@ -7,23 +7,24 @@ import contextlib
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from serving import fast
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
 from serving.routers import meta, page, score, thresholds
+from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.settings import LOOPBACK_HOSTS, Settings, tracking_uri
-from serving.state import RELOAD_CHECK_SECONDS, ServiceStart, ServiceState
-from serving.store import PolicyStore, ReloadStore, ScoreLog, make_engine
+from serving.state import POLICY_REFRESH_SECONDS, RELOAD_CHECK_SECONDS, STATUS_SECONDS, ServiceStart, ServiceState
+from serving.store import PolicyStore, ReloadStore, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         try:
             state.start(ServiceStart.from_environment())  # no model, no service: raises saying how to get one
-            state.policy()  # stores the model's default policy as version 1 on first start
+            state.refresh_policy()  # stores the model's default policy as version 1 on first start
         except BaseException:
             state.score_log.close()  # its writer thread and journal, before the failure ends the worker
             engine.dispose()
@@ -72,13 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # again by the collections that scoring's short-lived objects set off.
         gc.collect()
         gc.freeze()
-        follower = asyncio.create_task(_follow_reloads(state))
+        # In threads: a check is a small query, but a load takes seconds, and scoring must go on meanwhile.
+        chores = [
+            asyncio.create_task(_every(RELOAD_CHECK_SECONDS, state.follow_reloads, "check for reloads")),
+            asyncio.create_task(_every(POLICY_REFRESH_SECONDS, state.refresh_policy, "read the policy in force")),
+            asyncio.create_task(_every(STATUS_SECONDS, state.observe, "observe the score log")),
+        ]
         try:
             yield
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for chore in chores:
+                chore.cancel()
+            for chore in chores:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore
             state.score_log.close()
             engine.dispose()
 
@@ -99,6 +107,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (NaN, Infinity, unpaired surrogates): the same 422, with such inputs written as text.
         return JSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
 
+    @app.exception_handler(ScoreLogUnavailableError)
+    async def unrecorded(request: Request, exc: ScoreLogUnavailableError) -> Response:
+        return Response(
+            fast.unavailable_body(exc), status_code=503, media_type="application/json",
+            headers={"Retry-After": str(fast.RETRY_AFTER_SECONDS)},
+        )  # fmt: skip
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback for us; the caller gets no internals.
@@ -109,15 +124,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _follow_reloads(state: ServiceState) -> None:
-    """Swap in the model of a reload that another worker answered: each worker checks the store every second."""
+async def _every(seconds: float, chore: Callable[[], object], what: str) -> None:
+    """Run `chore` in a thread every `seconds` while the service lives; a failure is logged and the next run tried."""
     while True:
-        await asyncio.sleep(RELOAD_CHECK_SECONDS)
+        await asyncio.sleep(seconds)
         try:
-            # In a thread: a check is a small query, but a load takes seconds, and scoring must go on meanwhile.
-            await asyncio.to_thread(state.follow_reloads)
+            await asyncio.to_thread(chore)
         except Exception:
-            log.exception("could not check for reloads; trying again in %.0f s", RELOAD_CHECK_SECONDS)
+            log.exception("could not %s; trying again in %.0f s", what, seconds)
 
 
 def _printable(value: object) -> object:

@@ -18,6 +18,7 @@ import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.schemas import CanonicalBatchRequest, CanonicalScoreRequest, parse_canonical
+from serving.score_log import ScoreLogUnavailableError
 from serving.scoring import batch_problems, limit_problems, log_and_count, score_many, score_one
 from serving.service import gc_paused
 from serving.state import ServiceState
@@ -28,6 +29,8 @@ SCORE_PATH = "/v1/score"
 BATCH_PATH = "/v1/score/batch"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _INTERNAL_ERROR = b'{"detail":"internal error"}'
+# How long a client should wait before trying again when scores cannot be recorded (a full disk, a failing database).
+RETRY_AFTER_SECONDS = 5
 
 Answer = Callable[[ServiceState, bytes], Awaitable[bytes | None]]
 
@@ -124,6 +127,11 @@ async def answer(state: ServiceState, app: ASGIApp, scope: Scope, receive: Recei
     chunks, more = read
     try:
         content = None if more else await ANSWERS[path](state, b"".join(chunks))
+    except ScoreLogUnavailableError as err:
+        # Scored, but not recorded durably: not acknowledged. The client may send it again once the log recovers.
+        await _send(send, 503, unavailable_body(err), retry_after=RETRY_AFTER_SECONDS)
+        state.metrics.count_request(path, 503, time.perf_counter() - start)
+        return
     except Exception:
         # What a user sends cannot get here (it would have been refused above): this is our fault, logged as such.
         log.exception("unexpected error on POST %s", path)
@@ -138,7 +146,14 @@ async def answer(state: ServiceState, app: ASGIApp, scope: Scope, receive: Recei
     state.metrics.count_request(path, 200, time.perf_counter() - start)
 
 
-async def _send(send: Send, status: int, content: bytes) -> None:
+def unavailable_body(err: ScoreLogUnavailableError) -> bytes:
+    """The 503 answer of a score that could not be recorded."""
+    return msgspec.json.encode({"detail": f"the score could not be recorded, so it is not given: {err}"})
+
+
+async def _send(send: Send, status: int, content: bytes, *, retry_after: int | None = None) -> None:
     headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})

@@ -8,10 +8,12 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.score_log import ScoreLogStatus
 
 # Latency buckets from 0.5 ms: a single score takes a few milliseconds, a batch of 1,000 up to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -48,6 +50,24 @@ class ServiceMetrics:
         self.reloads = Counter(
             "leadscore_model_reloads", "Model reloads by outcome.", ["outcome"], registry=self.registry
         )
+        # Per worker; a scrape of several workers adds up the backlogs and shows the oldest wait.
+        self.score_log_pending = Gauge(
+            "leadscore_score_log_pending", "Scores journaled and not yet in the database.", registry=self.registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.score_log_lag = Gauge(
+            "leadscore_score_log_oldest_pending_seconds", "Age of the oldest score not yet in the database.",
+            registry=self.registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.score_log_writable = Gauge(
+            "leadscore_score_log_journal_writable", "1 while the journal can be written (0: scores are refused).",
+            registry=self.registry, multiprocess_mode="min",
+        )  # fmt: skip
+        self.score_log_rejected = Counter(
+            "leadscore_score_log_rejected", "Score records the database refused as data, set aside beside the journal.",
+            registry=self.registry,
+        )  # fmt: skip
+        self._rejected_seen = 0
         # Labelled children, kept: `labels()` takes a lock and builds a key on every call, five times per score.
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
@@ -62,6 +82,15 @@ class ServiceMetrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+    def observe_score_log(self, status: ScoreLogStatus) -> None:
+        """The score log's backlog, lag, journal and refused records, as a worker last saw them."""
+        self.score_log_pending.set(status.pending)
+        self.score_log_lag.set(status.oldest_pending_seconds or 0.0)
+        self.score_log_writable.set(0 if status.journal_error else 1)
+        if status.rejected > self._rejected_seen:
+            self.score_log_rejected.inc(status.rejected - self._rejected_seen)
+            self._rejected_seen = status.rejected
 
     def count_request(self, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered: its route template, status and latency."""

@@ -515,12 +515,26 @@ class ModelInfo(BaseModel):
     thresholds_version: int
 
 
+class ScoreLogHealth(BaseModel):
+    """How far the score log's database lags its journal, and what went wrong."""
+
+    pending: int = Field(description="Scores journaled (durable) and not yet in the database.")
+    oldest_pending_seconds: float | None = Field(description="Age of the oldest of them; null when none wait.")
+    rejected: int = Field(description="Records the database refused as data, kept in rejected.jsonl by the journal.")
+    last_write_error: str | None = Field(description="The database's last refusal while records wait; retried.")
+    journal_error: str | None = Field(description="Why the journal cannot be written (scores are refused with 503).")
+
+
 class Readiness(BaseModel):
-    """Is the service ready to score, and what went wrong if not (or at the last reload)."""
+    """Is the service ready to score, and if not why; details only for monitoring and admin keys."""
 
     ready: bool
-    model_version: str | None
+    model_version: str | None = None
     last_reload_error: str | None = None
+    thresholds_error: str | None = Field(
+        default=None, description="Why the policy in force could not be read; scores use the last one read."
+    )
+    score_log: ScoreLogHealth | None = None
 
 
 class ReloadResult(BaseModel):

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated keys that may also reload the model and change thresholds."
     )
+    monitoring_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys that may read /metrics and the details of /readyz (as admin keys may); "
+        "sent as X-API-Key or as Authorization: Bearer.",
+    )
+    open_monitoring: bool = Field(
+        default=False,
+        description="Let anyone read /metrics and the details of /readyz even when keys are configured (for a "
+        "scraper on a private network that sends no key).",
+    )
     store_url: str = Field(
         default="sqlite:///leadscore-service.db",
         description="SQLAlchemy URL of the score log and threshold versions (any SQLAlchemy URL, e.g. PostgreSQL).",
@@ -52,7 +62,7 @@ class Settings(BaseSettings):
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "monitoring_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -12,23 +12,29 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.metrics import ServiceMetrics
 from serving.model import LoadedModel, ModelHolder, ModelNotAvailableError
 from serving.policy import RoutingPolicy
 from serving.schemas import LeadToScore
+from serving.score_log import ScoreLog, ScoreLogStatus
 from serving.service import Coalescer, ScoredLead
 from serving.settings import Settings
-from serving.store import PolicyStore, PolicyVersion, ReloadStore, ScoreLog
+from serving.store import PolicyStore, PolicyVersion, ReloadStore
 
 log = logging.getLogger(__name__)
 
-# How long a worker trusts its cached policy before reading the store again: a saved policy reaches every worker
-# within this time, without a database read on every request.
+# How often a worker reads the policy in force from the store, in the background: a saved policy reaches every worker
+# within this time, and no request waits for the database (scores go on with the last policy read while it is down).
 POLICY_REFRESH_SECONDS = 1.0
 # How often a worker looks for a reload that another worker answered (a reload request reaches one worker only).
 RELOAD_CHECK_SECONDS = 1.0
+# A worker that cannot load the version a reload chose tries again after 1, 2, 4, ... seconds, at most this many:
+# the service's workers serve one version again soon after the registry recovers.
+FOLLOW_RETRY_MAX_SECONDS = 30.0
+# How often a worker reports its score log's lag to /metrics.
+STATUS_SECONDS = 1.0
 # Set by `leadscore serve` for its workers (see ServiceStart).
 SERVICE_START = "LEADSCORE_SERVICE_START"
 
@@ -72,26 +78,53 @@ class ServiceState:
     # Single-lead requests waiting at the same moment, scored as one group: (validated body, body as received).
     single_scores: Coalescer[tuple[LeadToScore, bytes], ScoredLead] = field(default_factory=Coalescer)
     _policy: PolicyVersion | None = None
-    _policy_read_at: float = 0.0
     _policy_lock: threading.Lock = field(default_factory=threading.Lock)
+    policy_error: str | None = None  # why the last read of the policy in force failed (the last one read stays)
     _reload_seen: int = 0  # the newest reload this worker has acted on (or found when it started)
+    _follow_failed: int = 0  # the reload whose version this worker failed to load last
+    _follow_retry_at: float = 0.0  # when to try loading it again
+    _follow_delay: float = 0.0
 
     def policy(self) -> PolicyVersion:
-        """The routing policy in force (stored default of the model until sales ops save one)."""
-        now = time.monotonic()
-        if self._policy is None or now - self._policy_read_at > POLICY_REFRESH_SECONDS:
-            with self._policy_lock:
+        """The routing policy in force, as last read from the store (no I/O: scoring never waits for the database)."""
+        if self._policy is None:
+            raise RuntimeError("the routing policy has not been read yet (the service has not started)")
+        return self._policy
+
+    def refresh_policy(self) -> PolicyVersion:
+        """Read the policy in force from the store (storing the model's default as version 1 on first start).
+
+        A failed read keeps the policy read before, and says why in `policy_error`; it raises only when no policy
+        was ever read, which fails the service's start.
+        """
+        with self._policy_lock:
+            try:
                 latest = self.policies.latest()
                 if latest is None:
                     default = RoutingPolicy.from_cutoffs(self.holder.current.scorer.cutoffs)
                     latest = self.policies.ensure_default(default)
-                self._policy, self._policy_read_at = latest, now
-        assert self._policy is not None
-        return self._policy
+            except Exception as err:
+                if self._policy is None:
+                    raise
+                if self.policy_error is None:
+                    log.warning("cannot read the routing policy in force (%s); routing with version %d meanwhile",
+                                err, self._policy.version)  # fmt: skip
+                self.policy_error = f"cannot read the routing policy in force: {type(err).__name__}: {err}"
+                return self._policy
+            if self.policy_error is not None:
+                log.info("the routing policy in force can be read again")
+            self._policy, self.policy_error = latest, None
+            return latest
+
+    def observe(self) -> ScoreLogStatus:
+        """The score log's lag and faults, also handed to /metrics."""
+        status = self.score_log.status()
+        self.metrics.observe_score_log(status)
+        return status
 
     def forget_policy(self) -> None:
-        """Read the store on the next request (after this worker saved a new version)."""
-        self._policy_read_at = 0.0
+        """Read the policy in force now (after this worker saved a new version, so its next score uses it)."""
+        self.refresh_policy()
 
     def start(self, service: ServiceStart | None) -> LoadedModel:
         """Load this worker's first model: the service's (see ServiceStart), else the alias'.
@@ -121,24 +154,50 @@ class ServiceState:
             self.metrics.reloads.labels("failed").inc()
             raise
         self.metrics.reloads.labels("ok").inc()
-        self._reload_seen = self.reloads.record(loaded.name, loaded.version).id
+        self._followed(self.reloads.record(loaded.name, loaded.version).id)
         return loaded
 
     def follow_reloads(self) -> None:
-        """Load the version of a reload another worker answered, if this worker has not acted on it yet."""
+        """Load the version of a reload another worker answered, until this worker serves it.
+
+        A failed load keeps the old model and is tried again after 1, 2, 4, ... seconds (FOLLOW_RETRY_MAX_SECONDS
+        at most), so a worker that missed a reload (the registry was briefly unreachable) catches up on its own.
+        """
         latest = self.reloads.latest(self.holder.name)
         if latest is None or latest.id <= self._reload_seen:
             return
-        self._reload_seen = latest.id
+        if latest.id == self._follow_failed and time.monotonic() < self._follow_retry_at:
+            return  # a retry of the same reload is not due yet (a newer reload is tried at once)
         if self.holder.ready and self.holder.current.version == latest.version:
+            self._followed(latest.id)
+            self.holder.last_reload_error = None  # serves what the service serves: an old failure is no news
             return
         # That exact version, not the alias (which may have moved since): every worker serves what the reload chose.
         try:
             self.holder.load(latest.version)
         except ModelNotAvailableError:
             self.metrics.reloads.labels("failed").inc()  # the old model stays; /readyz reports the error
+            if latest.id != self._follow_failed:
+                self._follow_failed, self._follow_delay = latest.id, 0.0
+            self._follow_delay = min(max(2 * self._follow_delay, 1.0), FOLLOW_RETRY_MAX_SECONDS)
+            self._follow_retry_at = time.monotonic() + self._follow_delay
+            log.warning("will try loading version %s again in %.0f s", latest.version, self._follow_delay)
         else:
             self.metrics.reloads.labels("ok").inc()
+            self._followed(latest.id)
+
+    def _followed(self, reload_id: int) -> None:
+        self._reload_seen = reload_id
+        self._follow_failed = 0
+        self._follow_delay = self._follow_retry_at = 0.0
+
+    def may_monitor(self, key: str | None) -> bool:
+        """Whether a caller with this key may read metrics and health details: a monitoring or admin key does."""
+        settings = self.settings
+        if not settings.auth_enabled or settings.open_monitoring:
+            return True
+        keys = [k.get_secret_value() for k in (*settings.monitoring_keys, *settings.admin_keys)]
+        return key is not None and _matches(key, keys)
 
     def may_score(self, key: str | None) -> bool:
         """Whether a request with this X-API-Key (None: none, or empty) may score: any key does when none is set."""
@@ -202,5 +261,17 @@ async def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(
     raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may score but not administer the service")
 
 
+_bearer = HTTPBearer(auto_error=False, description="A monitoring or admin key, as Prometheus sends it.")
+
+
+async def monitoring_key(
+    key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The key a monitoring call carries: X-API-Key, or Authorization: Bearer."""
+    return key or (bearer.credentials if bearer is not None else None)
+
+
+MonitoringKey = Annotated[str | None, Depends(monitoring_key)]
 ScoringAuth = Depends(require_scoring_key)
 AdminAuth = Depends(require_admin_key)

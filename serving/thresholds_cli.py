@@ -80,7 +80,7 @@ class _Context:
 
     def sample(self, data: str) -> ScoreSample:
         from serving.model import ModelNotAvailableError, holdout_scores, registered_run
-        from serving.store import ScoreLog
+        from serving.score_log import ScoreLog
         from serving.tuning import SampleError, choose_sample, holdout_sample
 
         if data not in ("auto", "holdout", "recent"):

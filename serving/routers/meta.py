@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from features.fit import SIZE_BAND_LABELS
 from serving.model import ModelNotAvailableError
-from serving.schemas import ModelInfo, Readiness, ReloadResult
-from serving.state import AdminAuth, ModelDep, ScoringAuth, StateDep
+from serving.schemas import ModelInfo, Readiness, ReloadResult, ScoreLogHealth
+from serving.state import AdminAuth, ModelDep, MonitoringKey, ScoringAuth, StateDep
 
 router = APIRouter(tags=["service"])
 
@@ -22,19 +22,45 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="A model is loaded and warm", responses={503: {"model": Readiness}})
-async def readyz(state: StateDep, response: Response) -> Readiness:
-    """200 with the model version when ready; 503 otherwise. Reports the last reload failure either way."""
+@router.get("/readyz", summary="A model is loaded and warm, and scores can be recorded",
+            responses={503: {"model": Readiness}})  # fmt: skip
+async def readyz(state: StateDep, response: Response, key: MonitoringKey) -> Readiness:
+    """200 when the service can score: a model is loaded and the score log's journal can be written; 503 otherwise.
+
+    With keys configured, the details (model version, errors, the score log's lag) are shown to monitoring and admin
+    keys only (or to anyone with LEADSCORE_OPEN_MONITORING): errors can name internal hosts.
+    """
     holder = state.holder
-    if not holder.ready:
+    status = await asyncio.to_thread(state.observe)
+    ready = holder.ready and status.journal_error is None
+    if not ready:
         response.status_code = 503
-        return Readiness(ready=False, model_version=None, last_reload_error=holder.last_reload_error)
-    return Readiness(ready=True, model_version=holder.current.version, last_reload_error=holder.last_reload_error)
+    if not state.may_monitor(key):
+        return Readiness(ready=ready)
+    return Readiness(
+        ready=ready,
+        model_version=holder.current.version if holder.ready else None,
+        last_reload_error=holder.last_reload_error,
+        thresholds_error=state.policy_error,
+        score_log=ScoreLogHealth(
+            pending=status.pending,
+            oldest_pending_seconds=status.oldest_pending_seconds,
+            rejected=status.rejected,
+            last_write_error=status.last_write_error,
+            journal_error=status.journal_error,
+        ),
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
-    """Request counts, latency histograms, routes chosen and the score distribution."""
+async def metrics(state: StateDep, key: MonitoringKey) -> Response:
+    """Request counts, latency histograms, routes chosen, the score distribution and the score log's lag.
+
+    With keys configured, a monitoring or admin key is needed (header X-API-Key, or Authorization: Bearer, which
+    Prometheus sends), unless LEADSCORE_OPEN_MONITORING is set: the figures are business volumes.
+    """
+    if not state.may_monitor(key):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a monitoring or admin key is needed (X-API-Key or Bearer)")
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

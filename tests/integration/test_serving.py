@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from serving.store import ScoreLog, make_engine
+from serving.score_log import ScoreLog
+from serving.store import make_engine
 from tests.conftest import Trained
 from training.config import CHAMPION, TrainConfig
 from training.tracking import configure_tracking, log_training
@@ -274,7 +275,7 @@ def test_a_failed_reload_keeps_serving_the_old_model(service: Service, trained: 
     response = httpx.post(f"{service.url}/v1/admin/reload", headers=service.headers(ADMIN_KEY), timeout=120)
     assert response.status_code == 409
     assert response.json()["reloaded"] is False and response.json()["model_version"] == "2"
-    ready = httpx.get(f"{service.url}/readyz").json()
+    ready = httpx.get(f"{service.url}/readyz", headers=service.headers(ADMIN_KEY)).json()
     assert ready["ready"] is True and ready["model_version"] == "2" and ready["last_reload_error"]
     body = _leads(trained, 1)[0]
     scored = httpx.post(f"{service.url}/v1/score", json=body, headers=service.headers())
@@ -282,7 +283,7 @@ def test_a_failed_reload_keeps_serving_the_old_model(service: Service, trained: 
 
 
 def test_metrics_count_requests_and_routes(service: Service) -> None:
-    text = httpx.get(f"{service.url}/metrics").text
+    text = httpx.get(f"{service.url}/metrics", headers=service.headers(ADMIN_KEY)).text
     assert 'leadscore_http_requests_total{route="/v1/score",status="200"}' in text
     assert "leadscore_routes_total" in text and "leadscore_http_request_seconds_bucket" in text
 

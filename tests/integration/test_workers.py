@@ -130,7 +130,8 @@ def test_every_scrape_counts_the_requests_of_every_worker(service: Workers, trai
         response = httpx.post(f"{url}/v1/score", json=body, headers={"X-API-Key": SCORING_KEY})
         assert response.status_code == 200, response.text
     # Several scrapes, each on a new connection (so by either worker): every one sees all the calls.
-    assert [_counted(httpx.get(f"{url}/metrics").text) for _ in range(6)] == [float(CALLS)] * 6
+    scrapes = [httpx.get(f"{url}/metrics", headers={"X-API-Key": ADMIN_KEY}).text for _ in range(6)]
+    assert [_counted(text) for text in scrapes] == [float(CALLS)] * 6
 
 
 def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> None:
@@ -149,7 +150,7 @@ def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> No
             break
         time.sleep(0.5)
     assert versions == [new] * 20
-    reloads = httpx.get(f"{url}/metrics").text
+    reloads = httpx.get(f"{url}/metrics", headers={"X-API-Key": ADMIN_KEY}).text
     assert 'leadscore_model_reloads_total{outcome="ok"} 2.0' in reloads  # one per worker
 
 

@@ -182,7 +182,7 @@ def test_admin_key_reloads_and_may_score(client: TestClient, registry: Registry)
         "reloaded": True, "model_version": registry.version, "previous_version": registry.version, "error": None,
     }  # fmt: skip
     assert client.post("/v1/score", json=EXAMPLE_REQUEST, headers=ADMIN).status_code == 200
-    assert 'leadscore_model_reloads_total{outcome="ok"} 1.0' in client.get("/metrics").text
+    assert 'leadscore_model_reloads_total{outcome="ok"} 1.0' in client.get("/metrics", headers=ADMIN).text
 
 
 # ---- validation: 422 naming the field ---------------------------------------------------------------------------
@@ -333,14 +333,33 @@ def test_too_many_activities_is_422_naming_the_lead(client: TestClient) -> None:
 
 def test_healthz_and_readyz(client: TestClient, registry: Registry) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz")
+    ready = client.get("/readyz", headers=ADMIN)
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "model_version": registry.version, "last_reload_error": None}
+    details = ready.json()
+    assert details["ready"] is True and details["model_version"] == registry.version
+    assert details["last_reload_error"] is None and details["thresholds_error"] is None
+    assert details["score_log"]["journal_error"] is None and details["score_log"]["rejected"] == 0
+
+
+def test_health_details_and_metrics_need_a_monitoring_or_admin_key(client: TestClient) -> None:
+    # A probe gets the status without a key; what the service runs on, and business volumes, need one.
+    anonymous = client.get("/readyz")
+    assert anonymous.status_code == 200 and anonymous.json() == {
+        "ready": True, "model_version": None, "last_reload_error": None, "thresholds_error": None, "score_log": None,
+    }  # fmt: skip
+    assert client.get("/readyz", headers=SCORING).json()["score_log"] is None  # a CRM's key is no monitoring key
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=SCORING).status_code == 401
+    assert client.get("/metrics", headers=ADMIN).status_code == 200
+    # Prometheus sends its credentials as a bearer token.
+    bearer = {"Authorization": f"Bearer {ADMIN['X-API-Key']}"}
+    assert client.get("/metrics", headers=bearer).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN['X-API-Key'][:-1]}"}).status_code == 401
 
 
 def test_metrics_count_requests_and_routes(client: TestClient) -> None:
     queue = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()["route"]["queue"]
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=ADMIN).text
     assert 'leadscore_http_requests_total{route="/v1/score",status="200"}' in text
     assert f'leadscore_routes_total{{queue="{queue}"}}' in text
     assert "leadscore_http_request_seconds_bucket" in text and "leadscore_score_bucket" in text

@@ -31,7 +31,7 @@ from serving.schemas import (
 )
 from serving.service import Coalescer, batch_json
 from serving.state import ServiceState
-from tests.serving.conftest import SCORING
+from tests.serving.conftest import ADMIN, SCORING
 
 # Spellings of times and activity types: canonical ones, ones only the reference models accept, and wrong ones.
 STAMPS = [
@@ -221,7 +221,7 @@ def test_malformed_json_without_a_key_is_still_422_first(client: TestClient, hea
 
 def _fast_path_counts(client: TestClient) -> dict[str, float]:
     counts = {"answered": 0.0, "handed_over": 0.0}
-    for line in client.get("/metrics").text.splitlines():
+    for line in client.get("/metrics", headers=ADMIN).text.splitlines():
         for outcome in counts:
             if line.startswith(f'leadscore_fast_path_total{{outcome="{outcome}"}}'):
                 counts[outcome] = float(line.split()[-1])

@@ -6,15 +6,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
+from urllib.parse import urlparse
 
 import pytest
+from mlflow import MlflowClient
 from sqlalchemy import Engine
 
 from serving.metrics import ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
+from serving.score_log import ScoreLog
 from serving.settings import Settings
 from serving.state import SERVICE_START, ServiceStart, ServiceState
-from serving.store import PolicyStore, ReloadStore, ScoreLog, make_engine
+from serving.store import PolicyStore, ReloadStore, make_engine
+from tests.conftest import Trained
+from tests.serving.conftest import Registry, service_settings
+from training.config import CHAMPION, MODEL_NAME, TrainConfig
+from training.tracking import configure_tracking, log_training
 
 
 @dataclass
@@ -139,3 +146,54 @@ def test_the_reloading_worker_records_its_version_and_does_not_reload_twice(engi
     state.follow_reloads()
     assert holder.asked == [None]  # the alias, once: its own record is not followed again
     state.score_log.close()
+
+
+def test_a_worker_that_failed_to_follow_a_reload_tries_again_until_it_serves_that_version(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = FakeHolder(_Served("1"), set())
+    state = worker(engine, holder)
+    ReloadStore(engine).record("lead-scorer", "2")  # a sibling reloaded to version 2; this worker cannot load it yet
+    state.follow_reloads()
+    assert holder.current.version == "1" and holder.asked == ["2"]
+    state.follow_reloads()
+    assert holder.asked == ["2"]  # not hammering the registry: the next try waits a second
+    monkeypatch.setattr("serving.state.time.monotonic", lambda: float("inf"))  # ... which has passed
+    holder.loadable.add("2")  # the registry is reachable again
+    state.follow_reloads()
+    assert holder.current.version == "2" and holder.asked == ["2", "2"]
+    state.score_log.close()
+
+
+@pytest.mark.integration
+def test_a_worker_catches_up_once_the_registry_serves_the_reloaded_version_again(
+    registry: Registry, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real registry: a sibling reloaded to a new version whose files this worker cannot read yet."""
+    configure_tracking(registry.tracking_uri)
+    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
+    client = MlflowClient()
+    model_id = client.get_model_version(MODEL_NAME, logged.version).source.removeprefix("models:/")
+    files = Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
+    engine = make_engine(f"sqlite:///{tmp_path / 'service.db'}")
+    holder = ModelHolder(registry.tracking_uri, MODEL_NAME, CHAMPION)
+    state = ServiceState(
+        service_settings(registry, tmp_path), holder, ScoreLog(engine), PolicyStore(engine), ServiceMetrics(),
+        ReloadStore(engine),
+    )  # fmt: skip
+    try:
+        state.start(None)
+        assert holder.current.version == registry.version
+        hidden = files.rename(files.with_name(files.name + ".away"))  # a storage hiccup on this worker's side
+        try:
+            ReloadStore(engine).record(MODEL_NAME, logged.version)  # what the sibling's reload stores
+            state.follow_reloads()
+            assert holder.current.version == registry.version and holder.last_reload_error
+        finally:
+            hidden.rename(files)
+        monkeypatch.setattr("serving.state.time.monotonic", lambda: float("inf"))  # the retry is due
+        state.follow_reloads()
+        assert holder.current.version == logged.version and holder.last_reload_error is None
+    finally:
+        state.score_log.close()
+        engine.dispose()
