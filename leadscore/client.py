@@ -203,7 +203,15 @@ class BatchResponse(BaseModel):
 
 
 class LeadscoreError(Exception):
-    """Anything the client could not get scored."""
+    """Anything the client could not get scored.
+
+    Raised by `score_batch` (or `score_tables`), it carries in `answered` the answers of the batches sent before the
+    failure, in request order: the service scored and logged those.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.answered: list[ScoreResponse] = []
 
 
 class LeadscoreConnectionError(LeadscoreError):
@@ -213,8 +221,8 @@ class LeadscoreConnectionError(LeadscoreError):
 class LeadscoreHTTPError(LeadscoreError):
     """The service refused the request (401, 403, 413, ...) or was still unavailable after the last try."""
 
-    def __init__(self, status_code: int, detail: object) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
+    def __init__(self, status_code: int, detail: object, message: str | None = None) -> None:
+        super().__init__(message or f"HTTP {status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
 
@@ -237,9 +245,8 @@ class LeadscoreInputError(LeadscoreHTTPError):
     """A 422: the request breaks the contract. Never retried; `problems` names every field the service refused."""
 
     def __init__(self, detail: object, problems: list[FieldProblem]) -> None:
-        LeadscoreError.__init__(self, "the service refused the request:\n" + "\n".join(f"  {p}" for p in problems))
-        self.status_code = 422
-        self.detail = detail
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(422, detail, f"the service refused the request (HTTP 422):\n{lines}")
         self.problems = problems
 
 
@@ -284,7 +291,7 @@ class LeadscoreClient:
     `timeout` is seconds per try (connect, read, write) or an `httpx.Timeout`. Pass `http` to use an `httpx.Client`
     of your own instead (a proxy, TLS settings, a test client): its base URL and timeout apply, and `close` leaves it
     open. `batch_size` and `max_body_bytes` must not exceed the service's LEADSCORE_MAX_BATCH and
-    LEADSCORE_MAX_BODY_BYTES (the defaults are the service's defaults).
+    LEADSCORE_MAX_BODY_BYTES (the defaults are the service's defaults). `sleep` waits between tries.
     """
 
     def __init__(
@@ -333,8 +340,12 @@ class LeadscoreClient:
     def score_batch(self, requests: Iterable[ScoreRequestBody]) -> list[ScoreResponse]:
         """Score many leads (POST /v1/score/batch), sent in batches within the service's limits; answers in order."""
         answers: list[ScoreResponse] = []
-        for lead_ids, body in self._batches(requests):
-            answers.extend(self._post(BATCH_PATH, body, BatchResponse, lead_ids).scores)
+        try:
+            for lead_ids, body in self._batches(requests):
+                answers.extend(self._post(BATCH_PATH, body, BatchResponse, lead_ids).scores)
+        except LeadscoreError as err:
+            err.answered = answers
+            raise
         return answers
 
     def score_tables(

@@ -391,6 +391,14 @@ def test_batches_are_cut_at_the_batch_limit_and_answers_keep_request_order(serve
     assert {s.path for s in script.seen} == {"/v1/score/batch"}
 
 
+def test_a_failed_batch_keeps_the_answers_of_the_batches_before_it(server: tuple[str, Player]) -> None:
+    url, player = server
+    player.play(Reply(200, "batch"), Reply(401, {"detail": "missing or invalid API key (header X-API-Key)"}))
+    with _client(url, [], batch_size=2) as client, pytest.raises(LeadscoreHTTPError) as raised:
+        client.score_batch(_requests(5))
+    assert [a.lead_id for a in raised.value.answered] == ["L0", "L1"]
+
+
 def test_batches_stay_under_the_body_limit(server: tuple[str, Player]) -> None:
     url, player = server
     script = player.play(Reply(200, "batch"))
