@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the locked environment on a fresh machine and run every check CI runs: lint, types, imports, tests.
+# Set up the locked environment on a fresh machine and run every check CI runs: lint, types, imports, tests (the
+# documentation site's strict build among them: tests/docs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
@@ -7,6 +8,7 @@ python3 -m uv sync --frozen
 python3 -m uv run ruff check .
 python3 -m uv run ruff format --check .
 python3 -m uv run mypy
+python3 -m uv run mypy docs/hooks  # the docs' build hook is no package: checked on its own, with the same settings
 python3 -m uv run lint-imports
 # The browser test drives Debian's Chromium: Playwright cannot download its own browser builds here.
 if [ ! -x /usr/bin/chromium ]; then
