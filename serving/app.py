@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from serving import fast
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder
 from serving.routers import meta, page, score, thresholds
+from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.settings import LOOPBACK_HOSTS, Settings, tracking_uri
 from serving.state import POLICY_REFRESH_SECONDS, RELOAD_CHECK_SECONDS, STATUS_SECONDS, ServiceStart, ServiceState
@@ -103,9 +108,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each input back and fails with a 500 on inputs strict JSON cannot carry
-        # (NaN, Infinity, unpaired surrogates): the same 422, with such inputs written as text.
-        return JSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
+        # FastAPI's own handler echoes each input back whole (megabytes, for a large body) and fails with a 500 on
+        # inputs strict JSON cannot carry (NaN, Infinity, unpaired surrogates): the same 422, each input shown as
+        # text and cut short.
+        return JSONResponse({"detail": [_shown(error) for error in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's JSON parser gives up on a body nested hundreds of levels deep with a bare 400.
+            detail = [{"loc": ["body"], "type": "json_invalid",
+                       "msg": "JSON nested too deeply to parse (touch properties may nest at most "
+                              f"{MAX_PROPERTY_DEPTH} levels)"}]  # fmt: skip
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ScoreLogUnavailableError)
     async def unrecorded(request: Request, exc: ScoreLogUnavailableError) -> Response:
@@ -132,6 +148,24 @@ async def _every(seconds: float, chore: Callable[[], object], what: str) -> None
             await asyncio.to_thread(chore)
         except Exception:
             log.exception("could not %s; trying again in %.0f s", what, seconds)
+
+
+# How much of a refused input a 422 shows: enough to recognise it, never the megabytes that were sent.
+SHOWN_INPUT_CHARS = 200
+
+
+def _shown(error: Any) -> dict[str, object]:
+    """One validation error as JSON can carry it, its input cut short (FastAPI echoes each input whole)."""
+    shown = dict(error)
+    if "input" in shown:
+        value = _printable(jsonable_encoder(shown["input"]))
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if len(text) > SHOWN_INPUT_CHARS:
+            value = f"{text[:SHOWN_INPUT_CHARS]}... ({len(text):,} characters)"
+        shown["input"] = value
+    if "ctx" in shown:
+        shown["ctx"] = _printable(jsonable_encoder(shown["ctx"]))
+    return shown
 
 
 def _printable(value: object) -> object:

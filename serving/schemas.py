@@ -39,8 +39,41 @@ def _utc(value: dt.datetime) -> dt.datetime:
 Timestamp = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
+# Touch properties (Segment-style event details) may nest, but not without end: deeper is a bug or an attack.
+MAX_PROPERTY_DEPTH = 10
+# C0 control characters and DEL: never part of an id, and some databases cannot store them (PostgreSQL refuses NUL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control_characters(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (U+0000 to U+001F, U+007F)")
+    return value
+
+
+def _depth_problem(value: object) -> str | None:
+    """Why `value` (decoded JSON) nests too deeply, or None; iterative, so any depth is measured safely."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_PROPERTY_DEPTH:
+                    return f"nested deeper than {MAX_PROPERTY_DEPTH} levels"
+                stack.append((child, depth + 1))
+    return None
+
+
+def _shallow(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    problem = None if value is None else _depth_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
-Identifier = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_control_characters)]
 ActivityType = Literal[
     "page_view", "pricing_page_view", "email_open", "email_click", "form_submit", "content_download",
     "webinar_registered", "webinar_attended", "demo_request", "free_trial_signup", "meeting_booked", "unsubscribe",
@@ -57,7 +90,9 @@ class Activity(BaseModel):
     occurred_at: Timestamp
     activity_type: ActivityType
     lead_id: Identifier | None = Field(default=None, description="A colleague's lead_id; default: the scored lead.")
-    properties: dict[str, Any] | None = None
+    properties: Annotated[dict[str, Any] | None, AfterValidator(_shallow)] = Field(
+        default=None, description=f"Details of the touch (JSON, nested at most {MAX_PROPERTY_DEPTH} levels)."
+    )
 
     @field_validator("activity_type", mode="before")
     @classmethod
@@ -350,8 +385,8 @@ def parse_canonical(model: type[_Canonical], body: bytes) -> _Canonical | None:
         decoder = _DECODERS[model] = msgspec.json.Decoder(model)
     try:
         parsed: _Canonical = decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None  # RecursionError: nested deeper than any parser goes; the reference path refuses it in words
     requests = parsed.leads if isinstance(parsed, CanonicalBatchRequest) else [parsed]
     try:
         canonical = not _sub_microsecond(body) and all(_canonicalise(r) for r in requests)
@@ -379,6 +414,8 @@ def _text(value: str, *, identifier: bool = False) -> str:
         value = value.strip(_WHITE_SPACE)
         if (identifier and not value) or value[:1].isspace() or value[-1:].isspace():
             raise _NotCanonicalError(value)
+    if identifier and _CONTROL.search(value):
+        raise _NotCanonicalError(value)
     return value
 
 
@@ -432,7 +469,7 @@ def _canonicalise(request: CanonicalScoreRequest) -> bool:
                 properties = {_text(key): value for key, value in touch.properties.items()}
             except ValueError:
                 return False
-            if len(properties) != len(touch.properties):
+            if len(properties) != len(touch.properties) or _depth_problem(properties) is not None:
                 return False
             touch.properties = properties
     return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
+import msgspec
+
 from features.spec import LeadContract
 from serving.model import LoadedModel
 from serving.schemas import LeadToScore, Person
@@ -79,7 +81,9 @@ async def _score_group(state: ServiceState, group: list[tuple[LeadToScore, bytes
     request_ids = [new_request_id() for _ in group]
     scored = score_requests(model, state.policy(), [body for body, _ in group], top_k=state.settings.top_reasons,
                             request_ids=request_ids)  # fmt: skip
-    await log_and_count(state, scored, [raw.decode() for _, raw in group])  # bodies verbatim, for the audit trail
+    # Bodies as sent, for the audit trail, without the white space around the JSON's tokens (a body padded with
+    # megabytes of it is stored in its few kilobytes of content); strings and values are kept exactly.
+    await log_and_count(state, scored, [msgspec.json.format(raw, indent=-1).decode() for _, raw in group])
     return scored
 
 
