@@ -10,7 +10,6 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,18 +17,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from serving import fast
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
-from serving.model import ModelHolder
+from serving.model import ModelHolder, ModelNotAvailableError
+from serving.preflight import StartupError, check_journal, open_store, registry_of
 from serving.routers import meta, page, score, thresholds
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
-from serving.settings import LOOPBACK_HOSTS, Settings, tracking_uri
+from serving.settings import LOOPBACK_HOSTS, Settings
 from serving.state import POLICY_REFRESH_SECONDS, RELOAD_CHECK_SECONDS, STATUS_SECONDS, ServiceStart, ServiceState
-from serving.store import PolicyStore, ReloadStore, make_engine
+from serving.store import PolicyStore, ReloadStore
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = ModelHolder(tracking_uri(settings), settings.model_name, settings.model_alias)
-        engine = make_engine(settings.store_url, durable_fsync=settings.store_durable_fsync)
-        journal = Path(settings.journal_dir) if settings.journal_dir else None
-        state = ServiceState(
-            settings, holder, ScoreLog(engine, journal), PolicyStore(engine), metrics, ReloadStore(engine)
-        )
-        try:
-            state.start(ServiceStart.from_environment())  # no model, no service: raises saying how to get one
-            state.refresh_policy()  # stores the model's default policy as version 1 on first start
-        except BaseException:
-            state.score_log.close()  # its writer thread and journal, before the failure ends the worker
-            engine.dispose()
-            raise
+        state = _start(settings, metrics)
         if not settings.auth_enabled:
             log.warning("no API keys configured: scoring and admin are open to anyone on %s", settings.host)
         app.state.service = state
@@ -93,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
             state.score_log.close()
-            engine.dispose()
+            state.score_log.engine.dispose()
 
     app = ScoreService(
         title="leadscore",
@@ -138,6 +127,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(MetricsAndLimitsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def _start(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+    """Open the stores and load the model; a failure says which setting, in one line (StartupError).
+
+    Not a traceback of the database driver's: an operator reads the first line and fixes the setting.
+    """
+    registry = registry_of(settings)
+    try:
+        journal = check_journal(settings.journal_dir)
+        engine = open_store(settings.store_url, durable_fsync=settings.store_durable_fsync)
+    except StartupError as err:
+        log.error("%s", err)
+        raise
+    holder = ModelHolder(registry.uri, settings.model_name, settings.model_alias)
+    try:
+        score_log = ScoreLog(engine, journal)
+    except Exception as err:
+        engine.dispose()
+        message = f"cannot replay the score log's journals in {journal} into the store (LEADSCORE_STORE_URL): {err}"
+        log.error("%s", message)
+        raise StartupError(message) from None
+    state = ServiceState(settings, holder, score_log, PolicyStore(engine), metrics, ReloadStore(engine))
+    try:
+        state.start(ServiceStart.from_environment())  # no model, no service: raises saying how to get one
+        state.refresh_policy()  # stores the model's default policy as version 1 on first start
+    except ModelNotAvailableError as err:
+        message = f"{err} (registry from {registry.source})"
+        log.error("%s", message)
+        _close(state, engine)
+        raise StartupError(message) from None
+    except BaseException:
+        _close(state, engine)
+        raise
+    return state
+
+
+def _close(state: ServiceState, engine: Engine) -> None:
+    state.score_log.close()  # its writer thread and journal, before the failure ends the worker
+    engine.dispose()
 
 
 async def _every(seconds: float, chore: Callable[[], object], what: str) -> None:

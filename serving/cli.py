@@ -1,9 +1,10 @@
-"""`leadscore serve`: run the score service under uvicorn."""
+"""`leadscore serve`: check what the service needs, then run it under uvicorn."""
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from serving.state import ServiceStart
 
 log = logging.getLogger(__name__)
+EXIT_SETTINGS = 2  # a setting has a value the service cannot take
+EXIT_START = 1  # the registry, the model, the store or the journal cannot be used
+# Beside its connections a worker holds files and database connections: this many descriptors are kept for them.
+SPARE_FILES = 64
 
 
 def serve(
@@ -29,22 +34,45 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = DEFAULT_PORT,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one per core is a good start).")] = 1,
 ) -> None:
-    """Serve models:/lead-scorer@champion on HTTP; settings come from LEADSCORE_* environment variables."""
-    from serving.metrics import MULTIPROCESS_DIR
-    from serving.model import ModelNotAvailableError
+    """Serve models:/lead-scorer@champion on HTTP; settings come from LEADSCORE_* environment variables.
+
+    Before any worker starts, the registry, the champion, the service store and the journal folder are checked:
+    a problem ends the command at once (exit 1) with a message naming the setting.
+    """
+    from pydantic import ValidationError
+
+    from serving.preflight import StartupError, bound_mlflow_retries, check_registry, registry_of
     from serving.settings import Settings
-    from serving.state import SERVICE_START
 
     # Each worker builds its own app from the environment, so the command line reaches them through it.
     os.environ["LEADSCORE_HOST"] = host
     os.environ["LEADSCORE_PORT"] = str(port)
+    bound_mlflow_retries()
     try:
-        start = service_start(Settings())
-    except ModelNotAvailableError as err:
+        settings = Settings()
+    except ValidationError as err:
+        for problem in err.errors():
+            name = "LEADSCORE_" + "_".join(str(part) for part in problem["loc"]).upper()
+            log.error("%s: %s (got %r)", name, problem["msg"], problem.get("input"))
+        raise typer.Exit(EXIT_SETTINGS) from None
+    try:
+        check_registry(registry_of(settings))  # first, before the service's heavier modules are imported
+    except StartupError as err:
         log.error("%s", err)
-        raise typer.Exit(code=1) from err
+        raise typer.Exit(EXIT_START) from None
+    from serving.metrics import MULTIPROCESS_DIR
+    from serving.model import ModelNotAvailableError
+    from serving.state import SERVICE_START
+
+    try:
+        start = service_start(settings)
+    except (StartupError, ModelNotAvailableError) as err:
+        log.error("%s", err)
+        raise typer.Exit(EXIT_START) from None
     os.environ[SERVICE_START] = start.to_environment()
-    log.info("scoring on http://%s:%d (docs at /docs)", host, port)
+    connections = _allow_connections(settings.max_connections)
+    log.info("scoring on http://%s:%d (docs at /docs), %d worker(s) of up to %d connections each", host, port,
+             workers, connections)  # fmt: skip
     own_folder = None
     if workers > 1:
         # A scrape of /metrics reaches one worker: with a shared folder it answers for all of them.
@@ -56,21 +84,30 @@ def serve(
             own_folder = tempfile.mkdtemp(prefix="leadscore-metrics-")
             os.environ[MULTIPROCESS_DIR] = own_folder
     try:
-        _run(host, port, workers)
+        started = _run(host, port, workers, settings, connections)
     finally:
         if own_folder is not None:
             shutil.rmtree(own_folder, ignore_errors=True)
+    if not started:
+        log.error("the service did not start (see the errors above)")
+        raise typer.Exit(EXIT_START)
 
 
 def service_start(settings: Settings) -> ServiceStart:
-    """What the workers start with: the version the alias points at now, and the newest reload recorded so far."""
-    from serving.model import registered_run
-    from serving.settings import tracking_uri
-    from serving.state import ServiceStart
-    from serving.store import ReloadStore, make_engine
+    """Check the registry, the champion, the store and the journal; what the workers start with.
 
-    version, _ = registered_run(tracking_uri(settings), settings.model_name, settings.model_alias)
-    engine = make_engine(settings.store_url)
+    That is the version the alias points at now, and the newest reload recorded so far.
+    """
+    from serving.model import registered_run
+    from serving.preflight import check_journal, check_registry, open_store, registry_of
+    from serving.state import ServiceStart
+    from serving.store import ReloadStore
+
+    registry = registry_of(settings)
+    check_registry(registry)
+    version, _ = registered_run(registry.uri, settings.model_name, settings.model_alias)
+    check_journal(settings.journal_dir)
+    engine = open_store(settings.store_url, durable_fsync=settings.store_durable_fsync)
     try:
         latest = ReloadStore(engine).latest(settings.model_name)
     finally:
@@ -78,10 +115,30 @@ def service_start(settings: Settings) -> ServiceStart:
     return ServiceStart(version, latest.id if latest else 0)
 
 
-def _run(host: str, port: int, workers: int) -> None:
-    import uvicorn
+def _allow_connections(wanted: int) -> int:
+    """Raise this process's open-file limit (inherited by the workers) to fit `wanted` connections; what fits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    fits = wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - SPARE_FILES)
+    if fits < wanted:
+        log.warning("the open-file limit (%d) allows %d connections per worker, not LEADSCORE_MAX_CONNECTIONS=%d",
+                    soft, fits, wanted)  # fmt: skip
+    return max(fits, 1)
 
-    uvicorn.run(
+
+def _run(host: str, port: int, workers: int, settings: Settings, connections: int) -> bool:
+    """Run uvicorn until it stops; whether the service started (uvicorn itself exits 0 when workers fail to)."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    from serving.connections import IMPORT_STRING
+
+    config = uvicorn.Config(
         "serving.app:create_app",
         factory=True,
         host=host,
@@ -89,4 +146,15 @@ def _run(host: str, port: int, workers: int) -> None:
         workers=workers,
         log_level="info",
         access_log=False,  # the score log and /metrics keep what matters; an access line per score costs latency
+        http=IMPORT_STRING,  # deadlines for idle and slow connections (serving.connections)
+        timeout_keep_alive=settings.timeout_keep_alive,
+        limit_concurrency=connections,
     )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return server.started
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    # A worker that failed to start stops uvicorn's supervisor (it would fail the same way again).
+    return not any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)

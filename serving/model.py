@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from features.scoring import LeadScorer
+from serving.preflight import Registry, StartupError, check_registry, redact
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class LoadedModel:
 
 def load_model(tracking_uri: str, name: str, alias: str, version: str | None = None) -> LoadedModel:
     """Load `models:/name@alias` (or that exact version) and warm it; raises ModelNotAvailableError, clearly worded."""
+    _check_registry(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -59,13 +61,13 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
         )
     except MlflowException as err:
         raise _not_registered(
-            f"{name}@{alias}" if version is None else f"{name} version {version}", tracking_uri
+            f"{name}@{alias}" if version is None else f"{name} version {version}", tracking_uri, err
         ) from err
     try:
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{found.version}")
         scorer = pyfunc.unwrap_python_model().scorer
     except Exception as err:
-        raise ModelNotAvailableError(f"cannot load {name} version {found.version}: {err}") from err
+        raise ModelNotAvailableError(f"cannot load {name} version {found.version}: {redact(str(err))}") from err
     if not isinstance(scorer, LeadScorer):
         raise ModelNotAvailableError(f"{name} version {found.version} holds no LeadScorer")
     _warm(scorer)
@@ -140,16 +142,30 @@ def holdout_scores(tracking_uri: str, run_id: str, what: str) -> pd.DataFrame:
 
 def registered_run(tracking_uri: str, name: str, alias: str) -> tuple[str, str]:
     """Version and run id of the model the alias points at (without loading it)."""
+    _check_registry(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
-        raise _not_registered(f"{name}@{alias}", tracking_uri) from err
+        raise _not_registered(f"{name}@{alias}", tracking_uri, err) from err
     return str(version.version), str(version.run_id or "")
 
 
-def _not_registered(wanted: str, tracking_uri: str) -> ModelNotAvailableError:
+def _check_registry(tracking_uri: str) -> None:
+    """A registry that is not there is said so (a mistyped SQLite path must not become a new, empty store)."""
+    try:
+        check_registry(Registry(tracking_uri, "the tracking URI"))
+    except StartupError as err:
+        raise ModelNotAvailableError(str(err)) from None
+
+
+def _not_registered(wanted: str, tracking_uri: str, err: MlflowException) -> ModelNotAvailableError:
+    where = redact(tracking_uri)
+    if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # Unreachable, refused, broken: not the same as an empty registry, and not fixed by training.
+        first = (err.message or str(err)).strip().splitlines()[0]
+        return ModelNotAvailableError(f"cannot read {wanted} from the registry at {where}: {first}")
     return ModelNotAvailableError(
-        f"no model {wanted} in the registry at {tracking_uri}: train and promote one first "
+        f"no model {wanted} in the registry at {where}: train and promote one first "
         f"(leadscore train && leadscore promote)"
     )

@@ -58,7 +58,25 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=1000, ge=1, description="Most leads in one batch request.")
     max_activities: int = Field(default=5000, ge=1, description="Most activities in one lead's request.")
     max_colleagues: int = Field(default=200, ge=0, description="Most colleagues in one lead's request.")
-    top_reasons: int = Field(default=3, ge=1, le=10)
+    top_reasons: int = Field(default=3, ge=1, le=10, description="Reasons given per side (fit, behaviour).")
+    timeout_keep_alive: int = Field(
+        default=5, ge=1, le=3600,
+        description="Seconds an idle keep-alive connection stays open after a response. Behind a load balancer, "
+        "set it above the balancer's own idle timeout.",
+    )  # fmt: skip
+    timeout_idle: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds a new connection has to start its first request."
+    )
+    timeout_request: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Seconds a request has to arrive whole (headers and body) once it has started; a slow client "
+        "(a slowloris) is cut off after it.",
+    )  # fmt: skip
+    max_connections: int = Field(
+        default=2048, ge=1,
+        description="Connections one worker serves at once; requests beyond it get 503. The command raises the "
+        "process's open-file limit to fit.",
+    )  # fmt: skip
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
 

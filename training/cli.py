@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
@@ -63,12 +64,15 @@ QUICKSTART_LEADS = 20_000
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     """Set up logging once, for every command."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
-    )
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        line = "%(message)s"
+    else:
+        # A service's log goes to a file or a collector: one unwrapped line per record, searchable and parsable.
+        handler = logging.StreamHandler()
+        line = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=line, handlers=[handler], force=True)
 
 
 def _generate(out: Path, config: SimulationConfig) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +61,7 @@ def test_missing_input_exits_3(tmp_path: Path) -> None:
 
 
 def test_serve_without_a_champion_exits_1_saying_how_to_get_one(tmp_path: Path) -> None:
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store, empty
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
