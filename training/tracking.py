@@ -147,6 +147,9 @@ def _write_plots(result: TrainResult, out: Path, feature_names: list[str], fit_f
         plots.plot_roc(curves, out / f"{task.task}_roc.png", title=f"ROC, {what}, out-of-time holdout")
         plots.plot_precision_recall(curves, out / f"{task.task}_pr.png", title=f"Precision-recall, {what}")
         plots.plot_calibration(curves, out / f"{task.task}_calibration.png", title=f"Calibration, {what}")
+        plots.plot_calibration(
+            curves, out / f"{task.task}_calibration_log.png", title=f"Calibration, {what}, log scale", scale="log"
+        )
         plots.plot_cumulative_gains(curves, out / f"{task.task}_gains.png", title=f"Cumulative gains, {what}")
     plots.plot_shap_summary(
         result.shap_values, result.shap_features, feature_names, out / "readiness_shap_summary.png",

@@ -68,6 +68,7 @@ def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: tuple[Path
     assert {"plots", "holdout", "model_card.md", "feature_spec.json", "readiness_segment_metrics.csv"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/readiness_calibration.png" in plots and "plots/readiness_shap_summary.png" in plots
+    assert "plots/fit_calibration_log.png" in plots
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="holdout/readiness_scores.parquet")
     holdout = pd.read_parquet(path)
     assert {"lead_id", "as_of", "label", "source", "region", "size_band", "model", "point_rules"} <= set(holdout)
