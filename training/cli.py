@@ -203,23 +203,27 @@ def _train(
     from training.data import read_table
     from training.dataset import build_training_set
     from training.pipeline import train_models
-    from training.tracking import log_training
+    from training.tracking import log_training, training_run
 
-    leads, activities = _load(data)
-    end = pd.Timestamp(data_end, tz="UTC") if data_end else None
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        step = bar.add_task("building snapshots and point-in-time features", total=None)
-        training_set = build_training_set(leads, activities, snapshot_config=snapshot_config, data_end=end)
-        try:
-            result = train_models(training_set, leads, config, progress=lambda what: bar.update(step, description=what))
-        except ValueError as err:
-            console.print(f"[red]cannot train on these data:[/red] {err}")
-            raise typer.Exit(EXIT_BAD_DATA) from err
-        bar.update(step, description="logging to MLflow and registering the model")
-        oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
-        logged = log_training(
-            result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
-        )
+    # The run is opened before the data are loaded: its duration in MLflow is the whole job's, logging included.
+    with training_run(experiment):
+        leads, activities = _load(data)
+        end = pd.Timestamp(data_end, tz="UTC") if data_end else None
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+            step = bar.add_task("building snapshots and point-in-time features", total=None)
+            training_set = build_training_set(leads, activities, snapshot_config=snapshot_config, data_end=end)
+            try:
+                result = train_models(
+                    training_set, leads, config, progress=lambda what: bar.update(step, description=what)
+                )
+            except ValueError as err:
+                console.print(f"[red]cannot train on these data:[/red] {err}")
+                raise typer.Exit(EXIT_BAD_DATA) from err
+            bar.update(step, description="logging to MLflow and registering the model")
+            oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
+            logged = log_training(
+                result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
+            )
     _report_training(result, logged)
     return logged
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from training.config import BoosterConfig
@@ -24,6 +27,7 @@ from training.crm import (
     audit_leakage,
     load_export,
     load_mapping,
+    log_export_run,
     parse_mapping,
     prepare_export,
     split_export,
@@ -374,3 +378,30 @@ def test_crm_exits_3_on_a_missing_file(files: tuple[Path, Path], tmp_path: Path,
     result = runner.invoke(crm_app, ["train", "--export", paths["export"], "--mapping", paths["mapping"]])
     assert result.exit_code == EXIT_MISSING_INPUT
     assert "missing input" in result.output and "nowhere" in _flat(result.output)
+
+
+# ---- MLflow --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_export_run_logs_the_export_as_its_training_dataset(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv, yml = files
+    crm_mapping = load_mapping(yml)
+    result = train_export(load_export(csv, crm_mapping), crm_mapping, config=FAST)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test, as MLflow's setters write it
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    try:
+        run_id = log_export_run(result, mapping_path=yml, export_path=csv, tracking_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (logged,) = MlflowClient(tracking_uri=uri).get_run(run_id).inputs.dataset_inputs
+    tags = {tag.key: tag.value for tag in logged.tags}
+    assert tags["mlflow.data.context"] == "training"
+    assert tags["leadscore.split"] == "random split: 960 training, 240 validation, 300 holdout leads"
+    dataset = logged.dataset
+    assert dataset.name == "export.csv" and json.loads(dataset.source) == {"uri": str(csv.resolve())}
+    assert json.loads(dataset.profile)["num_rows"] == N_LEADS and len(dataset.digest) == 16
+    assert {spec["name"] for spec in json.loads(dataset.schema)["mlflow_colspec"]} == set(synthetic_export())
