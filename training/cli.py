@@ -162,28 +162,35 @@ def build_dataset(
 
 def _report(training_set: TrainingSet, data: Path) -> None:
     from training.data import read_table
+
+    leads = read_table(data / "leads") if (data / "leads").is_dir() else None
+    oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
+    console.print(_data_table(training_set, leads, oracle))
+
+
+def _data_table(training_set: TrainingSet, leads: pd.DataFrame | None, oracle: pd.DataFrame | None) -> Table:
+    """What the training sets hold, the funnel's conversion rates, and the best AUC reachable (simulated data)."""
     from training.evaluation import oracle_auc
     from training.simulator import conversion_rates
 
     table = Table(title="leadscore training data", show_header=True)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    table.add_column("figure", overflow="fold")
+    table.add_column("value", justify="right", no_wrap=True)
     readiness = training_set.readiness
     table.add_row("readiness snapshots", f"{len(readiness):,}")
     table.add_row("readiness positive rate", f"{readiness['label'].mean():.1%}")
     table.add_row("fit examples", f"{len(training_set.fit):,}")
     table.add_row("fit positive rate (won)", f"{training_set.fit['label'].mean():.1%}")
     table.add_row("features", str(len(training_set.builder.feature_names_)))
-    leads = read_table(data / "leads") if (data / "leads").is_dir() else None
     if leads is not None:
         rates = conversion_rates(leads, training_set.data_end)
         table.add_row("lead -> MQL", f"{rates.lead_to_mql:.1%}")
         table.add_row("MQL -> SQL", f"{rates.mql_to_sql:.1%}")
         table.add_row("SQL -> won", f"{rates.sql_to_won:.1%}")
-    if (data / "oracle").is_dir():
-        auc, n = oracle_auc(readiness, read_table(data / "oracle"))
+    if oracle is not None:
+        auc, n = oracle_auc(readiness, oracle)
         table.add_row("oracle readiness AUC (best achievable)", f"{auc:.3f} on {n:,} snapshots")
-    console.print(table)
+    return table
 
 
 TrackingOption = Annotated[
@@ -207,41 +214,56 @@ def _train(
     from training.data import read_table
     from training.dataset import build_training_set
     from training.pipeline import train_models
-    from training.tracking import log_training
+    from training.tracking import log_training, training_run
 
-    leads, activities = _load(data)
-    end = pd.Timestamp(data_end, tz="UTC") if data_end else None
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        step = bar.add_task("building snapshots and point-in-time features", total=None)
-        training_set = build_training_set(leads, activities, snapshot_config=snapshot_config, data_end=end)
-        try:
-            result = train_models(training_set, leads, config, progress=lambda what: bar.update(step, description=what))
-        except ValueError as err:
-            console.print(f"[red]cannot train on these data:[/red] {err}")
-            raise typer.Exit(EXIT_BAD_DATA) from err
-        bar.update(step, description="logging to MLflow and registering the model")
-        oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
-        logged = log_training(
-            result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
-        )
-    _report_training(result, logged)
+    # The run is opened before the data are loaded: its duration in MLflow is the whole job's, logging included.
+    with training_run(experiment):
+        leads, activities = _load(data)
+        end = pd.Timestamp(data_end, tz="UTC") if data_end else None
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+            step = bar.add_task("building snapshots and point-in-time features", total=None)
+            training_set = build_training_set(leads, activities, snapshot_config=snapshot_config, data_end=end)
+            try:
+                result = train_models(
+                    training_set, leads, config, progress=lambda what: bar.update(step, description=what)
+                )
+            except ValueError as err:
+                console.print(f"[red]cannot train on these data:[/red] {err}")
+                raise typer.Exit(EXIT_BAD_DATA) from err
+            bar.update(step, description="logging to MLflow and registering the model")
+            oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
+            logged = log_training(
+                result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
+            )
+    console.print(_training_table(result, logged))
+    console.print(f"run {logged.run_id}; model {logged.model_uri}")
     return logged
 
 
-def _report_training(result: TrainResult, logged: LoggedModel) -> None:
+# Scorer headers of the training report, broken over two lines: its figure columns then fit in 80 columns whole.
+SCORER_HEADERS = {
+    "model": "model",
+    "odoo_naive_bayes": "Odoo\nnaive Bayes",
+    "point_rules": "point\nrules",
+    "logistic_regression": "logistic\nregression",
+}
+READINESS_REPORTED = ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10")
+
+
+def _training_table(result: TrainResult, logged: LoggedModel) -> Table:
+    """Holdout figures of the model and each baseline: one row per metric, one column per scorer."""
     from training.pipeline import BASELINES
 
+    scorers = ("model", *BASELINES)
     table = Table(title=f"out-of-time holdout: lead-scorer version {logged.version} (@challenger)")
-    table.add_column("scorer")
-    for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
-        table.add_column(f"readiness {metric}", justify="right")
-    table.add_column("fit roc_auc", justify="right")
-    for scorer in ("model", *BASELINES):
-        ready = result.readiness.metrics[scorer]
-        row = [f"{ready[m]:.3f}" for m in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10")]
-        table.add_row(scorer, *row, f"{result.fit.metrics[scorer]['roc_auc']:.3f}")
-    console.print(table)
-    console.print(f"run {logged.run_id}; model {logged.model_uri}")
+    table.add_column("holdout metric", overflow="fold")
+    for scorer in scorers:
+        table.add_column(SCORER_HEADERS.get(scorer, scorer), justify="right", no_wrap=True)
+    rows = [("readiness", metric) for metric in READINESS_REPORTED] + [("fit", "roc_auc")]
+    for task, metric in rows:
+        scored = result.readiness.metrics if task == "readiness" else result.fit.metrics
+        table.add_row(f"{task} {metric}", *(f"{scored[scorer][metric]:.3f}" for scorer in scorers))
+    return table
 
 
 @app.command()
@@ -357,17 +379,26 @@ def evaluate(
     except ValueError as err:
         console.print(f"[red]cannot evaluate:[/red] {err}")
         raise typer.Exit(EXIT_BAD_DATA) from err
-    table = Table(
-        title=f"{model_uri} on {data} (readiness from {holdout.readiness_start}, fit from {holdout.fit_start})"
-    )
-    table.add_column("metric")
-    table.add_column("readiness", justify="right")
-    table.add_column("fit", justify="right")
-    for name in metrics["readiness"]:
-        table.add_row(name, f"{metrics['readiness'][name]:.4g}", f"{metrics['fit'][name]:.4g}")
-    console.print(table)
+    title = f"{model_uri} on {data} (readiness from {holdout.readiness_start}, fit from {holdout.fit_start})"
+    console.print(_evaluation_table(metrics, title=title))
     if out is not None:
         out.write_text(json.dumps(metrics, indent=2))
+
+
+# Counts among the evaluation metrics: printed whole, with thousands separators, never in scientific notation.
+COUNT_METRICS = frozenset({"n", "positives"})
+
+
+def _evaluation_table(metrics: dict[str, dict[str, float]], *, title: str) -> Table:
+    """Readiness and fit metrics side by side, counts whole and the rest to four significant digits."""
+    table = Table(title=title)
+    table.add_column("metric", overflow="fold")
+    table.add_column("readiness", justify="right", no_wrap=True)
+    table.add_column("fit", justify="right", no_wrap=True)
+    for name in metrics["readiness"]:
+        spec = ",.0f" if name in COUNT_METRICS else ".4g"
+        table.add_row(name, format(metrics["readiness"][name], spec), format(metrics["fit"][name], spec))
+    return table
 
 
 @app.command()

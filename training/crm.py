@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from training.config import CRM_HOLDOUT_FRACTION as HOLDOUT_FRACTION
 from training.config import BoosterConfig
 from training.metrics import binary_metrics, metric_name, to_mlflow_metrics
 from training.models import fit_calibrator, train_booster
+
+if TYPE_CHECKING:
+    from mlflow.entities import DatasetInput
 
 log = logging.getLogger(__name__)
 
@@ -852,13 +855,14 @@ def log_export_run(
     tracking_uri: str | None = None,
     experiment: str = EXPERIMENT,
 ) -> str:
-    """Log one MLflow run (params, holdout metrics, audit and mapping as artifacts) and return its id.
+    """Log one MLflow run (params, holdout metrics, the export as a dataset, audit and mapping as artifacts).
 
     Runs go where `training.tracking.configure_tracking` points: `tracking_uri`, $MLFLOW_TRACKING_URI, or the local
-    SQLite store. No model is logged or registered (see `train_export`).
+    SQLite store. No model is logged or registered (see `train_export`). Returns the run's id.
     """
     # MLflow takes seconds to import; loading and auditing an export (and their tests) never need it.
     import mlflow  # noqa: PLC0415
+    from mlflow import MlflowClient  # noqa: PLC0415
 
     from training.tracking import configure_tracking, ensure_experiment  # noqa: PLC0415
 
@@ -889,6 +893,8 @@ def log_export_run(
         # MLflow caps a param value at 6000 characters; a long column list is cut rather than failing the run.
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         mlflow.log_metrics(metrics)
+        if export_path is not None:
+            MlflowClient().log_inputs(run.info.run_id, datasets=[_export_input(result, export_path, mapping_path)])
         out = Path(tmp)
         result.audit.to_csv(out / "leakage_audit.csv", index=False)
         result.importance.to_csv(out / "feature_importance.csv", index=False)
@@ -897,3 +903,23 @@ def log_export_run(
         run_id = str(run.info.run_id)
     log.info("logged run %s in experiment %r at %s", run_id, experiment, uri)
     return run_id
+
+
+def _export_input(result: CrmTrainResult, export_path: Path, mapping_path: Path) -> DatasetInput:
+    """The export as the user gave it (every cell as text, as `load_export` reads it), logged in the training context.
+
+    Training, validation and holdout leads are all drawn from it; a tag on the input says how many of each.
+    """
+    from training.tracking import dataset_input  # noqa: PLC0415
+
+    raw = pd.read_csv(export_path, dtype=str, keep_default_na=False, na_filter=False)
+    split = result.split
+    rows = f"{len(split.train):,} training, {len(split.valid):,} validation, {len(split.holdout):,} holdout leads"
+    return dataset_input(
+        raw,
+        name=export_path.name,
+        context="training",
+        source=str(export_path.resolve()),
+        targets=load_mapping(mapping_path).outcome.column,
+        tags={"leadscore.split": f"{split.kind} split: {rows}"},
+    )

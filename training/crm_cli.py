@@ -71,8 +71,8 @@ def _figure(value: object, spec: str = ".0%") -> str:
 
 def _print_export(loaded: CrmExport, crm_mapping: CrmMapping) -> None:
     table = Table(title=f"CRM export {loaded.source}", show_header=False)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    table.add_column("figure", overflow="fold")
+    table.add_column("value", justify="right", no_wrap=True)
     table.add_row("leads", f"{len(loaded.y):,}")
     table.add_row("positive rate", f"{loaded.y.mean():.1%}")
     table.add_row("rows dropped (no outcome)", f"{loaded.dropped_outcome_rows:,}")
@@ -89,9 +89,13 @@ def _print_export(loaded: CrmExport, crm_mapping: CrmMapping) -> None:
 
 def _print_audit(audit: pd.DataFrame) -> None:
     table = Table(title="leakage audit (most suspicious first)")
-    for name, justify in (("column", "left"), ("role", "left"), ("AUC", "right"), ("missing pos / neg", "right"),
-                          ("purest value", "left"), ("verdict", "left")):  # fmt: skip
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    # Text folds to the room left; figures never wrap, so a narrow terminal cannot cut a number.
+    table.add_column("column", overflow="fold")
+    table.add_column("role", overflow="fold")
+    table.add_column("AUC", justify="right", no_wrap=True)
+    table.add_column("missing\npos / neg", justify="right", no_wrap=True)
+    table.add_column("purest value", overflow="fold")
+    table.add_column("verdict", overflow="fold")
     for row in audit.itertuples(index=False):
         pure = ""
         if isinstance(row.purest_value, str):
@@ -125,17 +129,18 @@ def audit(export: ExportOption, mapping: MappingOption) -> None:
 def _print_result(result: CrmTrainResult) -> None:
     console.print(result.split.note, highlight=False)
     table = Table(title="holdout: audited columns vs every mapped column (leaky ones included)")
-    table.add_column("metric")
-    table.add_column(f"audited ({len(result.features)} columns)", justify="right")
-    table.add_column(f"everything ({len(result.features) + len(result.excluded)} columns)", justify="right")
+    table.add_column("metric", overflow="fold")
+    everything = len(result.features) + len(result.excluded)
+    table.add_column(f"audited ({len(result.features)} columns)", justify="right", no_wrap=True)
+    table.add_column(f"everything ({everything} columns)", justify="right", no_wrap=True)
     for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
         table.add_row(metric, f"{result.metrics_audited[metric]:.3f}", f"{result.metrics_everything[metric]:.3f}")
     console.print(table)
     console.print(f"left out as likely leaks: {', '.join(result.excluded) or 'none'}", highlight=False)
     importance = Table(title=f"what the audited model uses (gain, top {TOP_IMPORTANCE})")
-    importance.add_column("column")
-    importance.add_column("role")
-    importance.add_column("gain share", justify="right")
+    importance.add_column("column", overflow="fold")
+    importance.add_column("role", overflow="fold")
+    importance.add_column("gain share", justify="right", no_wrap=True)
     for row in result.importance.head(TOP_IMPORTANCE).itertuples(index=False):
         importance.add_row(str(row.column), f"{row.role} {row.type}", _figure(row.gain_share))
     console.print(importance)

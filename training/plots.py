@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import matplotlib as mpl
 import numpy as np
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Curves = Mapping[str, tuple[ArrayLike, ArrayLike]]
 """Scorer name -> (labels, probabilities) on the same holdout: a model and its baselines on one chart."""
+Scale = Literal["linear", "log"]
 
 # Sharp in the MLflow artifact viewer and in a model card, at roughly 100 KB a chart.
 DPI = 150
@@ -33,6 +35,13 @@ GAINS_LABEL_FRACTION = 0.10
 # Histogram bins under the reliability diagram: fine enough to show where scores pile up, coarse enough to read.
 SCORE_HISTOGRAM_BINS = 50
 REFERENCE_COLOUR = "0.5"
+# The reliability diagram's axes reach this quantile of every scorer's scores (and every point of every curve), times
+# the margin: the few highest scores of a long tail do not squeeze the rest of the chart into a corner.
+CALIBRATION_VIEW_QUANTILE = 0.99
+CALIBRATION_VIEW_MARGIN = 1.1
+# On log axes the view starts this factor below the lowest point drawn; with no point to go by, it spans two decades.
+CALIBRATION_LOG_MARGIN = 1.5
+CALIBRATION_LOG_DECADES = 100.0
 
 # SHAP summary layout: inches of figure height per feature row, and how far a row's swarm may spread either side
 # of its centre line, in row gaps (under half, so neighbouring rows never touch).
@@ -114,29 +123,87 @@ def plot_precision_recall(curves: Curves, path: str | os.PathLike[str], *, title
     return _save(fig, path)
 
 
-def plot_calibration(curves: Curves, path: str | os.PathLike[str], *, title: str, n_bins: int = 10) -> Path:
-    """Reliability diagram (observed rate against mean score per bin, ECE in the label) over a histogram of scores.
+def _calibration_reach(scores: Sequence[NDArray[np.float64]], points: Sequence[NDArray[np.float64]]) -> float:
+    """Where a reliability diagram's axes end: past the quantile of every scorer's scores and every curve point.
 
-    Bins are score quantiles, so rare-positive data where nearly every score is near 0 still gets n_bins points
-    spread across the range; the histogram shows how many leads each part of the curve speaks for.
+    Observed rates count as much as mean scores, so no point falls off the chart; the margin keeps the last points off
+    the frame, and the end is rounded up to a readable tick, at most 1.
     """
+    reach = max(
+        [float(np.quantile(p, CALIBRATION_VIEW_QUANTILE)) for p in scores]
+        + [float(xy.max()) for xy in points if xy.size]
+    )
+    if reach <= 0.0:
+        return 1.0
+    wanted = reach * CALIBRATION_VIEW_MARGIN
+    step = 10.0 ** np.floor(np.log10(wanted)) / 2  # 0.23 -> steps of 0.05 -> 0.25; 0.046 -> 0.005 -> 0.05
+    return float(min(1.0, np.ceil(wanted / step) * step))
+
+
+def calibration_figure(curves: Curves, *, title: str, n_bins: int = 10, scale: Scale = "linear") -> Figure:
+    """The reliability diagram of `plot_calibration`, as a figure (tests read its axes)."""
     checked = _checked(curves, need_both_classes=False)
+    binned = {name: calibration_curve(y, p, n_bins=n_bins, strategy="quantile") for name, (y, p) in checked.items()}
+    reach = _calibration_reach([p for _, p in checked.values()], [np.concatenate(xy) for xy in binned.values()])
+    if scale == "log":
+        drawn = np.concatenate([np.concatenate(xy) for xy in binned.values()])
+        drawn = drawn[drawn > 0]
+        floor = float(drawn.min()) / CALIBRATION_LOG_MARGIN if drawn.size else reach / CALIBRATION_LOG_DECADES
+        edges = np.geomspace(floor, reach, SCORE_HISTOGRAM_BINS + 1).tolist()
+    else:
+        floor = 0.0
+        edges = np.linspace(0.0, reach, SCORE_HISTOGRAM_BINS + 1).tolist()
     fig = _new_figure((FIGSIZE[0], FIGSIZE[1] * 1.3))
     grid = fig.add_gridspec(2, 1, height_ratios=[3, 1])
     ax = fig.add_subplot(grid[0])
     hist_ax = fig.add_subplot(grid[1], sharex=ax)
-    edges = np.linspace(0.0, 1.0, SCORE_HISTOGRAM_BINS + 1).tolist()
     for name, (y, p) in checked.items():
-        observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="quantile")
-        ece = expected_calibration_error(y, p)
-        (line,) = ax.plot(predicted, observed, marker="o", markersize=4, label=f"{name} (ECE {ece:.3f})")
+        observed, predicted = binned[name]
+        label = f"{name} (ECE {expected_calibration_error(y, p):.3f})"
+        if scale == "log":
+            empty = observed <= 0
+            # A bin without a positive has no place on a log axis; the legend says how many were left out.
+            observed, predicted = observed[~empty], predicted[~empty]
+            label += f", {int(empty.sum())} bin(s) with no positive not drawn" if empty.any() else ""
+        (line,) = ax.plot(predicted, observed, marker="o", markersize=4, label=label)
         hist_ax.hist(p, bins=edges, histtype="step", color=line.get_color())
-    _reference_line(ax, [0, 1], [0, 1], "perfectly calibrated")
-    _unit_square(ax, title=title, xlabel="", ylabel="observed positive rate")
+    _reference_line(ax, [floor, reach], [floor, reach], "perfectly calibrated")
+    ax.grid(alpha=0.3, which="both" if scale == "log" else "major")
+    ax.legend(loc="upper left", fontsize="small")
     ax.tick_params(labelbottom=False)
-    hist_ax.set(xlabel="score (above: mean score in bin)", ylabel="leads")
+    ax.set_ylabel("observed positive rate")
+    if scale == "log":
+        ax.set(xscale="log", yscale="log")
+        hist_ax.set_xscale("log")
+    # Square view: the diagonal stays at 45 degrees, so a gap above or below it reads the same everywhere.
+    ax.set_xlim(floor, reach)
+    ax.set_ylim(floor, reach * (1.02 if reach >= 1.0 else 1.0))
+    inside = min(float(np.mean((p >= floor) & (p <= reach))) for _, p in checked.values())
+    shown = f"scores {floor:.2g}-{reach:.2g}" if scale == "log" else f"scores 0-{reach:g}"
+    if reach < 1.0 or floor > 0.0:
+        share = "all leads" if inside == 1.0 else f"{inside:.1%} or more of each scorer's leads"
+        ax.set_title(f"{title}\n{shown} shown (of 0-1): {share}", fontsize="medium")
+    else:
+        ax.set_title(title)
+    axis = "score, log scale" if scale == "log" else "score"
+    hist_ax.set(xlabel=f"{axis} (above: mean score in bin)", ylabel="leads")
     hist_ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
+
+
+def plot_calibration(
+    curves: Curves, path: str | os.PathLike[str], *, title: str, n_bins: int = 10, scale: Scale = "linear"
+) -> Path:
+    """Reliability diagram (observed rate against mean score per bin, ECE in the label) over a histogram of scores.
+
+    Bins are score quantiles, so rare-positive data where nearly every score is near 0 still gets n_bins points
+    spread across the range; the histogram shows how many leads each part of the curve speaks for. Both axes end
+    just past where the scores and the curves are (see `CALIBRATION_VIEW_QUANTILE`), not at 1: with readiness
+    probabilities all under 0.15, a 0-1 square draws the whole curve as a dot in a corner. The title says the range
+    shown and the share of leads inside it. `scale="log"` draws both axes on a log scale, which spreads the quantile
+    bins of rare-positive data evenly (bins with no positive cannot be drawn there, and the legend counts them).
+    """
+    return _save(calibration_figure(curves, title=title, n_bins=n_bins, scale=scale), path)
 
 
 def plot_cumulative_gains(curves: Curves, path: str | os.PathLike[str], *, title: str) -> Path:

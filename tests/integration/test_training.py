@@ -10,15 +10,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from typer.testing import CliRunner
 
+import training.data
+from training import pipeline
 from training.cli import app
 from training.config import CHALLENGER, CHAMPION, SimulationConfig
 from training.exits import EXIT_GATE_REFUSED
@@ -29,24 +34,54 @@ pytestmark = pytest.mark.integration
 MODEL = "lead-scorer"
 
 
+@dataclass(frozen=True)
+class Store:
+    """The simulated data, the tracking store, and when the first training job began loading and ended training (ms)."""
+
+    data: Path
+    uri: str
+    loading_began: float
+    training_ended: float
+
+
+def _clocked(fn: Callable[..., Any], clock: dict[str, float], began: str, ended: str) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        clock.setdefault(began, time.time() * 1000)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            clock[ended] = time.time() * 1000
+
+    return timed
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """Simulated data and a temporary tracking store holding one trained, promoted champion."""
     root = tmp_path_factory.mktemp("mlflow")
     data = root / "data"
     write_simulation(SimulationConfig(n_leads=5000, seed=3, oracle_max_rows=10_000), data)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     runner = CliRunner()
-    trained = runner.invoke(app, ["train", "--data", str(data), "--tracking-uri", uri])
+    clock: dict[str, float] = {}
+    with pytest.MonkeyPatch.context() as patch:  # the command imports both when it runs, so it calls these
+        patch.setattr(training.data, "load_tables", _clocked(training.data.load_tables, clock, "load", "loaded"))
+        patch.setattr(pipeline, "train_models", _clocked(pipeline.train_models, clock, "train", "trained"))
+        trained = runner.invoke(app, ["train", "--data", str(data), "--tracking-uri", uri])
     assert trained.exit_code == 0, trained.output
     promoted = runner.invoke(app, ["promote", "--tracking-uri", uri])
     assert promoted.exit_code == 0, promoted.output
     configure_tracking(uri)
-    yield data, uri
+    yield Store(data, uri, loading_began=clock["load"], training_ended=clock["trained"])
     mlflow.set_tracking_uri(None)
 
 
-def test_first_model_is_registered_as_challenger_and_promoted_to_champion(store: tuple[Path, str]) -> None:
+def _champion_run() -> Run:
+    client = MlflowClient()
+    return client.get_run(client.get_model_version_by_alias(MODEL, CHAMPION).tags["leadscore.run_id"])
+
+
+def test_first_model_is_registered_as_challenger_and_promoted_to_champion(store: Store) -> None:
     client = MlflowClient()
     champion = client.get_model_version_by_alias(MODEL, CHAMPION)
     challenger = client.get_model_version_by_alias(MODEL, CHALLENGER)
@@ -54,7 +89,7 @@ def test_first_model_is_registered_as_challenger_and_promoted_to_champion(store:
     assert "first model" in champion.tags["leadscore.promotion"]
 
 
-def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: tuple[Path, str]) -> None:
+def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: Store) -> None:
     client = MlflowClient()
     version = client.get_model_version_by_alias(MODEL, CHAMPION)
     run = client.get_run(version.tags["leadscore.run_id"])
@@ -68,6 +103,7 @@ def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: tuple[Path
     assert {"plots", "holdout", "model_card.md", "feature_spec.json", "readiness_segment_metrics.csv"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/readiness_calibration.png" in plots and "plots/readiness_shap_summary.png" in plots
+    assert "plots/fit_calibration_log.png" in plots
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="holdout/readiness_scores.parquet")
     holdout = pd.read_parquet(path)
     assert {"lead_id", "as_of", "label", "source", "region", "size_band", "model", "point_rules"} <= set(holdout)
@@ -78,7 +114,35 @@ def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: tuple[Path
     assert side["metrics.readiness_roc_auc_holdout"].notna().all()
 
 
-def test_champion_loads_as_pyfunc_and_scores_leads_with_reasons(store: tuple[Path, str]) -> None:
+def test_model_run_lasts_from_loading_the_data_to_the_end_of_logging(store: Store) -> None:
+    run = _champion_run()
+    assert run.info.status == "FINISHED"
+    assert run.info.start_time <= store.loading_began, "the run starts before the data are loaded"
+    version = MlflowClient().get_model_version_by_alias(MODEL, CHAMPION)
+    assert run.info.end_time >= max(store.training_ended, version.creation_timestamp), "and ends after logging"
+
+
+def test_model_run_lists_the_rows_each_model_was_trained_and_evaluated_on(store: Store) -> None:
+    run = _champion_run()
+    inputs = {entry.dataset.name: entry for entry in run.inputs.dataset_inputs}
+    expected = {f"{task}-{context}": context for task in ("readiness", "fit")
+                for context in ("training", "validation", "holdout")}  # fmt: skip
+    assert {name: {t.key: t.value for t in entry.tags}["mlflow.data.context"] for name, entry in inputs.items()} == (
+        expected
+    )
+    for entry in inputs.values():
+        dataset = entry.dataset
+        assert len(dataset.digest) == 16
+        assert json.loads(dataset.source) == {"uri": str(store.data.resolve())}
+        columns = {spec["name"] for spec in json.loads(dataset.schema)["mlflow_colspec"]}
+        assert {"lead_id", "as_of", "label"} <= columns
+        assert json.loads(dataset.profile)["num_rows"] > 0
+    assert len({entry.dataset.digest for entry in inputs.values()}) == len(inputs)
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="holdout/readiness_scores.parquet")
+    assert json.loads(inputs["readiness-holdout"].dataset.profile)["num_rows"] == len(pd.read_parquet(path))
+
+
+def test_champion_loads_as_pyfunc_and_scores_leads_with_reasons(store: Store) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
     example = model.input_example
     assert isinstance(example, pd.DataFrame) and len(example) >= 1
@@ -90,8 +154,8 @@ def test_champion_loads_as_pyfunc_and_scores_leads_with_reasons(store: tuple[Pat
     assert {r["side"] for r in reasons} == {"fit", "behaviour"} and all(r["label"] for r in reasons)
 
 
-def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store: tuple[Path, str]) -> None:
-    data, uri = store
+def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store: Store) -> None:
+    data, uri = store.data, store.uri
     runner = CliRunner()
     worse = runner.invoke(
         app, ["train", "--data", str(data), "--tracking-uri", uri, "--max-rounds", "1", "--num-leaves", "2"]
@@ -106,8 +170,8 @@ def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store:
     assert client.get_model_version(MODEL, "2").tags["leadscore.promotion"].startswith("refused")
 
 
-def test_evaluate_scores_a_registered_model_on_a_holdout(store: tuple[Path, str], tmp_path: Path) -> None:
-    data, uri = store
+def test_evaluate_scores_a_registered_model_on_a_holdout(store: Store, tmp_path: Path) -> None:
+    data, uri = store.data, store.uri
     out = tmp_path / "metrics.json"
     result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--tracking-uri", uri, "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -121,8 +185,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_mlflow_models_serve_answers_with_scores(store: tuple[Path, str]) -> None:
-    _, uri = store
+def test_mlflow_models_serve_answers_with_scores(store: Store) -> None:
+    uri = store.uri
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}"]

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import copy
+import io
+import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
+from rich.console import Console
 from typer.testing import CliRunner
 
+from training import crm_cli
 from training.config import BoosterConfig
 from training.crm import (
     CrmExport,
@@ -24,12 +31,13 @@ from training.crm import (
     audit_leakage,
     load_export,
     load_mapping,
+    log_export_run,
     parse_mapping,
     prepare_export,
     split_export,
     train_export,
 )
-from training.crm_cli import crm_app
+from training.crm_cli import TOP_IMPORTANCE, crm_app
 from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
 
 # One thread and a quick learning rate: the suite shares two cores with other work.
@@ -374,3 +382,112 @@ def test_crm_exits_3_on_a_missing_file(files: tuple[Path, Path], tmp_path: Path,
     result = runner.invoke(crm_app, ["train", "--export", paths["export"], "--mapping", paths["mapping"]])
     assert result.exit_code == EXIT_MISSING_INPUT
     assert "missing input" in result.output and "nowhere" in _flat(result.output)
+
+
+# ---- tables in an 80-column terminal ----------------------------------------------------------------------------
+
+WIDTH = 80
+
+
+def _assert_fits(text: str) -> None:
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= WIDTH, text
+
+
+def _line(text: str, label: str) -> str:
+    """The rendered line of the table row whose first cell starts with `label`."""
+    return next(line for line in text.splitlines() if line.startswith(f"│ {label} "))
+
+
+# Column names and values as long as real exports hold ("How did you hear about X Education"), and one name without
+# a space to break at: they squeeze the tables, whose figures must stay whole while the text folds.
+LONG_NAMES = {
+    "Lead Source": "How did you hear about us (first touch, as typed by the lead)",
+    "Total Time": "Total_Time_Spent_On_Website_In_Seconds_Summed_Over_All_Sessions_Since_The_First_Visit",
+    "Tags": "Tags set by the sales representative after the first call",
+}
+
+
+@pytest.fixture
+def wide_export(tmp_path: Path) -> tuple[Path, Path]:
+    raw = synthetic_export().rename(columns=LONG_NAMES)
+    raw[LONG_NAMES["Tags"]] = raw[LONG_NAMES["Tags"]].replace("Closed by rep", "Closed by the account executive")
+    csv = tmp_path / "export.csv"
+    raw.to_csv(csv, index=False)
+    mapping = mapping_dict()
+    mapping["columns"] = {LONG_NAMES.get(name, name): col for name, col in mapping["columns"].items()}
+    yml = tmp_path / "mapping.yaml"
+    yml.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    return csv, yml
+
+
+def _run_crm(monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    monkeypatch.setattr(crm_cli, "console", console)
+    result = runner.invoke(crm_app, list(args))
+    assert result.exit_code == 0, result.output
+    return console.export_text()
+
+
+def _tables(text: str) -> str:
+    """Only the tables and their titles: the flagged columns' reasons below the audit are soft-wrapped on purpose."""
+    return "\n".join(line for line in text.splitlines() if line[:1] in "┏┃┡│└┌ ")
+
+
+def test_crm_train_tables_show_every_figure_whole(
+    wide_export: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv, yml = wide_export
+    out = tmp_path / "out"
+    text = _run_crm(
+        monkeypatch, "train", "--export", str(csv), "--mapping", str(yml), "--no-track", "--threads", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    _assert_fits(_tables(text))
+    audit = pd.read_csv(out / "leakage_audit.csv")
+    for row in audit.itertuples(index=False):
+        assert f"{row.auc:.2f}" in text
+        assert f"{row.missing_rate_positive:.0%} / {row.missing_rate_negative:.0%}" in text
+    for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
+        assert re.fullmatch(rf"│ {metric} +│ +\d+\.\d{{3}} │ +\d+\.\d{{3}} │", _line(text, metric)), text
+    importance = pd.read_csv(out / "feature_importance.csv")
+    for share in importance["gain_share"].head(TOP_IMPORTANCE):
+        assert f"{share:.0%} │" in text
+    assert "1,500" in _line(text, "leads")
+
+
+def test_crm_audit_table_shows_every_figure_whole(
+    wide_export: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv, yml = wide_export
+    text = _run_crm(monkeypatch, "audit", "--export", str(csv), "--mapping", str(yml))
+    _assert_fits(_tables(text))
+    assert re.search(r"│ +\d\.\d\d │ +\d+% / \d+% │", text), text
+    assert "(100%" in text and "positive," in text  # the purest value's figures, each on one line
+
+
+# ---- MLflow --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_export_run_logs_the_export_as_its_training_dataset(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv, yml = files
+    crm_mapping = load_mapping(yml)
+    result = train_export(load_export(csv, crm_mapping), crm_mapping, config=FAST)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test, as MLflow's setters write it
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    try:
+        run_id = log_export_run(result, mapping_path=yml, export_path=csv, tracking_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (logged,) = MlflowClient(tracking_uri=uri).get_run(run_id).inputs.dataset_inputs
+    tags = {tag.key: tag.value for tag in logged.tags}
+    assert tags["mlflow.data.context"] == "training"
+    assert tags["leadscore.split"] == "random split: 960 training, 240 validation, 300 holdout leads"
+    dataset = logged.dataset
+    assert dataset.name == "export.csv" and json.loads(dataset.source) == {"uri": str(csv.resolve())}
+    assert json.loads(dataset.profile)["num_rows"] == N_LEADS and len(dataset.digest) == 16
+    assert {spec["name"] for spec in json.loads(dataset.schema)["mlflow_colspec"]} == set(synthetic_export())

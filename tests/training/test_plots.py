@@ -12,6 +12,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from training.plots import (
     Curves,
+    calibration_figure,
     mean_abs_contributions,
     plot_calibration,
     plot_cumulative_gains,
@@ -109,3 +110,53 @@ def test_shap_summary_checks_values_shape(tmp_path: Path) -> None:
     contributions, values, names = _contributions()
     with pytest.raises(ValueError, match="values must match contributions' shape"):
         plot_shap_summary(contributions, values[:, :2], names, tmp_path / "shap.png", title="t")
+
+
+def _small_scores(n: int = 4000) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Rare-positive scores, every one under 0.15, like the readiness model's on the holdout."""
+    rng = np.random.default_rng(2)
+    p = rng.beta(1, 60, size=n)
+    y = (rng.uniform(size=n) < p).astype(np.int64)
+    assert p.max() < 0.15
+    return y, p
+
+
+def test_calibration_axes_zoom_to_the_scores_when_all_are_small() -> None:
+    y, p = _small_scores()
+    fig = calibration_figure({"readiness model": (y, p), "base rate": (y, np.full(y.size, y.mean()))}, title="t")
+    ax, hist_ax = fig.axes
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    assert x_low == y_low == 0.0
+    assert x_high == y_high  # square: the diagonal stays at 45 degrees
+    assert np.quantile(p, 0.99) <= x_high <= 0.2, "the axes end near the scores, not at 1"
+    for line in ax.lines:  # every curve point, and the diagonal, inside the view
+        assert np.all(line.get_xdata() <= x_high) and np.all(line.get_ydata() <= y_high)
+    diagonal = next(line for line in ax.lines if line.get_label() == "perfectly calibrated")
+    assert list(diagonal.get_xdata()) == [0.0, x_high]
+    assert hist_ax.get_xlim() == (x_low, x_high)
+    assert f"scores 0-{x_high:g} shown (of 0-1)" in ax.get_title()
+    assert "or more of each scorer's leads" in ax.get_title()
+
+
+def test_calibration_axes_stay_0_to_1_when_scores_span_it() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(size=2000)
+    y = (rng.uniform(size=2000) < p).astype(np.int64)
+    ax = calibration_figure({"m": (y, p)}, title="t").axes[0]
+    assert ax.get_xlim() == (0.0, 1.0)
+    assert ax.get_title() == "t"
+
+
+def test_calibration_log_scale_covers_the_bins_and_counts_those_it_cannot_draw() -> None:
+    y, p = _small_scores()
+    y[p < np.quantile(p, 0.1)] = 0  # the lowest decile holds no positive: no place for it on a log axis
+    ax = calibration_figure({"readiness model": (y, p)}, title="t", scale="log").axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    assert 0.0 < x_low < np.quantile(p, 0.1) and x_high <= 0.2
+    curve = ax.lines[0]
+    assert len(curve.get_xdata()) == 9
+    assert np.all((curve.get_xdata() >= x_low) & (curve.get_xdata() <= x_high))
+    assert np.all((curve.get_ydata() >= y_low) & (curve.get_ydata() <= y_high))
+    assert "1 bin(s) with no positive not drawn" in str(curve.get_label())
+    assert f"-{x_high:.2g} shown (of 0-1)" in ax.get_title()
