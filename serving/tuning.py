@@ -6,9 +6,9 @@ thing everywhere (API, CLI, page, notebook):
 
 - A lead *enters* a queue, or a grade x stage cell, at its first snapshot (or score) routed there; weekly leads =
   entering leads per week. The data's first week only says where leads already stood (they may have entered before
-  the data): entries are counted from the second week on. A lead that goes to SDR and later to sales enters both
-  (each team works it once); a lead that moves from MQL to SQL enters both cells, so the cells of a queue can add up
-  to more leads than the queue.
+  the data): entries are counted from the second week on, when the data spans two weeks or more. A lead that goes to
+  SDR and later to sales enters both (each team works it once); a lead that moves from MQL to SQL enters both cells,
+  so the cells of a queue can add up to more leads than the queue.
 - Each lead has one *outcome*, used alike in every numerator and denominator: with labels (holdout), 1 when any of
   its snapshots' labels is 1 (it became an SQL within the label horizon of a snapshot), else 0; without labels
   (recent scores), its expected outcome: the calibrated readiness probability of its latest score, the model's most
@@ -16,11 +16,12 @@ thing everywhere (API, CLI, page, notebook):
 - A lead is *worked* when it enters sales or SDR, and *captured* by the first of the two it enters.
 - Precision of a queue or cell: mean outcome of the leads entering it (for cells: their conversion rate). Observed
   SQLs: the sum of those outcomes per week (labelled data only).
-- Recall: outcomes of the captured leads over outcomes of the *counted* leads: those with a snapshot after the first
-  week that were not worked during it (a lead worked before the data was captured before it, and says nothing about
-  the policy). A worked queue's recall counts the leads it captured, so sales and SDR add up to the total recall, at
-  most 100 %; nurture and disqualify capture nobody and have no recall. A segment's recall is the same within the
-  segment; a lead's segment is that of its latest snapshot or score (the most complete record of it).
+- Recall: outcomes of the captured leads over outcomes of the *counted* leads, the base of every recall (queues,
+  totals, curves, segments): leads with a snapshot after the first week that were not worked during it (a lead worked
+  before the data was captured before it, and says nothing about the policy). A worked queue's recall counts the
+  leads it captured, so sales and SDR add up to the total recall, at most 100 %; nurture and disqualify capture nobody
+  and have no recall. A segment's recall is the same within the segment; a lead's segment is that of its latest
+  snapshot or score (the most complete record of it).
 - Expected SQLs: the calibrated readiness probability where a lead enters the queue (SQLs expected within the label
   horizon of being routed there); what the solver maximises.
 - Load: weekly entries over capacity (reps x leads per rep per week). Leads past SLA: the team works its queue first in
