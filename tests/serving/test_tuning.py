@@ -303,7 +303,22 @@ def test_figures_match_a_hand_counted_funnel_of_repeated_recent_scores() -> None
         "A/MQL": (1, 0.40), "A/SQL": (1, 0.40), "B/nurture": (1, 0.35), "B/MQL": (1, 0.35), "B/SQL": (1, 0.35),
         "C/MQL": (1, 0.12), "D/nurture": (1, 0.01), "D/MQL": (1, 0.50), "D/SQL": (1, 0.50),
     }  # fmt: skip
-    assert all(0 <= p["recall"] <= 1 for stage in ("MQL", "SQL") for p in sim["curves"][stage])
+    # The MQL curve: the same leads are worked in each range of the cut-off as with labels, weighed by expectation:
+    # - up to .05: b worked before the data; base c d e f = .98; c d e worked: 3 in 2 weeks, .97 expected.
+    # - above .05 up to .12: as in force.
+    # - above .12: b c e worked: 3 in 2 weeks, .40 + .35 + .50 = 1.25 expected, of the base 1.38.
+    expected = [
+        (0.05, (3 / 2, 0.97 / 3, 0.97 / 0.98)),
+        (0.12, (4 / 2, 1.37 / 4, 1.37 / 1.38)),
+        (0.3, (3 / 2, 1.25 / 3, 1.25 / 1.38)),
+    ]
+    seen = set()
+    for point in sim["curves"]["MQL"]:
+        upper, figures = next((upper, f) for upper, f in expected if point["cutoff"] <= upper + 1e-12)
+        seen.add(upper)
+        assert (point["weekly_leads"], point["precision"], point["recall"]) == pytest.approx(figures), point
+    assert seen == {0.05, 0.12, 0.3}
+    assert all(0 <= p["recall"] <= 1 for p in sim["curves"]["SQL"])
 
 
 def test_leads_wait_past_their_sla_only_when_a_team_is_over_capacity() -> None:
