@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal, Self
 
 import numpy as np
@@ -82,11 +83,23 @@ def _default_sla() -> dict[Queue, float | None]:
     return {"sales": 4.0, "sdr": 24.0, "nurture": None, "disqualify": None}
 
 
+# Dots and apostrophes sit inside abbreviations and names ("E.M.E.A.", "Int'l"): dropped, they join the word.
+_JOINING = re.compile(r"[.'\u2019`]")
+# Anything else that is not a letter or digit (spaces, "_", "-", "/", "&", brackets, ...) separates words.
+_SEPARATING = re.compile(r"[\W_]+")
+
+
 def segment_value(value: object) -> str | None:
-    """The form segment values are compared in: 'North_America ' and 'north america' are one region."""
+    """The form segment values are compared in, so that case, spacing and punctuation do not split a segment.
+
+    Unicode compatibility forms are unified (NFKC) and case folded; dots and apostrophes are dropped; every other run
+    of characters that are not letters or digits becomes one space. So 'North_America ', 'north-america' and
+    'North America' are one region, and so are 'E.M.E.A.' and 'emea'. Empty values are None.
+    """
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    text = re.sub(r"[\s_-]+", " ", str(value)).strip().casefold()
+    text = unicodedata.normalize("NFKC", str(value)).casefold()
+    text = _SEPARATING.sub(" ", _JOINING.sub("", text)).strip()
     return text or None
 
 

@@ -335,10 +335,15 @@ class ScoreLog:
         """The latest `limit` records scored at or after `since`, oldest first (what threshold tuning replays)."""
         if self._journal_dir is not None:
             self.flush(READ_FLUSH_SECONDS)
-        query = select(score_log).where(score_log.c.scored_at >= since).order_by(score_log.c.id.desc()).limit(limit)
-        with self.engine.connect() as conn:
-            rows = list(conn.execute(query))
-        return [_score_record(r) for r in reversed(rows)]
+        return read_since(self.engine, since, limit=limit)
+
+
+def read_since(engine: Engine, since: dt.datetime, *, limit: int) -> list[ScoreRecord]:
+    """The latest `limit` stored records scored at or after `since`, oldest first (for readers of the store)."""
+    query = select(score_log).where(score_log.c.scored_at >= since).order_by(score_log.c.id.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = list(conn.execute(query))
+    return [_score_record(r) for r in reversed(rows)]
 
 
 def _open_segment(journal_dir: Path) -> _Segment:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,9 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
+    literal,
     select,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -121,6 +125,28 @@ def make_engine(url: str, *, durable_fsync: bool = False, busy_seconds: float = 
     return engine
 
 
+# Version numbers live in a 32-bit Integer column: larger ones can name no stored version (and PostgreSQL refuses them).
+MAX_POLICY_VERSION = 2**31 - 1
+# Concurrent saves that lose the race for a number retry after a random pause growing by this much per attempt, so
+# that many savers spread out instead of colliding again (on PostgreSQL the losers all wake at the winner's commit).
+SAVE_BACKOFF_SECONDS = 0.005
+SAVE_ATTEMPTS = 50
+
+
+class VersionConflictError(Exception):
+    """A save based on a version that is not the one in force: another was saved since, or the base is unknown."""
+
+    def __init__(self, base_version: int, latest: int | None) -> None:
+        self.base_version = base_version
+        self.latest = latest
+        super().__init__(f"the save was based on version {base_version}, but version {latest} is in force")
+
+    @property
+    def unknown_base(self) -> bool:
+        """The base is no stored version: ahead of the latest (or nothing stored yet)."""
+        return self.latest is None or self.base_version > self.latest
+
+
 class PolicyStore:
     """Versioned routing policies: every save is a new version; the latest is in force."""
 
@@ -135,7 +161,9 @@ class PolicyStore:
         return None if row is None else _policy_version(row)
 
     def get(self, version: int) -> PolicyVersion | None:
-        """One stored version."""
+        """One stored version; None for a number no version can have."""
+        if not 1 <= version <= MAX_POLICY_VERSION:
+            return None  # the database would overflow (SQLite) or refuse (PostgreSQL) it
         query = select(threshold_versions).where(threshold_versions.c.version == version)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
@@ -153,22 +181,44 @@ class PolicyStore:
         The version number is the primary key: two concurrent saves cannot both take the same number, the loser
         retries with the next one, so no version is ever lost or overwritten.
         """
-        for _ in range(20):
-            with self.engine.connect() as conn:
-                current = conn.execute(select(threshold_versions.c.version).order_by(
-                    threshold_versions.c.version.desc()).limit(1)).scalar()  # fmt: skip
-            stored = self._insert(int(current or 0) + 1, policy, author=author, reason=reason)
+        for attempt in range(SAVE_ATTEMPTS):
+            stored = self._insert((self._latest_number() or 0) + 1, policy, author=author, reason=reason)
             if stored is not None:
                 return stored
             # another save took this number first: take the next one
+            time.sleep(random.uniform(0, SAVE_BACKOFF_SECONDS * (attempt + 1)))
         raise RuntimeError("could not save the policy: too many concurrent saves")
 
-    def save_after(self, base_version: int, policy: RoutingPolicy, *, author: str, reason: str) -> PolicyVersion | None:
-        """Store `policy` as version base_version + 1, or return None when another save took that number first.
+    def save_after(self, base_version: int, policy: RoutingPolicy, *, author: str, reason: str) -> PolicyVersion:
+        """Store `policy` as version base_version + 1 if base_version is in force; else raise VersionConflictError.
 
-        For editors that show a version and save changes to it: a save made meanwhile is never silently replaced.
+        For editors that show a version and save changes to it: a save made meanwhile is never silently replaced,
+        and a save can never land behind the version in force (it would be stored and never applied). The check and
+        the insert are one statement, and the new number is the primary key: of two saves on the same base, one
+        stores and the other finds the number taken, on any database.
         """
-        return self._insert(base_version + 1, policy, author=author, reason=reason)
+        if not 1 <= base_version < MAX_POLICY_VERSION:
+            raise VersionConflictError(base_version, self._latest_number())
+        created_at = dt.datetime.now(dt.UTC)
+        table = threshold_versions
+        in_force = select(func.max(table.c.version)).scalar_subquery()
+        values = select(
+            literal(base_version + 1, Integer),
+            literal(created_at, table.c.created_at.type),
+            literal(author, table.c.author.type),
+            literal(reason, table.c.reason.type),
+            literal(policy.model_dump_json(), table.c.policy.type),
+        ).where(in_force == base_version)
+        statement = insert(table).from_select(["version", "created_at", "author", "reason", "policy"], values)
+        try:
+            with self.engine.begin() as conn:
+                # SQLAlchemy reports an INSERT's row count only when asked to (PostgreSQL says -1 otherwise).
+                inserted = conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
+        except IntegrityError:
+            inserted = 0  # a concurrent save on the same base took the number first
+        if inserted != 1:
+            raise VersionConflictError(base_version, self._latest_number())
+        return PolicyVersion(base_version + 1, created_at, author, reason, policy)
 
     def rollback(self, version: int, *, author: str, reason: str) -> PolicyVersion | None:
         """Store version `version`'s policy as the newest version (history is never rewritten); None if unknown."""
@@ -190,6 +240,11 @@ class PolicyStore:
         current = stored or self.latest()
         assert current is not None  # version 1 was taken, so a version exists
         return current
+
+    def _latest_number(self) -> int | None:
+        with self.engine.connect() as conn:
+            current = conn.execute(select(func.max(threshold_versions.c.version))).scalar()
+        return None if current is None else int(current)
 
     def _insert(self, version: int, policy: RoutingPolicy, *, author: str, reason: str) -> PolicyVersion | None:
         """Store `policy` under `version`; None when that number is taken already."""

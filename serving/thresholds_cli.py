@@ -44,11 +44,35 @@ DataOption = Annotated[str, typer.Option(help="Scored leads to replay: auto, hol
 PolicyFile = Annotated[
     Path | None, typer.Option(exists=True, dir_okay=False, help="A policy (JSON or YAML); default: the one in force.")
 ]
+CutoffOption = Annotated[
+    str | None,
+    typer.Option(help="Readiness cut-off in percent (1.7, 1.7% or 1.7 %), replacing the policy's own."),
+]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def format_cutoff(probability: float) -> str:
+    """A readiness cut-off as sales ops read it: '1.7 %' (two decimals below 1 %, three below 0.1 %)."""
+    percent = 100 * probability
+    decimals = 1 if percent >= 1 else 2 if percent >= 0.1 else 3
+    return f"{percent:.{decimals}f} %"
+
+
+def parse_cutoff(text: str, option: str) -> float:
+    """A readiness cut-off typed in percent ('1.7', '1.7%' or '1.7 %') as the probability the policy holds."""
+    number = text.strip().removesuffix("%").strip()
+    try:
+        percent = float(number)
+    except ValueError:
+        percent = float("nan")
+    if not 0 < percent < 100:  # also refuses nan
+        raise _fail(f"{option} must be a percentage between 0 and 100 (such as 1.7 or 1.7%), got {text!r}",
+                    EXIT_INVALID)  # fmt: skip
+    return percent / 100
 
 
 class _Context:
@@ -80,7 +104,7 @@ class _Context:
 
     def sample(self, data: str) -> ScoreSample:
         from serving.model import ModelNotAvailableError, holdout_scores, registered_run
-        from serving.score_log import ScoreLog
+        from serving.score_log import read_since
         from serving.tuning import SampleError, choose_sample, holdout_sample
 
         if data not in ("auto", "holdout", "recent"):
@@ -92,7 +116,7 @@ class _Context:
             return holdout_sample(holdout_scores(self.tracking_uri, run, what))
 
         def read_recent(since: dt.datetime, limit: int) -> list[ScoreRecord]:
-            return ScoreLog(self.engine).read_since(since, limit=limit)
+            return read_since(self.engine, since, limit=limit)
 
         try:
             return choose_sample(data, read_recent, read_holdout)  # type: ignore[arg-type]
@@ -150,8 +174,8 @@ def _policy_table(policy: RoutingPolicy, title: str) -> Table:
         table.add_row(grade, *cells)
     g, s = policy.grades, policy.stages
     table.caption = (
-        f"grades: A >= {g.A:g}, B >= {g.B:g}, C >= {g.C:g} (fit score); stages: MQL >= {s.MQL:.4f}, "
-        f"SQL >= {s.SQL:.4f} (readiness probability); SLA hours: "
+        f"grades: A >= {g.A:g}, B >= {g.B:g}, C >= {g.C:g} (fit score); stages: MQL >= {format_cutoff(s.MQL)}, "
+        f"SQL >= {format_cutoff(s.SQL)} (readiness); SLA hours: "
         + ", ".join(f"{q} {h:g}" if h is not None else f"{q} none" for q, h in policy.sla_hours.items())
         + "".join(f"\nsegment {i}: {seg.match.label()}" for i, seg in enumerate(policy.segments))
     )
@@ -162,7 +186,7 @@ def _simulation_table(simulation: dict[str, Any]) -> Table:
     data = simulation["data"]
     table = Table(
         title=f"Replayed: {data['kind']} data, {data['leads']:,} leads, {data['weeks']:g} weeks "
-        f"({data['start'][:10]} to {data['end'][:10]}); per week"
+        f"({data['start'][:10]} to {data['end'][:10]}); per week\n{data['reason']} (--data chooses)"
     )
     for column in ("queue", "leads/week", "capacity", "load", "expected SQLs", "observed SQLs", "expected wins",
                    "precision", "recall", "past SLA/week"):  # fmt: skip
@@ -176,7 +200,8 @@ def _simulation_table(simulation: dict[str, Any]) -> Table:
     t = simulation["totals"]
     table.caption = (
         f"worked (sales + SDR): {_fmt(t['weekly_leads_worked'])} leads/week, {_fmt(t['expected_sqls'], 2)} expected "
-        f"SQLs, precision {_fmt(t['precision'], 1, True)}, recall {_fmt(t['recall'], 1, True)}"
+        f"SQLs, precision {_fmt(t['precision'], 1, True)}, recall {_fmt(t['recall'], 1, True)}. Each lead counts once; "
+        "a queue's recall counts the SQLs it was first to work (definitions: serving/tuning.py)"
     )
     return table
 
@@ -204,7 +229,8 @@ def show(
                 p = v.policy
                 table.add_row(
                     str(v.version), v.created_at.strftime("%Y-%m-%d %H:%M"), v.author, v.reason,
-                    f"{p.stages.MQL:.4f}", f"{p.stages.SQL:.4f}", f"{p.grades.A:g}/{p.grades.B:g}/{p.grades.C:g}",
+                    format_cutoff(p.stages.MQL), format_cutoff(p.stages.SQL),
+                    f"{p.grades.A:g}/{p.grades.B:g}/{p.grades.C:g}",
                     str(len(p.segments)),
                 )  # fmt: skip
             console.print(table)
@@ -231,6 +257,8 @@ def _version_dict(version: PolicyVersion) -> dict[str, Any]:
 @app.command(name="simulate")
 def simulate_command(
     policy_file: PolicyFile = None,
+    mql: CutoffOption = None,
+    sql: CutoffOption = None,
     sales_reps: SalesReps = 4,
     sales_leads_per_rep: SalesRate = 25.0,
     sdr_reps: SdrReps = 6,
@@ -241,11 +269,24 @@ def simulate_command(
     tracking: TrackingOption = None,
 ) -> None:
     """What a policy would do per queue: weekly volume, load, SQLs and wins, precision, recall, SLA misses."""
+    from pydantic import ValidationError
+
+    from serving.policy import RoutingPolicy
     from serving.tuning import simulate
 
+    stages = {"MQL": parse_cutoff(mql, "--mql") if mql else None, "SQL": parse_cutoff(sql, "--sql") if sql else None}
     context = _Context(store_url, tracking)
     try:
         policy = _read_policy(policy_file) if policy_file else context.in_force().policy
+        if any(v is not None for v in stages.values()):
+            changed = policy.stages.model_dump() | {k: v for k, v in stages.items() if v is not None}
+            try:
+                policy = RoutingPolicy.model_validate(policy.model_dump() | {"stages": changed})
+            except ValidationError as err:
+                lines = [d["msg"].removeprefix("Value error, ") for d in err.errors()]
+                raise _fail(f"--mql/--sql: {'; '.join(lines)}", EXIT_INVALID) from err
+            console.print(f"cut-offs replayed: MQL >= {format_cutoff(policy.stages.MQL)}, "
+                          f"SQL >= {format_cutoff(policy.stages.SQL)}")  # fmt: skip
         caps = _capacities(sales_reps, sales_leads_per_rep, sdr_reps, sdr_leads_per_rep, hours)
         console.print(_simulation_table(simulate(context.sample(data), policy, caps, curves=False)))
     finally:
@@ -277,7 +318,7 @@ def solve_command(
         colour = "green" if proposal.feasible else "yellow"
         console.print(f"[{colour}]{proposal.note}[/{colour}]")
         s = proposal.policy.stages
-        console.print(f"proposed: MQL >= {s.MQL:.4f}, SQL >= {s.SQL:.4f} (readiness probability)")
+        console.print(f"proposed: MQL >= {format_cutoff(s.MQL)}, SQL >= {format_cutoff(s.SQL)} (readiness)")
         console.print(_simulation_table(simulate(sample, proposal.policy, caps, curves=False)))
         if out is not None:
             out.write_text(proposal.policy.model_dump_json(indent=2))

@@ -1,15 +1,29 @@
 """Threshold tuning: replay scored leads under a candidate routing policy, and propose cut-offs that fit capacity.
 
 The replayed leads are the champion's out-of-time holdout (weekly readiness snapshots with their observed label,
-logged at training) or the service's own recent score log (no labels yet: outcomes are expected from the calibrated
-probabilities). Definitions, so the figures mean one thing everywhere (API, CLI, page, notebook):
+logged at training) or the service's own recent score log (no labels yet). Definitions, so the figures mean one
+thing everywhere (API, CLI, page, notebook):
 
-- A lead *enters* a queue at its first snapshot (or score) routed there; weekly leads of a queue = entries per week.
-  A lead that goes to SDR and later to sales is worked once by each team.
-- A lead is *worked* when it enters sales or SDR; its first such entry is when it was captured. Observed SQLs: the
-  label of that snapshot (SQL within the training horizon); expected SQLs: the calibrated readiness probability there.
-- Precision: SQLs per worked lead. Recall: captured SQLs over every lead that became an SQL in the data (holdout), or
-  over every lead's expected SQLs at its latest score (recent data).
+- A lead *enters* a queue, or a grade x stage cell, at its first snapshot (or score) routed there; weekly leads =
+  entering leads per week. The data's first week only says where leads already stood (they may have entered before
+  the data): entries are counted from the second week on, when the data spans two weeks or more. A lead that goes to
+  SDR and later to sales enters both (each team works it once); a lead that moves from MQL to SQL enters both cells,
+  so the cells of a queue can add up to more leads than the queue.
+- Each lead has one *outcome*, used alike in every numerator and denominator: with labels (holdout), 1 when any of
+  its snapshots' labels is 1 (it became an SQL within the label horizon of a snapshot), else 0; without labels
+  (recent scores), its expected outcome: the calibrated readiness probability of its latest score, the model's most
+  informed estimate. A lead scored many times still counts once.
+- A lead is *worked* when it enters sales or SDR, and *captured* by the first of the two it enters.
+- Precision of a queue or cell: mean outcome of the leads entering it (for cells: their conversion rate). Observed
+  SQLs: the sum of those outcomes per week (labelled data only).
+- Recall: outcomes of the captured leads over outcomes of the *counted* leads, the base of every recall (queues,
+  totals, curves, segments): leads with a snapshot after the first week that were not worked during it (a lead worked
+  before the data was captured before it, and says nothing about the policy). A worked queue's recall counts the
+  leads it captured, so sales and SDR add up to the total recall, at most 100 %; nurture and disqualify capture nobody
+  and have no recall. A segment's recall is the same within the segment; a lead's segment is that of its latest
+  snapshot or score (the most complete record of it).
+- Expected SQLs: the calibrated readiness probability where a lead enters the queue (SQLs expected within the label
+  horizon of being routed there); what the solver maximises.
 - Load: weekly entries over capacity (reps x leads per rep per week). Leads past SLA: the team works its queue first in
   first out at its capacity rate during working hours, arrivals spread evenly over each week's working hours; a lead
   waits past its SLA when its first touch comes more than the queue's SLA (in working hours) after it arrived.
@@ -21,7 +35,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -53,6 +67,7 @@ CURVE_POINTS = 41
 SOLVER_GRID = 30  # candidate cut-offs per stage: quantiles of the readiness probabilities
 MAX_SEGMENT_VALUES = 12  # per dimension; rarer values are reported together as "other"
 DataKind = Literal["holdout", "recent"]
+DataChoice = Literal["auto", "holdout", "recent"]
 
 
 class SampleError(ValueError):
@@ -72,6 +87,8 @@ class ScoreSample:
     warmup: int  # leading weeks whose entries are not counted: leads seen first there may have entered before
     labelled: bool
     sampled_share: float  # share of the data's leads kept (volumes are divided by it)
+    requested: DataChoice | None = None  # what the caller asked for (see choose_sample)
+    reason: str = ""  # why this data was replayed, in words for the person reading the figures
 
     @property
     def leads(self) -> int:
@@ -135,6 +152,8 @@ class ScoreSample:
             "start": stamps.min().isoformat(),
             "end": stamps.max().isoformat(),
             "sampled_share": round(self.sampled_share, 4),
+            "requested": self.requested or self.kind,
+            "reason": self.reason,
         }
 
 
@@ -177,21 +196,39 @@ MIN_RECENT_LEADS = 500  # fewer recent leads than this say more about chance tha
 
 
 def choose_sample(
-    data: Literal["auto", "holdout", "recent"],
+    data: DataChoice,
     read_recent: Callable[[dt.datetime, int], list[ScoreRecord]],
     read_holdout: Callable[[], ScoreSample],
     *,
     now: dt.datetime | None = None,
 ) -> ScoreSample:
-    """The scored leads to replay: the score log's recent weeks (auto: when it holds enough leads), else the holdout."""
-    if data in ("auto", "recent"):
-        since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(weeks=RECENT_WEEKS)
-        records = read_recent(since, RECENT_MAX_RECORDS)
-        if data == "recent" or len({r.lead_id for r in records}) >= MIN_RECENT_LEADS:
-            if not records:
-                raise SampleError(f"the score log holds no scores from the last {RECENT_WEEKS} weeks")
-            return recent_sample(records)
-    return read_holdout()
+    """The scored leads to replay and why: the score log's recent weeks (auto: if they hold enough leads) or holdout.
+
+    The reason is shown wherever figures are: every score in the log counts, test traffic included, so whoever reads
+    the figures must be able to tell which data they come from and to choose the other.
+    """
+    if data == "holdout":
+        return replace(read_holdout(), requested=data, reason="the champion's out-of-time holdout, as asked")
+    since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(weeks=RECENT_WEEKS)
+    records = read_recent(since, RECENT_MAX_RECORDS)
+    leads = len({r.lead_id for r in records})
+    capped = f" in its latest {RECENT_MAX_RECORDS:,} scores" if len(records) >= RECENT_MAX_RECORDS else ""
+    held = f"the score log's last {RECENT_WEEKS} weeks hold {leads:,} lead(s){capped}"
+    if data == "recent":
+        if not records:
+            raise SampleError(f"the score log holds no scores from the last {RECENT_WEEKS} weeks")
+        return replace(recent_sample(records), requested=data, reason=f"recent scores, as asked: {held}")
+    if leads >= MIN_RECENT_LEADS:
+        reason = (
+            f"auto chose recent scores: {held} (at least {MIN_RECENT_LEADS:,}); every lead scored in that time counts, "
+            "test traffic included: choose holdout to replay the champion's holdout instead"
+        )
+        return replace(recent_sample(records), requested=data, reason=reason)
+    reason = (
+        f"auto chose the champion's holdout: {held}, fewer than the {MIN_RECENT_LEADS:,} that recent volumes need; "
+        "choose recent to replay them anyway"
+    )
+    return replace(read_holdout(), requested=data, reason=reason)
 
 
 # --- routing, vectorised -------------------------------------------------------------------------------------------
@@ -288,39 +325,49 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den <= 0 else num / den
 
 
-@dataclass(frozen=True)
-class _Outcomes:
-    """What replay measures outcomes with: observed labels when the data has them, else probabilities."""
-
-    success: np.ndarray  # per row: label (0/1) or expected probability
-    converted: np.ndarray  # per lead: became an SQL (0/1), or its expected SQLs at its latest score
-
-
-def _outcomes(sample: ScoreSample) -> _Outcomes:
+def _lead_outcomes(sample: ScoreSample) -> np.ndarray:
+    """Each lead's one outcome: became an SQL (0/1) with labels, else the probability of its latest score."""
     frame = sample.frame
     if sample.labelled:
         label = np.nan_to_num(frame["label"].to_numpy(), nan=0.0)
-        return _Outcomes(label, np.maximum.reduceat(label, sample.lead_starts))
+        return np.asarray(np.maximum.reduceat(label, sample.lead_starts))
     ready = frame["readiness_probability"].to_numpy()
-    last = np.r_[sample.lead_starts[1:], len(frame)] - 1
-    return _Outcomes(ready, ready[last])
+    return np.asarray(ready[_last_rows(sample)])
+
+
+def _last_rows(sample: ScoreSample) -> np.ndarray:
+    last: np.ndarray = np.r_[sample.lead_starts[1:], len(sample.frame)] - 1
+    return last
 
 
 def _worked_mask(routed: Routed) -> np.ndarray:
     return np.isin(routed.queue, [QUEUES.index(q) for q in WORKED_QUEUES])
 
 
-def _counted_leads(sample: ScoreSample, routed: Routed) -> np.ndarray:
-    """Leads whose outcome counts: all but those already worked during the warm-up (captured before the data)."""
-    first = _first_per_lead(sample, _worked_mask(routed))
-    n = len(routed.queue)
-    already: np.ndarray = (first < n) & (sample.week[np.minimum(first, n - 1)] < sample.warmup)
-    return ~already
+@dataclass(frozen=True)
+class _Capture:
+    """Who the worked queues capture under one routing, and whose outcome recall counts."""
+
+    rows: np.ndarray  # each captured lead's first worked row (after the warm-up)
+    counted: np.ndarray  # per lead: its outcome is in recall's denominator
+    base: float  # outcomes of the counted leads
+
+    def leads(self, sample: ScoreSample, rows: np.ndarray | None = None) -> np.ndarray:
+        """Lead numbers of captured rows (all of them, or those given)."""
+        return np.asarray(sample.lead_of_row[self.rows if rows is None else rows])
 
 
-def _recall_base(outcomes: _Outcomes, counted: np.ndarray, leads: np.ndarray | None = None) -> float:
-    keep = counted if leads is None else counted & leads
-    return float(outcomes.converted[keep].sum())
+def _capture(sample: ScoreSample, routed: Routed, outcome: np.ndarray) -> _Capture:
+    worked = _worked_mask(routed)
+    n = len(worked)
+    first = _first_per_lead(sample, worked)
+    first_week = sample.week[np.minimum(first, n - 1)]
+    worked_before = (first < n) & (first_week < sample.warmup)
+    # A lead seen only during the warm-up could never enter anything counted: its outcome is no miss either.
+    seen_after = sample.week[_last_rows(sample)] >= sample.warmup
+    counted = seen_after & ~worked_before
+    rows = first[(first < n) & (first_week >= sample.warmup)]
+    return _Capture(rows, counted, float(outcome[counted].sum()))
 
 
 def _past_sla(arrival_weeks: np.ndarray, capacity: float, sla_hours: float, hours_per_week: float) -> int:
@@ -342,14 +389,15 @@ def _past_sla(arrival_weeks: np.ndarray, capacity: float, sla_hours: float, hour
 
 
 def _queue_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, capacities: Capacities,
-                   outcomes: _Outcomes, counted: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
+                   outcome: np.ndarray, capture: _Capture) -> list[dict[str, Any]]:  # fmt: skip
     scale = sample.weeks * sample.sampled_share
     fit_p = sample.frame["fit_probability"].to_numpy()
     ready = sample.frame["readiness_probability"].to_numpy()
-    base = _recall_base(outcomes, counted)
+    captured_in = routed.queue[capture.rows]
     out = []
     for q, queue in enumerate(QUEUES):
         rows = _first_rows(sample, routed.queue == q)
+        entered = float(outcome[sample.lead_of_row[rows]].sum())
         capacity = capacities.weekly(queue)
         weekly = len(rows) / scale
         sla = policy.sla_hours.get(queue)  # type: ignore[call-overload]
@@ -358,7 +406,10 @@ def _queue_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, c
             # The sampled leads stand for all of them: the team's rate is scaled down alike.
             late = _past_sla(sample.week[rows], capacity * sample.sampled_share, sla, capacities.working_hours_per_week)
             past = late / scale
-        successes = float(outcomes.success[rows].sum())
+        recall: float | None = None
+        if queue in WORKED_QUEUES:
+            captured = capture.leads(sample, capture.rows[captured_in == q])
+            recall = _ratio(float(outcome[captured].sum()), capture.base)
         out.append(
             {
                 "queue": queue,
@@ -366,10 +417,10 @@ def _queue_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, c
                 "capacity": capacity,
                 "load": None if capacity is None else _ratio(weekly, capacity) if capacity > 0 else None,
                 "expected_sqls": float(ready[rows].sum()) / scale,
-                "observed_sqls": successes / scale if sample.labelled else None,
+                "observed_sqls": entered / scale if sample.labelled else None,
                 "expected_wins": float(fit_p[rows].sum()) / scale,
-                "precision": _ratio(successes, len(rows)),
-                "recall": _ratio(successes, base),
+                "precision": _ratio(entered, len(rows)),
+                "recall": recall,
                 "past_sla_weekly": past,
             }
         )
@@ -380,38 +431,41 @@ def _worked_rows(sample: ScoreSample, routed: Routed) -> np.ndarray:
     return _first_rows(sample, _worked_mask(routed))
 
 
-def _totals(sample: ScoreSample, routed: Routed, outcomes: _Outcomes, counted: np.ndarray) -> dict[str, Any]:
-    rows = _worked_rows(sample, routed)
+def _totals(sample: ScoreSample, outcome: np.ndarray, capture: _Capture) -> dict[str, Any]:
+    rows = capture.rows
     scale = sample.weeks * sample.sampled_share
-    successes = float(outcomes.success[rows].sum())
+    captured = float(outcome[capture.leads(sample)].sum())
     return {
         "weekly_leads_worked": len(rows) / scale,
         "expected_sqls": float(sample.frame["readiness_probability"].to_numpy()[rows].sum()) / scale,
-        "precision": _ratio(successes, len(rows)),
-        "recall": _ratio(successes, _recall_base(outcomes, counted)),
+        "observed_sqls": captured / scale if sample.labelled else None,
+        "precision": _ratio(captured, len(rows)),
+        "recall": _ratio(captured, capture.base),
     }
 
 
-def _segment_figures(sample: ScoreSample, routed: Routed, outcomes: _Outcomes, counted: np.ndarray
+def _segment_figures(sample: ScoreSample, routed: Routed, outcome: np.ndarray, capture: _Capture
                      ) -> list[dict[str, Any]]:  # fmt: skip
     scale = sample.weeks * sample.sampled_share
     ready = sample.frame["readiness_probability"].to_numpy()
-    label = outcomes.success
+    last = _last_rows(sample)
+    captured_leads = capture.leads(sample)
+    captured_in = routed.queue[capture.rows]
+    entries = {queue: _first_rows(sample, routed.queue == QUEUES.index(queue)) for queue in WORKED_QUEUES}
     out = []
     for dimension in SEGMENT_DIMENSIONS:
-        raw = sample.frame[dimension].to_numpy(dtype=object)
-        values = np.where(pd.isna(raw), "unknown", raw).astype(str)
-        top = pd.Series(values).value_counts().index[:MAX_SEGMENT_VALUES]
-        values = np.where(np.isin(values, top), values, "other")
-        # Per-segment recall: the segment's captured SQLs over the segment's SQLs (a lead's segment: its first row).
-        lead_value = values[sample.lead_starts]
-        for value in sorted(set(values)):
-            in_segment = values == value
-            denominator = _recall_base(outcomes, counted, lead_value == value)
+        raw = sample.frame[dimension].to_numpy(dtype=object)[last]
+        lead_value = np.where(pd.isna(raw), "unknown", raw).astype(str)
+        top = pd.Series(lead_value).value_counts().index[:MAX_SEGMENT_VALUES]
+        lead_value = np.where(np.isin(lead_value, top), lead_value, "other")
+        for value in sorted(set(lead_value)):
+            in_segment = lead_value == value
+            base = float(outcome[capture.counted & in_segment].sum())
             for queue in WORKED_QUEUES:
-                q = QUEUES.index(queue)
-                rows = _first_rows(sample, (routed.queue == q) & in_segment)
-                successes = float(label[rows].sum())
+                rows = entries[queue]
+                rows = rows[in_segment[sample.lead_of_row[rows]]]
+                entered = float(outcome[sample.lead_of_row[rows]].sum())
+                mine = captured_leads[(captured_in == QUEUES.index(queue)) & in_segment[captured_leads]]
                 out.append(
                     {
                         "dimension": dimension,
@@ -419,35 +473,34 @@ def _segment_figures(sample: ScoreSample, routed: Routed, outcomes: _Outcomes, c
                         "queue": queue,
                         "weekly_leads": len(rows) / scale,
                         "expected_sqls": float(ready[rows].sum()) / scale,
-                        "precision": _ratio(successes, len(rows)),
-                        "recall": _ratio(successes, denominator),
+                        "precision": _ratio(entered, len(rows)),
+                        "recall": _ratio(float(outcome[mine].sum()), base),
                     }
                 )
     return out
 
 
-def _matrix_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, outcomes: _Outcomes
+def _matrix_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, outcome: np.ndarray
                     ) -> list[dict[str, Any]]:  # fmt: skip
     scale = sample.weeks * sample.sampled_share
     out = []
     for g, grade in enumerate(GRADE_ORDER):
         for s, stage in enumerate(STAGE_ORDER):
-            mask = (routed.grade == g) & (routed.stage == s) & (sample.week >= sample.warmup)
-            rows = np.flatnonzero(mask)
+            rows = _first_rows(sample, (routed.grade == g) & (routed.stage == s))
             out.append(
                 {
                     "grade": grade,
                     "stage": stage,
                     "queue": policy.matrix[grade][stage].queue,
-                    "leads": len(np.unique(sample.lead_of_row[rows])),
+                    "leads": len(rows),
                     "weekly_leads": len(rows) / scale,
-                    "conversion_rate": float(outcomes.success[rows].mean()) if len(rows) else None,
+                    "conversion_rate": float(outcome[sample.lead_of_row[rows]].mean()) if len(rows) else None,
                 }
             )
     return out
 
 
-def _curve(sample: ScoreSample, policy: RoutingPolicy, outcomes: _Outcomes, which: Stage) -> list[dict[str, Any]]:
+def _curve(sample: ScoreSample, policy: RoutingPolicy, outcome: np.ndarray, which: Stage) -> list[dict[str, Any]]:
     """Worked leads, precision, recall and expected SQLs if the policy's own `which` cut-off were each candidate."""
     ready = sample.frame["readiness_probability"].to_numpy()
     own = policy.stages
@@ -456,22 +509,19 @@ def _curve(sample: ScoreSample, policy: RoutingPolicy, outcomes: _Outcomes, whic
     candidates = candidates[(candidates > low) & (candidates < high)]
     # The cut-off in force is on the curve too, so the page's marker sits on a point.
     candidates = np.unique(np.r_[candidates, own.MQL if which == "MQL" else own.SQL])
-    scale = sample.weeks * sample.sampled_share
     prepared = _prepare(sample, policy)
     points = []
     for cutoff in candidates:
         stages = StageCutoffs(MQL=float(cutoff), SQL=own.SQL) if which == "MQL" else \
             StageCutoffs(MQL=own.MQL, SQL=float(cutoff))  # fmt: skip
-        routed = _route(prepared, stages)
-        rows = _worked_rows(sample, routed)
-        successes = float(outcomes.success[rows].sum())
+        totals = _totals(sample, outcome, _capture(sample, _route(prepared, stages), outcome))
         points.append(
             {
                 "cutoff": float(cutoff),
-                "weekly_leads": len(rows) / scale,
-                "precision": _ratio(successes, len(rows)),
-                "recall": _ratio(successes, _recall_base(outcomes, _counted_leads(sample, routed))),
-                "expected_sqls": float(ready[rows].sum()) / scale,
+                "weekly_leads": totals["weekly_leads_worked"],
+                "precision": totals["precision"],
+                "recall": totals["recall"],
+                "expected_sqls": totals["expected_sqls"],
             }
         )
     return points
@@ -481,15 +531,15 @@ def simulate(sample: ScoreSample, policy: RoutingPolicy, capacities: Capacities,
              ) -> dict[str, Any]:  # fmt: skip
     """Every figure of a candidate policy on the replayed leads (see the module docstring for definitions)."""
     routed = route(sample, policy)
-    outcomes = _outcomes(sample)
-    counted = _counted_leads(sample, routed)  # the leads whose outcome every recall below counts
+    outcome = _lead_outcomes(sample)
+    capture = _capture(sample, routed, outcome)
     return {
         "data": sample.describe(),
-        "queues": _queue_figures(sample, routed, policy, capacities, outcomes, counted),
-        "totals": _totals(sample, routed, outcomes, counted),
-        "segments": _segment_figures(sample, routed, outcomes, counted),
-        "matrix": _matrix_figures(sample, routed, policy, outcomes),
-        "curves": {s: _curve(sample, policy, outcomes, s) for s in ("MQL", "SQL")} if curves else {},
+        "queues": _queue_figures(sample, routed, policy, capacities, outcome, capture),
+        "totals": _totals(sample, outcome, capture),
+        "segments": _segment_figures(sample, routed, outcome, capture),
+        "matrix": _matrix_figures(sample, routed, policy, outcome),
+        "curves": {s: _curve(sample, policy, outcome, s) for s in ("MQL", "SQL")} if curves else {},
     }
 
 
@@ -602,16 +652,19 @@ def solve(sample: ScoreSample, policy: RoutingPolicy, capacities: Capacities) ->
 
 
 class SimulateRequest(BaseModel):
-    """A candidate policy and the capacities to judge it against."""
+    """A candidate policy (default: the one in force) and the capacities to judge it against."""
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: RoutingPolicy
+    policy: RoutingPolicy | None = Field(
+        default=None, description="The policy to replay; omitted: the policy in force (its version is in the answer)."
+    )
     capacities: Capacities = Field(default_factory=Capacities)
-    data: Literal["auto", "holdout", "recent"] = Field(
+    data: DataChoice = Field(
         default="auto",
         description="Which scored leads to replay: the champion's holdout, the score log's recent weeks, or "
-        "auto (recent when the log holds enough scores, else holdout).",
+        f"auto (recent when the log's last {RECENT_WEEKS} weeks hold at least {MIN_RECENT_LEADS} leads, else "
+        "holdout). The answer's data.reason says which was replayed and why.",
     )
 
 
@@ -621,4 +674,7 @@ class SolveResponse(BaseModel):
     policy: RoutingPolicy
     feasible: bool
     note: str
+    policy_version: int | None = Field(
+        description="The version in force the proposal starts from, when the request named no policy; else null."
+    )
     simulation: dict[str, Any]

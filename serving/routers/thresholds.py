@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from serving.model import ModelNotAvailableError, holdout_scores
 from serving.policy import RoutingPolicy
 from serving.state import AdminAuth, ModelDep, ScoringAuth, ServiceState, StateDep
-from serving.store import PolicyVersion, ScoreRecord
+from serving.store import MAX_POLICY_VERSION, PolicyVersion, ScoreRecord, VersionConflictError
 from serving.tuning import (
+    DataChoice,
     SampleError,
     ScoreSample,
     SimulateRequest,
@@ -32,6 +33,8 @@ _T = TypeVar("_T")
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Author = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+# A version number as the store keeps it; larger numbers are refused with a 422 naming the field, never a 500.
+Version = Annotated[int, Field(ge=1, le=MAX_POLICY_VERSION)]
 
 
 class PolicyVersionOut(BaseModel):
@@ -70,7 +73,11 @@ class PolicyUpdate(BaseModel):
     reason: Reason = Field(description="Why the thresholds change; kept in the history.")
     author: Author = "api"
     base_version: int | None = Field(
-        default=None, ge=1, description="The version the change was made to; 409 when another was saved since."
+        default=None,
+        ge=1,
+        le=MAX_POLICY_VERSION - 1,  # its successor must fit too
+        description="The version in force the change was made to: 409 when another was saved since, 422 when no such "
+        "version is stored. Without it the change is saved on top of whatever is in force.",
     )
 
 
@@ -79,7 +86,7 @@ class Rollback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: Version
     reason: Reason
     author: Author = "api"
 
@@ -104,20 +111,31 @@ async def update(body: PolicyUpdate, state: StateDep, model: ModelDep) -> Policy
     if body.base_version is None:
         stored = await asyncio.to_thread(state.policies.save, body.policy, author=body.author, reason=body.reason)
     else:
-        saved = await asyncio.to_thread(
-            state.policies.save_after, body.base_version, body.policy, author=body.author, reason=body.reason
-        )
-        if saved is None:
-            latest = await asyncio.to_thread(state.policies.latest)
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"version {latest.version if latest else '?'} was saved after version {body.base_version}, which "
-                "this change was made to: reload the thresholds and apply the change again",
+        try:
+            stored = await asyncio.to_thread(
+                state.policies.save_after, body.base_version, body.policy, author=body.author, reason=body.reason
             )
-        stored = saved
+        except VersionConflictError as conflict:
+            raise _refusal(conflict) from conflict
     log.info("thresholds version %d saved by %s: %s", stored.version, stored.author, stored.reason)
     state.forget_policy()
     return PolicyVersionOut.of(stored)
+
+
+def _refusal(conflict: VersionConflictError) -> HTTPException:
+    """A save on a base that is not in force: 409 when another version was saved since, 422 for an unknown base."""
+    base, latest = conflict.base_version, conflict.latest
+    if conflict.unknown_base:
+        return HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"base_version {base} is no stored version: the latest is {latest if latest is not None else 'none'}; "
+            "reload the thresholds and apply the change to the version in force",
+        )
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        f"version {latest} was saved after version {base}, which this change was made to: reload the thresholds "
+        "and apply the change again",
+    )
 
 
 @router.post("/rollback", summary="Bring back an earlier version", dependencies=[AdminAuth])
@@ -131,7 +149,7 @@ async def rollback(body: Rollback, state: StateDep, model: ModelDep) -> PolicyVe
     return PolicyVersionOut.of(stored)
 
 
-def _sample(state: ServiceState, data: Literal["auto", "holdout", "recent"]) -> ScoreSample:
+def _sample(state: ServiceState, data: DataChoice) -> ScoreSample:
     """The scored leads to replay: the score log's recent weeks, or the champion's holdout (cached per model)."""
 
     def read_holdout() -> ScoreSample:
@@ -160,12 +178,25 @@ async def _replay(work: Callable[[], _T]) -> _T:
         raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
 
 
+def _candidate(state: ServiceState, body: SimulateRequest) -> tuple[RoutingPolicy, int | None]:
+    """The policy to replay and, when it is the one in force (none given), its version."""
+    if body.policy is not None:
+        return body.policy, None
+    current = state.policy()
+    return current.policy, current.version
+
+
 @router.post("/simulate", summary="What a candidate policy would do", dependencies=[ScoringAuth])
 async def simulate_policy(body: SimulateRequest, state: StateDep, model: ModelDep) -> dict[str, Any]:
-    """Weekly volume, expected SQLs and wins, precision, recall, load and SLA misses per queue and segment."""
+    """Weekly volume, expected SQLs and wins, precision, recall, load and SLA misses per queue and segment.
+
+    Without a policy, the policy in force is replayed and its version is `policy_version`; `data.reason` says which
+    scored leads were replayed and why.
+    """
 
     def run() -> dict[str, Any]:
-        return simulate(_sample(state, body.data), body.policy, body.capacities)
+        policy, version = _candidate(state, body)
+        return {"policy_version": version, **simulate(_sample(state, body.data), policy, body.capacities)}
 
     return await _replay(run)
 
@@ -175,11 +206,16 @@ async def solve_policy(body: SimulateRequest, state: StateDep, model: ModelDep) 
     """The MQL/SQL cut-offs capturing the most expected SQLs with no team over capacity, and their simulation."""
 
     def run() -> SolveResponse:
+        policy, version = _candidate(state, body)
         sample = _sample(state, body.data)
-        proposal = solve(sample, body.policy, body.capacities)
+        proposal = solve(sample, policy, body.capacities)
         simulation = simulate(sample, proposal.policy, body.capacities)
         return SolveResponse(
-            policy=proposal.policy, feasible=proposal.feasible, note=proposal.note, simulation=simulation
+            policy=proposal.policy,
+            feasible=proposal.feasible,
+            note=proposal.note,
+            policy_version=version,
+            simulation=simulation,
         )
 
     return await _replay(run)

@@ -3,13 +3,15 @@
 // Hooks that tests and scripts may rely on (kept stable):
 //   #api-key, #api-key-apply            API key field (kept in sessionStorage) and the button that applies it
 //   #grade-A #grade-B #grade-C          grade cut-offs (fit score 0-100)
-//   #stage-MQL #stage-SQL               readiness cut-offs (probability)
-//   #sales-reps #sales-per-rep #sdr-reps #sdr-per-rep #hours-per-week   team capacity
+//   #stage-MQL #stage-SQL               readiness cut-offs, in percent ("1.7" or "1.7 %"; the API takes probabilities)
+//   #sales-reps #sales-per-rep #sdr-reps #sdr-per-rep #hours-per-week   team capacity (kept across saves and rollbacks)
+//   #data-source                        "auto" | "holdout" | "recent": which scored leads to replay
 //   #propose, #reset                    "Propose thresholds", "Back to the policy in force"
 //   #propose-note                       what the last proposal changed
 //   #status, #save-status               messages; data-kind = "info" | "ok" | "error"; #save-status data-version
 //   #policy-summary                     the version in force; data-version
-//   #data-basis                         which data the simulation ran on
+//   #data-basis                         which data the simulation ran on and why; data-kind = "holdout" | "recent",
+//                                       data-requested = what #data-source asked for
 //   #queue-table                        tbody tr[data-queue] with td[data-field]; tr.overloaded when load > 100 %
 //   #matrix-table                       td[data-grade][data-stage][data-queue]
 //   #segment-table                      one row per segment result
@@ -18,6 +20,8 @@
 //                                       data-cutoff = where the marker stands, data-stage = the cut-off moved
 //   #save-reason #save-author #save     the save form
 //   #history-table                      tbody tr[data-version]; button[data-testid="rollback-<version>"]
+//   #rollback-dialog                    the dialog a rollback button opens: #rollback-reason, #rollback-confirm,
+//                                       #rollback-cancel, #rollback-status
 //   body[data-busy]                     "true" while a request is in flight
 //   body[data-simulations]              how many simulations have been drawn (grows by one per redraw)
 "use strict";
@@ -26,9 +30,9 @@
   const KEY_STORAGE = "leadscore.apiKey";
   // Typed numbers settle within a quarter second; simulating every keystroke would queue stale requests.
   const DEBOUNCE_MS = 250;
-  // Probability cut-offs are shown to 6 decimals; an input left as shown keeps its exact value (see readNumber), so
-  // saving an untouched or proposed cut-off stores exactly what was loaded or what the solver judged.
-  const PROBABILITY_DECIMALS = 6;
+  // Readiness cut-offs are probabilities in the API and percentages on the page ("1.7 %"), rounded for reading; an
+  // input left as shown keeps its exact value (see readCutoff), so saving an untouched or proposed cut-off stores
+  // exactly what was loaded or what the solver judged.
   // Used when the policy in force records no capacities (a model's default policy, or one saved before them).
   const DEFAULT_CAPACITIES = {
     queues: {
@@ -149,9 +153,13 @@
   };
   // The API's messages end without a full stop; a hint of ours after one reads as a new sentence.
   const withHint = (message, hint) => (hint ? `${message.replace(/[.\s]*$/, "")}. ${hint}` : message);
-  const roundProbability = (p) => Number(Number(p).toFixed(PROBABILITY_DECIMALS));
-  // Cut-offs as people read them: four significant digits (0.01332), the inputs keep the exact value.
-  const fmtCutoff = (p) => String(Number(Number(p).toPrecision(4)));
+  // A cut-off in percent as sales ops read it: one decimal (1.7), two below 1 % (0.25), three below 0.1 %; as the
+  // command line shows it.
+  const percentText = (p) => {
+    const percent = 100 * Number(p);
+    return percent.toFixed(percent >= 1 ? 1 : percent >= 0.1 ? 2 : 3);
+  };
+  const fmtCutoff = (p) => `${percentText(p)} %`;
 
   // ---- reading and filling the inputs ----
 
@@ -165,6 +173,20 @@
     }
     input.removeAttribute("aria-invalid");
     return value;
+  }
+
+  // A readiness cut-off typed in percent ("1.7", "1.7%", "1,7 %") as the probability the API takes.
+  function readCutoff(id, label) {
+    const input = $(id);
+    if (input.dataset.shown !== undefined && input.value === input.dataset.shown) return Number(input.dataset.exact);
+    const text = input.value.trim().replace(/\s*%$/, "").replace(",", ".");
+    const percent = text === "" ? NaN : Number(text);
+    if (!(percent > 0 && percent < 100)) {
+      input.setAttribute("aria-invalid", "true");
+      throw new Error(`${label} must be a percentage between 0 and 100, such as 1.7 or 1.7 %.`);
+    }
+    input.removeAttribute("aria-invalid");
+    return percent / 100;
   }
 
   function readCapacities() {
@@ -183,7 +205,7 @@
     return {
       ...state.loaded.policy,
       grades: { A: readNumber("grade-A", "Grade A cut-off"), B: readNumber("grade-B", "Grade B cut-off"), C: readNumber("grade-C", "Grade C cut-off") },
-      stages: { MQL: readNumber("stage-MQL", "MQL cut-off"), SQL: readNumber("stage-SQL", "SQL cut-off") },
+      stages: { MQL: readCutoff("stage-MQL", "MQL cut-off"), SQL: readCutoff("stage-SQL", "SQL cut-off") },
       capacities: readCapacities(),
     };
   }
@@ -192,7 +214,7 @@
     for (const grade of ["A", "B", "C"]) $(`grade-${grade}`).value = String(policy.grades[grade]);
     for (const stage of ["MQL", "SQL"]) {
       const input = $(`stage-${stage}`);
-      input.value = String(roundProbability(policy.stages[stage]));
+      input.value = percentText(policy.stages[stage]);
       input.dataset.shown = input.value;
       input.dataset.exact = String(policy.stages[stage]);
       input.removeAttribute("aria-invalid");
@@ -211,19 +233,32 @@
 
   // ---- loading ----
 
-  async function loadAll() {
+  // Load the policy in force into the form. The team capacities are filled from it too, unless asked to keep them.
+  async function loadAll({ keepCapacities = false } = {}) {
     showStatus("status", "info", "Loading the policy in force…");
     try {
       const current = await api("GET", "/v1/thresholds");
-      state.loaded = current;
-      fillCutoffs(current.policy);
-      fillCapacities(current.policy.capacities);
-      drawSummary(current);
+      showLoaded(current, { keepCapacities });
       showStatus("status", "info", `Loaded version ${current.version}.`);
     } catch (err) {
       showStatus("status", "error", withHint(err.message, err.status === 401 ? "Enter an API key above." : ""));
       return;
     }
+    await Promise.all([loadHistory(), simulateNow()]);
+  }
+
+  function showLoaded(current, { keepCapacities }) {
+    state.loaded = current;
+    fillCutoffs(current.policy);
+    if (!keepCapacities) fillCapacities(current.policy.capacities);
+    drawSummary(current);
+  }
+
+  // After a save or rollback: the version the service stored is in force. It is shown as answered (another worker
+  // may still serve the previous one for a second), and the teams stay as the user set them: the size of a team
+  // does not change because its thresholds did.
+  async function showSaved(saved) {
+    showLoaded(saved, { keepCapacities: true });
     await Promise.all([loadHistory(), simulateNow()]);
   }
 
@@ -258,37 +293,61 @@
   }
 
   // The policy and capacities on the form, as simulate and solve take them; null (with the reason shown) if invalid.
+  // Cut-offs left as loaded are sent as no policy at all: the service then replays the version in force itself.
   function candidate() {
     try {
-      return { policy: readPolicy(), capacities: readCapacities(), data: "auto" };
+      const policy = readPolicy();
+      const body = { capacities: readCapacities(), data: $("data-source").value };
+      if (!sameCutoffs(policy, state.loaded.policy)) body.policy = policy;
+      return { body, policy };
     } catch (err) {
       showStatus("status", "error", err.message);
       return null;
     }
   }
 
+  function sameCutoffs(a, b) {
+    return ["A", "B", "C"].every((g) => a.grades[g] === b.grades[g]) && ["MQL", "SQL"].every((s) => a.stages[s] === b.stages[s]);
+  }
+
   async function simulateNow() {
     clearTimeout(state.timer);
     const seq = ++state.seq;
-    const body = candidate();
-    if (body === null) return;
+    const asked = candidate();
+    if (asked === null) return;
     try {
-      const simulation = await api("POST", "/v1/thresholds/simulate", body);
+      const simulation = await api("POST", "/v1/thresholds/simulate", asked.body);
       if (seq !== state.seq) return; // a newer request is on its way: its answer is the one to draw
-      drawSimulation(simulation, body.policy, body.capacities);
-      showStatus("status", "info", `Simulated version ${state.loaded.version} with the cut-offs and capacity above.`);
+      drawSimulation(simulation, asked.policy, asked.body.capacities);
+      showStatus(
+        "status",
+        "info",
+        simulation.policy_version !== null && simulation.policy_version !== undefined
+          ? `Simulated version ${simulation.policy_version}, in force, with the capacity above.`
+          : `Simulated your changes to version ${state.loaded.version} with the capacity above.`,
+      );
     } catch (err) {
       if (seq === state.seq) showStatus("status", "error", err.message);
     }
   }
 
+  function drawDataBasis(data) {
+    const node = $("data-basis");
+    node.dataset.kind = data.kind;
+    node.dataset.requested = data.requested;
+    const what = data.kind === "holdout" ? "The model’s holdout" : "Recently scored leads";
+    node.replaceChildren(
+      el("strong", {}, `${what}: `),
+      `${data.leads.toLocaleString("en")} leads over ${fmtNumber(data.weeks)} weeks ` +
+        `(${String(data.start).slice(0, 10)} to ${String(data.end).slice(0, 10)}). `,
+      // The service's own words for why this data: whoever reads the figures must know what they come from.
+      data.reason ? `${data.reason.charAt(0).toUpperCase()}${data.reason.slice(1)}.` : "",
+    );
+  }
+
   function drawSimulation(simulation, policy, capacities) {
     state.simulation = simulation;
-    const data = simulation.data;
-    $("data-basis").textContent =
-      `${data.kind === "holdout" ? "Holdout data of the model" : "Recently scored leads"}: ` +
-      `${data.leads.toLocaleString("en")} leads over ${fmtNumber(data.weeks)} weeks ` +
-      `(${String(data.start).slice(0, 10)} to ${String(data.end).slice(0, 10)}).`;
+    drawDataBasis(simulation.data);
     drawQueues(simulation);
     drawMatrix(simulation.matrix);
     drawSegments(simulation.segments || []);
@@ -397,7 +456,7 @@
       title: { text: title, font: { size: 14 } },
       margin: { l: 56, r: 16, t: 40, b: 44 },
       height: 280,
-      xaxis: { title: { text: `${stage} cut-off (readiness probability)` }, zeroline: false },
+      xaxis: { title: { text: `${stage} cut-off (chance of becoming SQL)` }, zeroline: false, tickformat: ".1%" },
       yaxis: { title: { text: yTitle }, rangemode: "tozero" },
       legend: { x: 1, xanchor: "right", y: 1, yanchor: "top", bgcolor: "rgba(255,255,255,0.8)" },
       shapes: [
@@ -457,12 +516,13 @@
 
   async function propose() {
     const button = $("propose");
-    const body = candidate();
-    if (body === null) return;
+    const asked = candidate();
+    if (asked === null) return;
+    const body = asked.body;
     button.disabled = true;
     showStatus("status", "info", "Looking for cut-offs that fit the team…");
     try {
-      const before = body.policy.stages;
+      const before = asked.policy.stages;
       const answer = await api("POST", "/v1/thresholds/solve", body);
       fillCutoffs(answer.policy);
       const after = answer.policy.stages;
@@ -510,7 +570,7 @@
       $("save-status").dataset.version = String(saved.version);
       reasonInput.value = "";
       $("propose-note").textContent = "";
-      await loadAll();
+      await showSaved(saved);
     } catch (err) {
       // A 409 says itself what to do (reload, reapply); a 403 does not say which key would do.
       showStatus("save-status", "error", withHint(err.message, err.status === 403 ? "Saving needs an admin key." : ""));
@@ -543,23 +603,48 @@
     );
   }
 
-  async function rollback(version) {
-    const reason = window.prompt(`Why roll back to version ${version}?`);
-    if (reason === null) return;
-    if (!reason.trim()) {
-      showStatus("save-status", "error", "A rollback needs a reason.");
+  // A rollback asks why in a dialog of the page (a browser prompt cannot be styled, checked or read by screen readers
+  // as part of the page); the dialog stays open with the service's answer when it refuses.
+  function openRollback(version) {
+    const dialog = $("rollback-dialog");
+    dialog.dataset.version = String(version);
+    $("rollback-version").textContent = String(version);
+    $("rollback-reason").value = "";
+    $("rollback-reason").removeAttribute("aria-invalid");
+    showStatus("rollback-status", "info", "");
+    dialog.showModal();
+    $("rollback-reason").focus();
+  }
+
+  async function confirmRollback(event) {
+    event.preventDefault();
+    const dialog = $("rollback-dialog");
+    const version = Number(dialog.dataset.version);
+    const reasonInput = $("rollback-reason");
+    const reason = reasonInput.value.trim();
+    if (!reason) {
+      reasonInput.setAttribute("aria-invalid", "true");
+      reasonInput.focus();
+      showStatus("rollback-status", "error", "Say why you roll back: a reason is required.");
       return;
     }
-    const body = { version, reason: reason.trim() };
+    reasonInput.removeAttribute("aria-invalid");
+    const body = { version, reason };
     const author = $("save-author").value.trim();
     if (author) body.author = author;
+    const button = $("rollback-confirm");
+    button.disabled = true;
+    showStatus("rollback-status", "info", "Rolling back…");
     try {
       const saved = await api("POST", "/v1/thresholds/rollback", body);
+      dialog.close();
       showStatus("save-status", "ok", `Rolled back: version ${saved.version} holds the policy of version ${version}.`);
       $("save-status").dataset.version = String(saved.version);
-      await loadAll();
+      await showSaved(saved);
     } catch (err) {
-      showStatus("save-status", "error", withHint(err.message, err.status === 403 ? "Rolling back needs an admin key." : ""));
+      showStatus("rollback-status", "error", withHint(err.message, err.status === 403 ? "Rolling back needs an admin key." : ""));
+    } finally {
+      button.disabled = false;
     }
   }
 
@@ -592,8 +677,11 @@
     $("save-form").addEventListener("submit", save);
     $("history-table").addEventListener("click", (event) => {
       const button = event.target.closest("button[data-version]");
-      if (button) rollback(Number(button.dataset.version));
+      if (button) openRollback(Number(button.dataset.version));
     });
+    $("rollback-form").addEventListener("submit", confirmRollback);
+    $("rollback-cancel").addEventListener("click", () => $("rollback-dialog").close());
+    $("data-source").addEventListener("change", () => simulateNow());
     document.body.dataset.simulations = "0";
     loadAll();
   }

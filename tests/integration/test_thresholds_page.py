@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
 from serving.schemas import EXAMPLE_REQUEST
 from tests.conftest import Trained
@@ -83,11 +84,12 @@ def browser() -> Iterator[Browser]:
 
 @dataclass
 class Session:
-    """One open page, every URL it requested and every uncaught script error."""
+    """One open page, every URL it requested, the bodies of its simulate requests and every uncaught script error."""
 
     page: Page
     requests: list[str]
     errors: list[str]
+    simulations: list[dict[str, Any]]
 
 
 @pytest.fixture
@@ -95,8 +97,14 @@ def session(browser: Browser, server: Server) -> Iterator[Session]:
     # No bypass of the page's Content-Security-Policy: the test sees what a browser enforces.
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
-    opened = Session(page, [], [])
-    page.on("request", lambda request: opened.requests.append(request.url))
+    opened = Session(page, [], [], [])
+
+    def requested(request: Request) -> None:
+        opened.requests.append(request.url)
+        if request.url.endswith("/v1/thresholds/simulate"):
+            opened.simulations.append(json.loads(request.post_data or "{}"))
+
+    page.on("request", requested)
     page.on("pageerror", lambda error: opened.errors.append(str(error)))
 
     def refused(message: ConsoleMessage) -> None:
@@ -154,6 +162,17 @@ def _chart(page: Page, chart: str) -> dict[str, Any]:
     return figure
 
 
+def _shown(probability: float) -> str:
+    """A cut-off as the page (and the command line) show it: 1.7 %, 0.25 %, 0.012 %."""
+    percent = 100 * probability
+    return f"{percent:.{1 if percent >= 1 else 2 if percent >= 0.1 else 3}f} %"
+
+
+def _percent(page: Page, selector: str) -> float:
+    """A cut-off input's value, typed or shown in percent ("1.7" or "1.7 %"), as a probability."""
+    return float(page.input_value(selector).replace("%", "").strip()) / 100
+
+
 def _open_with_key(session: Session, server: Server, key: str) -> None:
     page = session.page
     page.goto(f"{server.url}/thresholds")
@@ -167,13 +186,34 @@ def test_sales_ops_propose_save_and_roll_back_thresholds_in_the_browser(session:
     before = server.get("/v1/thresholds").json()
     _open_with_key(session, server, ADMIN_KEY)
     assert page.get_attribute("#policy-summary", "data-version") == str(before["version"])
-    assert float(page.input_value("#stage-MQL")) == pytest.approx(before["policy"]["stages"]["MQL"], abs=1e-6)
+    # Cut-offs read in percent ("1.3"), not as probabilities (0.01332); what is saved untouched is exact (below).
+    mql = before["policy"]["stages"]["MQL"]
+    assert _percent(page, "#stage-MQL") == pytest.approx(mql, abs=0.0005) and float(page.input_value("#stage-MQL")) > 1
+    assert f"MQL ≥ {_shown(mql)}" in page.inner_text("#policy-summary")
+    # Nothing touched yet: the service replays the version in force itself, and says so.
+    assert "policy" not in session.simulations[-1]
+    assert f"Simulated version {before['version']}, in force" in page.inner_text("#status")
+    # Which scored leads: auto chose the holdout, with the service's reason in words.
+    basis = page.locator("#data-basis")
+    assert (basis.get_attribute("data-kind"), basis.get_attribute("data-requested")) == ("holdout", "auto")
+    assert "Auto chose the champion's holdout" in basis.inner_text() and "lead(s)" in basis.inner_text()
     volume_before = _chart(page, "chart-volume")
     assert volume_before["rendered"] == 1 and len(volume_before["traces"][0]["x"]) > 10
     assert page.locator("#queue-table tbody tr").count() == 4
     assert page.locator("#matrix-table td[data-grade][data-stage]").count() == 12
 
+    # A cut-off typed in percent reaches the service as a probability.
+    drawn = _drawn(page)
+    page.get_by_label("MQL from (%)").fill("2.5 %")
+    _wait_redrawn(page, drawn)
+    assert session.simulations[-1]["policy"]["stages"]["MQL"] == pytest.approx(0.025)
+    assert page.get_attribute("#chart-volume", "data-cutoff") == "0.025"
+    page.get_by_label("MQL from (%)").fill("two")
+    _wait_for(page, "() => document.getElementById('status').dataset.kind === 'error'")
+    assert "must be a percentage" in page.inner_text("#status")
+
     # One sales rep instead of four: the table shows the smaller capacity as soon as the typing settles.
+    page.get_by_label("MQL from (%)").fill(f"{100 * mql:.4f}")
     drawn = _drawn(page)
     page.get_by_label("Sales reps").fill("1")
     _wait_redrawn(page, drawn)
@@ -186,17 +226,20 @@ def test_sales_ops_propose_save_and_roll_back_thresholds_in_the_browser(session:
     proposal = solved.value.json()
     _wait_redrawn(page, drawn)
     proposed: dict[str, float] = proposal["policy"]["stages"]
-    for stage, value in proposed.items():  # shown to 6 decimals
-        assert float(page.input_value(f"#stage-{stage}")) == pytest.approx(value, abs=1e-6)
+    for stage, value in proposed.items():  # shown in percent, rounded for reading
+        assert _percent(page, f"#stage-{stage}") == pytest.approx(value, abs=0.0005)
+    assert f"MQL {_shown(mql)} → {_shown(proposed['MQL'])}" in page.inner_text("#propose-note")
     assert proposed["MQL"] != pytest.approx(before["policy"]["stages"]["MQL"], abs=1e-6)
     volume_after = _chart(page, "chart-volume")
     assert volume_after["shapes"][0]["x0"] == proposed["MQL"] != volume_before["shapes"][0]["x0"]
     assert volume_after["traces"] != volume_before["traces"]  # the MQL curve moved with the proposed SQL cut-off
     assert float(page.get_attribute("#chart-sqls", "data-cutoff") or "nan") == proposed["MQL"]
-    if proposal["feasible"]:
-        load = page.inner_text("#queue-table tr[data-queue=sales] td[data-field=load]")
-        assert float(load.split("%")[0]) <= 100
-        assert page.locator("#queue-table tr.overloaded").count() == 0
+    # One rep working 25 leads a week cannot take what the default cut-offs send to sales; the solver finds cut-offs
+    # that fit (asserted in the API tests), and the page shows them within capacity.
+    assert proposal["feasible"], proposal["note"]
+    load = page.inner_text("#queue-table tr[data-queue=sales] td[data-field=load]")
+    assert float(load.split("%")[0]) <= 100
+    assert page.locator("#queue-table tr.overloaded").count() == 0
 
     reason = "one sales rep this week (e2e)"
     page.get_by_label("Reason (required)").fill(reason)
@@ -207,12 +250,14 @@ def test_sales_ops_propose_save_and_roll_back_thresholds_in_the_browser(session:
     assert page.get_attribute("#save-status", "data-kind") == "ok"
     _wait_for(page, "v => document.querySelector(`#history-table tr[data-version='${v}']`) !== null", new_version)
     _wait_for(page, "() => document.body.dataset.busy === 'false'")
+    assert page.get_attribute("#policy-summary", "data-version") == str(new_version)
+    assert page.input_value("#sales-reps") == "1"  # the team as the user set it
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "thresholds-page.png", full_page=True)
 
     in_force = server.get("/v1/thresholds").json()
     assert (in_force["version"], in_force["reason"], in_force["author"]) == (new_version, reason, "e2e@leadscore")
-    assert in_force["policy"]["stages"] == proposed  # exactly the solver's, not the 6 decimals shown
+    assert in_force["policy"]["stages"] == proposed  # exactly the solver's, not the rounded percentages shown
     assert in_force["policy"]["capacities"]["queues"]["sales"]["reps"] == 1
     deadline = time.monotonic() + POLICY_PICKUP_SECONDS
     while True:  # the service re-reads the policy within about a second of a save
@@ -223,13 +268,36 @@ def test_sales_ops_propose_save_and_roll_back_thresholds_in_the_browser(session:
         time.sleep(0.2)
     assert scored.json()["thresholds_version"] == new_version
 
-    # Rolling back asks why, then stores the old policy as the newest version.
-    page.once("dialog", lambda dialog: dialog.accept("the rep is back"))
+    # Rolling back asks why in the page's own dialog: a reason is required, and cancelling changes nothing.
+    dialog = page.get_by_role("dialog")
     page.click(f"[data-testid=rollback-{before['version']}]")
+    assert dialog.is_visible() and f"Roll back to version {before['version']}" in dialog.inner_text()
+    dialog.get_by_role("button", name="Roll back").click()
+    assert "a reason is required" in page.inner_text("#rollback-status")
+    assert page.get_attribute("#rollback-reason", "aria-invalid") == "true"
+    dialog.get_by_role("button", name="Cancel").click()
+    assert not dialog.is_visible()
+    assert server.get("/v1/thresholds").json()["version"] == new_version
+    page.click(f"[data-testid=rollback-{before['version']}]")
+    dialog.get_by_label("Why roll back? (required)").fill("the rep is back")
+    dialog.get_by_role("button", name="Roll back").click()
     _wait_for(page, "v => document.getElementById('save-status').dataset.version === String(v)", new_version + 1)
+    assert not dialog.is_visible()
     rolled = server.get("/v1/thresholds").json()
     assert rolled["version"] == new_version + 1 and "the rep is back" in rolled["reason"]
     assert rolled["policy"]["stages"] == before["policy"]["stages"]
+    _wait_for(page, "() => document.body.dataset.busy === 'false'")
+    # The old version was tuned for no team in particular; the team on the form is still the one the user set.
+    assert page.input_value("#sales-reps") == "1"
+    assert page.get_attribute("#policy-summary", "data-version") == str(new_version + 1)
+
+    # The score log now holds the scores sent above: replaying it is a choice, and the page says what it replays.
+    drawn = _drawn(page)
+    page.get_by_label("Data").select_option("recent")
+    _wait_redrawn(page, drawn)
+    assert (basis.get_attribute("data-kind"), basis.get_attribute("data-requested")) == ("recent", "recent")
+    assert "Recently scored leads" in basis.inner_text() and "Recent scores, as asked" in basis.inner_text()
+    assert session.simulations[-1]["data"] == "recent"
 
     assert all(url.startswith((server.url, "data:")) for url in session.requests), session.requests
     assert not session.errors

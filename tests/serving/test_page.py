@@ -87,3 +87,11 @@ def test_every_element_the_script_looks_up_is_on_the_page(client: TestClient) ->
     looked_up = set(re.findall(r"\$\(\"([\w-]+)\"\)", script))
     looked_up |= {f"grade-{g}" for g in "ABC"} | {f"stage-{s}" for s in ("MQL", "SQL")}  # built as $(`grade-${g}`)
     assert looked_up and not looked_up - page.ids
+
+
+def test_the_page_asks_in_its_own_dialogs_not_the_browsers(client: TestClient) -> None:
+    # A browser prompt cannot be styled, validated or tested as part of the page; the rollback reason has a dialog.
+    script = client.get("/static/thresholds.js").text
+    assert not re.search(r"\b(window\.)?(prompt|alert|confirm)\(", script)
+    page = _page(client)
+    assert {"rollback-dialog", "rollback-reason", "rollback-confirm", "rollback-cancel"} <= page.ids

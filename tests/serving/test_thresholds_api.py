@@ -113,13 +113,57 @@ def test_rollback_to_a_version_that_does_not_exist_is_a_404(app_client: TestClie
     assert response.status_code == 404 and "999" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("version", [2**31, 2**63 - 1, 2**64])
+def test_version_numbers_no_version_can_have_are_refused_naming_the_field(app_client: TestClient, version: int) -> None:
+    before = in_force(app_client)
+    rollback = app_client.post("/v1/thresholds/rollback", json={"version": version, "reason": "x"}, headers=ADMIN)
+    assert rollback.status_code == 422 and rollback.json()["detail"][0]["loc"] == ["body", "version"]
+    saved = put(app_client, before["policy"], base_version=version)
+    assert saved.status_code == 422 and saved.json()["detail"][0]["loc"] == ["body", "base_version"]
+    assert in_force(app_client) == before
+
+
 def test_an_edit_of_a_stale_version_is_refused_not_lost(app_client: TestClient) -> None:
     base = in_force(app_client)
     first = put(app_client, base["policy"], reason="editor one", base_version=base["version"])
     second = put(app_client, base["policy"], reason="editor two", base_version=base["version"])
-    assert first.status_code == 200
-    assert second.status_code == 409 and "reload the thresholds" in second.json()["detail"]
+    assert first.status_code == 200 and first.json()["version"] == base["version"] + 1
+    assert second.status_code == 409
+    detail = second.json()["detail"]
+    assert f"version {base['version'] + 1} was saved after version {base['version']}" in detail
+    assert "reload the thresholds" in detail
     assert in_force(app_client)["reason"] == "editor one"
+
+
+def test_a_save_based_on_a_version_ahead_of_the_latest_is_refused(app_client: TestClient) -> None:
+    # Accepted before: base 64 stored version 65 while 14 was the latest; a save based on 14 then stored 15, which
+    # was never applied (65 stayed in force, the highest number).
+    base = in_force(app_client)
+    ahead = put(app_client, base["policy"], reason="from the future", base_version=base["version"] + 50)
+    assert ahead.status_code == 422
+    assert (
+        f"base_version {base['version'] + 50} is no stored version: the latest is {base['version']}"
+        in (ahead.json()["detail"])
+    )
+    assert in_force(app_client) == base
+    honest = put(app_client, base["policy"], reason="edited what is in force", base_version=base["version"])
+    assert honest.status_code == 200
+    assert in_force(app_client)["version"] == honest.json()["version"] == base["version"] + 1
+
+
+def test_of_concurrent_saves_on_one_version_exactly_one_is_stored(app_client: TestClient) -> None:
+    base = in_force(app_client)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(lambda i: put(app_client, base["policy"], reason=f"edit {i}", base_version=base["version"]),
+                     range(8))
+        )  # fmt: skip
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 7
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    assert winner["version"] == base["version"] + 1
+    assert in_force(app_client)["reason"] == winner["reason"]
+    history = app_client.get("/v1/thresholds/history", headers=SCORING).json()["versions"]
+    assert [v["version"] for v in history].count(base["version"] + 1) == 1
 
 
 def test_concurrent_saves_all_get_their_own_version(app_client: TestClient) -> None:
@@ -146,26 +190,57 @@ def test_segment_cut_offs_route_the_leads_of_their_segment(app_client: TestClien
     assert score(app_client, elsewhere)["route"]["segment"] is None
 
 
+ROOMY = {"queues": {"sales": {"reps": 50, "leads_per_rep_per_week": 50},
+                   "sdr": {"reps": 50, "leads_per_rep_per_week": 100}}}  # fmt: skip
+
+
 def test_simulate_and_solve_replay_the_champions_holdout(app_client: TestClient) -> None:
     policy = in_force(app_client)["policy"]
-    capacities = {"queues": {"sales": {"reps": 2, "leads_per_rep_per_week": 10},
-                             "sdr": {"reps": 3, "leads_per_rep_per_week": 20}}}  # fmt: skip
-    body = {"policy": policy, "capacities": capacities, "data": "holdout"}
+    body = {"policy": policy, "capacities": ROOMY, "data": "holdout"}
     simulated = app_client.post("/v1/thresholds/simulate", json=body, headers=SCORING)
     assert simulated.status_code == 200, simulated.text
     sim = simulated.json()
     assert sim["data"]["kind"] == "holdout" and sim["data"]["rows"] > 100
+    assert sim["data"]["requested"] == "holdout" and "holdout" in sim["data"]["reason"]
+    assert sim["policy_version"] is None  # a candidate policy, not a stored version
     assert {q["queue"] for q in sim["queues"]} == {"sales", "sdr", "nurture", "disqualify"}
     assert len(sim["matrix"]) == 12 and sim["curves"]["MQL"]
+    worked = [q["recall"] for q in sim["queues"] if q["queue"] in ("sales", "sdr")]
+    assert sum(worked) == pytest.approx(sim["totals"]["recall"]) and sim["totals"]["recall"] <= 1
     solved = app_client.post("/v1/thresholds/solve", json=body, headers=SCORING)
     assert solved.status_code == 200, solved.text
     proposal = solved.json()
+    assert proposal["feasible"], proposal["note"]  # 50 reps a team work every lead the holdout sends
     loads = {q["queue"]: q["weekly_leads"] for q in proposal["simulation"]["queues"]}
-    if proposal["feasible"]:
-        assert loads["sales"] <= 20 + 1e-9 and loads["sdr"] <= 60 + 1e-9
-    assert proposal["policy"]["capacities"]["queues"]["sales"]["reps"] == 2
+    assert loads["sales"] <= 2500 + 1e-9 and loads["sdr"] <= 5000 + 1e-9
+    assert proposal["policy"]["capacities"]["queues"]["sales"]["reps"] == 50
     # Proposals are not applied: the policy in force is unchanged until someone saves it.
     assert in_force(app_client)["policy"] == policy
+
+
+def test_solve_says_when_no_cut_offs_fit(app_client: TestClient) -> None:
+    capacities = {"queues": {"sales": {"reps": 0, "leads_per_rep_per_week": 10}, "sdr": ROOMY["queues"]["sdr"]}}
+    solved = app_client.post("/v1/thresholds/solve", json={"capacities": capacities, "data": "holdout"},
+                             headers=SCORING)  # fmt: skip
+    assert solved.status_code == 200, solved.text
+    assert not solved.json()["feasible"] and "sales has no capacity" in solved.json()["note"]
+
+
+def test_without_a_policy_the_policy_in_force_is_replayed(app_client: TestClient) -> None:
+    current = in_force(app_client)
+    implicit = app_client.post("/v1/thresholds/simulate", json={"data": "holdout"}, headers=SCORING)
+    explicit = app_client.post(
+        "/v1/thresholds/simulate", json={"policy": current["policy"], "data": "holdout"}, headers=SCORING
+    )
+    assert implicit.status_code == 200, implicit.text
+    assert implicit.json()["policy_version"] == current["version"]
+    assert {k: v for k, v in implicit.json().items() if k != "policy_version"} == {
+        k: v for k, v in explicit.json().items() if k != "policy_version"
+    }
+    solved = app_client.post("/v1/thresholds/solve", json={"capacities": ROOMY, "data": "holdout"}, headers=SCORING)
+    assert solved.status_code == 200, solved.text
+    assert solved.json()["policy_version"] == current["version"]
+    assert solved.json()["policy"]["matrix"] == current["policy"]["matrix"]
 
 
 def test_recent_data_needs_scores_in_the_log(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -182,5 +257,9 @@ def test_recent_data_needs_scores_in_the_log(registry: Registry, tmp_path_factor
         recent = client.post("/v1/thresholds/simulate", json={"policy": policy, "data": "recent"}, headers=SCORING)
         assert recent.status_code == 200, recent.text
         assert recent.json()["data"] | {"kind": "recent", "leads": 3} == recent.json()["data"]
+        assert "recent scores, as asked" in recent.json()["data"]["reason"]
         auto = client.post("/v1/thresholds/simulate", json={"policy": policy}, headers=SCORING)
         assert auto.json()["data"]["kind"] == "holdout"  # 3 recent leads are too few to judge volumes by
+        assert auto.json()["data"]["requested"] == "auto"
+        assert "auto chose the champion's holdout" in auto.json()["data"]["reason"]
+        assert "hold 3 lead(s)" in auto.json()["data"]["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -59,12 +60,29 @@ def test_solve_apply_rollback_round_trip(stores: list[str], tmp_path: Path) -> N
     assert "rollback to version 1: team back" in out and "one AE this week" in out
 
 
-def test_simulate_prints_every_queue(stores: list[str]) -> None:
+def test_simulate_prints_every_queue_and_which_data_it_replayed(stores: list[str]) -> None:
     code, out = run("simulate", "--sdr-reps", "2", "--data", "holdout", *stores)
     assert code == 0, out
     for queue in ("sales", "sdr", "nurture", "disqualify"):
         assert queue in out
     assert "worked (sales + SDR)" in out
+    assert "the champion's out-of-time holdout, as asked" in out
+
+
+def test_cut_offs_are_shown_and_typed_in_percent(stores: list[str]) -> None:
+    code, out = run("show", *stores)
+    assert code == 0, out
+    assert re.search(r"MQL >= \d+\.\d+ %, SQL >= \d+\.\d+ %", out), out
+    assert not re.search(r"MQL >= 0\.\d{3}", out)  # no raw probabilities
+    code, out = run("simulate", "--mql", "1.7%", "--sql", "30 %", "--data", "holdout", *stores)
+    assert code == 0, out
+    assert "cut-offs replayed: MQL >= 1.7 %, SQL >= 30.0 %" in out
+    code, out = run("simulate", "--mql", "0.5", "--data", "holdout", *stores)
+    assert code == 0 and "MQL >= 0.50 %" in out, out
+    code, out = run("simulate", "--mql", "40", "--sql", "30", "--data", "holdout", *stores)
+    assert code == EXIT_INVALID and "SQL cut-off must be above the MQL cut-off" in out, out
+    code, out = run("simulate", "--mql", "one percent", *stores)
+    assert code == EXIT_INVALID and "--mql must be a percentage" in out, out
 
 
 def test_invalid_policies_and_unknown_versions_are_refused(stores: list[str], tmp_path: Path) -> None:
@@ -75,6 +93,8 @@ def test_invalid_policies_and_unknown_versions_are_refused(stores: list[str], tm
     assert "grades" in out and "decrease strictly" in out
     code, out = run("rollback", "42", "--reason", "x", *stores)
     assert code == EXIT_INVALID and "no thresholds version 42" in out
+    code, out = run("rollback", str(2**64), "--reason", "x", *stores)  # once a crash: past SQLite's 64-bit integers
+    assert code == EXIT_INVALID and f"no thresholds version {2**64}" in out
     code, out = run("simulate", "--data", "yesterday", *stores)
     assert code == EXIT_INVALID and "--data must be" in out
     code, out = run("show", "--json", *stores)
