@@ -58,7 +58,7 @@ __all__ = [
 # The service's own defaults (LEADSCORE_MAX_BATCH, LEADSCORE_MAX_BODY_BYTES); a test holds them to serving.settings.
 # A service configured otherwise is matched with the client's batch_size and max_body_bytes.
 DEFAULT_MAX_BATCH = 1000
-DEFAULT_MAX_BODY_BYTES = 2_000_000
+DEFAULT_MAX_BODY_BYTES = 16_000_000
 API_KEY_HEADER = "X-API-Key"
 SCORE_PATH = "/v1/score"
 BATCH_PATH = "/v1/score/batch"

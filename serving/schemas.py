@@ -257,6 +257,16 @@ class BatchRequest(BaseModel):
     leads: list[ScoreRequest] = Field(min_length=1)
 
 
+class ItemsRequest(BaseModel):
+    """Many leads, each answered or refused on its own: a malformed lead does not refuse the others."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"leads": [EXAMPLE_REQUEST]}]})
+
+    leads: list[Any] = Field(
+        min_length=1, description="Score requests (as for POST /v1/score); each is validated on its own."
+    )
+
+
 class Touch(Protocol):
     """What scoring reads of an activity."""
 
@@ -536,6 +546,33 @@ class BatchResponse(BaseModel):
 
     request_id: str
     scores: list[ScoreResponse]
+
+
+class ItemProblem(BaseModel):
+    """Why a lead of a per-item batch was refused: where, what, and the kind of problem (as in a 422)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ItemResult(BaseModel):
+    """One lead of a per-item batch: its score, or why it was refused."""
+
+    index: int = Field(description="Position of the lead in the request.")
+    lead_id: str | None = Field(description="The lead's id, when the request named one.")
+    status: Literal["scored", "refused"]
+    score: ScoreResponse | None = None
+    problems: list[ItemProblem] = Field(default_factory=list)
+
+
+class ItemsResponse(BaseModel):
+    """Every lead of a per-item batch in request order, scored ones under one request id."""
+
+    request_id: str
+    scored: int
+    refused: int
+    results: list[ItemResult]
 
 
 class ModelInfo(BaseModel):

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from functools import partial
 
 import msgspec
+from pydantic import ValidationError
 
 from features.spec import LeadContract
 from serving.model import LoadedModel
-from serving.schemas import LeadToScore, Person
+from serving.schemas import LeadToScore, Person, ScoreRequest
 from serving.service import ScoredLead, batch_json, log_records, new_request_id, score_requests
 from serving.settings import Settings
 from serving.state import ServiceState
@@ -94,6 +95,54 @@ def score_many(state: ServiceState, model: LoadedModel, leads: Sequence[LeadToSc
         model, state.policy(), leads, top_k=state.settings.top_reasons, request_ids=[request_id] * len(leads)
     )
     return batch_json(request_id, scored), scored
+
+
+def score_items(
+    state: ServiceState, model: LoadedModel, items: Sequence[object]
+) -> tuple[bytes, list[ScoredLead], list[str | dict[str, object]]]:
+    """The per-item answer of a batch: each item validated alone, the valid ones scored under one request id.
+
+    Returns the answer, the scored leads and their inputs as the score log keeps them.
+    """
+    contract = model.scorer.builder.contract
+    valid: list[tuple[int, ScoreRequest]] = []
+    refused: dict[int, list[Problem]] = {}
+    for i, item in enumerate(items):
+        where: list[str | int] = ["body", "leads", i]
+        try:
+            request = ScoreRequest.model_validate(item)
+        except ValidationError as err:
+            refused[i] = [{"loc": [*where, *err_loc["loc"]], "msg": err_loc["msg"], "type": err_loc["type"]}
+                          for err_loc in err.errors(include_input=False, include_url=False)]  # fmt: skip
+            continue
+        problems = limit_problems(request, state.settings, where, contract)
+        if problems:
+            refused[i] = problems
+        else:
+            valid.append((i, request))
+    request_id = new_request_id()
+    requests = [request for _, request in valid]
+    scored = score_requests(model, state.policy(), requests, top_k=state.settings.top_reasons,
+                            request_ids=[request_id] * len(requests))  # fmt: skip
+    by_index = dict(zip((i for i, _ in valid), scored, strict=True))
+    results = []
+    for i, item in enumerate(items):
+        if i in by_index:
+            results.append({"index": i, "lead_id": by_index[i].lead_id, "status": "scored",
+                            "score": msgspec.Raw(by_index[i].response), "problems": []})  # fmt: skip
+        else:
+            results.append({"index": i, "lead_id": _lead_id(item), "status": "refused", "score": None,
+                            "problems": refused[i]})  # fmt: skip
+    answer = {"request_id": request_id, "scored": len(valid), "refused": len(refused), "results": results}
+    inputs: list[str | dict[str, object]] = [r.model_dump(mode="json") for r in requests]
+    return msgspec.json.encode(answer), scored, inputs
+
+
+def _lead_id(item: object) -> str | None:
+    """The lead id a refused item names, if it names one as text."""
+    lead = item.get("lead") if isinstance(item, dict) else None
+    lead_id = lead.get("lead_id") if isinstance(lead, dict) else None
+    return lead_id if isinstance(lead_id, str) else None
 
 
 async def log_and_count(

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from serving.schemas import BatchRequest, BatchResponse, ScoreRequest, ScoreResponse
-from serving.scoring import Problem, batch_problems, limit_problems, log_and_count, score_many, score_one
+from serving.schemas import BatchRequest, BatchResponse, ItemsRequest, ItemsResponse, ScoreRequest, ScoreResponse
+from serving.scoring import (
+    Problem,
+    batch_problems,
+    limit_problems,
+    log_and_count,
+    score_items,
+    score_many,
+    score_one,
+)
 from serving.service import gc_paused
 from serving.state import ModelDep, ScoringAuth, StateDep
 
@@ -36,4 +44,21 @@ async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> R
     with gc_paused():
         content, scored = score_many(state, model, body.leads)
     await log_and_count(state, scored, [r.model_dump(mode="json") for r in body.leads])
+    return Response(content=content, media_type=JSON)
+
+
+@router.post("/score/batch/items", summary="Score many leads, each answered or refused on its own",
+             response_model=ItemsResponse)  # fmt: skip
+async def score_items_endpoint(body: ItemsRequest, state: StateDep, model: ModelDep) -> Response:
+    """The per-item mode of the batch: each lead is validated alone, and answered or refused on its own.
+
+    The valid leads are scored (under one request id) and the others refused with their problems, in request order.
+    Only a batch over the limit is refused whole.
+    """
+    if len(body.leads) > state.settings.max_batch:
+        _refuse([{"loc": ["body", "leads"], "msg": f"at most {state.settings.max_batch} leads per batch, got "
+                  f"{len(body.leads)}", "type": "too_long"}])  # fmt: skip
+    with gc_paused():
+        content, scored, inputs = score_items(state, model, body.leads)
+    await log_and_count(state, scored, inputs)
     return Response(content=content, media_type=JSON)
