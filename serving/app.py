@@ -29,7 +29,15 @@ from serving.routers import meta, page, score, thresholds
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.settings import LOOPBACK_HOSTS, Settings
-from serving.state import POLICY_REFRESH_SECONDS, RELOAD_CHECK_SECONDS, STATUS_SECONDS, ServiceStart, ServiceState
+from serving.state import (
+    POLICY_REFRESH_SECONDS,
+    RELOAD_CHECK_SECONDS,
+    RETENTION_FIRST_SECONDS,
+    RETENTION_SECONDS,
+    STATUS_SECONDS,
+    ServiceStart,
+    ServiceState,
+)
 from serving.store import PolicyStore, ReloadStore
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_every(RELOAD_CHECK_SECONDS, state.follow_reloads, "check for reloads")),
             asyncio.create_task(_every(POLICY_REFRESH_SECONDS, state.refresh_policy, "read the policy in force")),
             asyncio.create_task(_every(STATUS_SECONDS, state.observe, "observe the score log")),
+            asyncio.create_task(
+                _every(RETENTION_SECONDS, state.prune_score_log, "prune the score log", first=RETENTION_FIRST_SECONDS)
+            ),
         ]
         try:
             yield
@@ -169,14 +180,18 @@ def _close(state: ServiceState, engine: Engine) -> None:
     engine.dispose()
 
 
-async def _every(seconds: float, chore: Callable[[], object], what: str) -> None:
-    """Run `chore` in a thread every `seconds` while the service lives; a failure is logged and the next run tried."""
+async def _every(seconds: float, chore: Callable[[], object], what: str, *, first: float | None = None) -> None:
+    """Run `chore` in a thread every `seconds` (the first time after `first`) while the service lives.
+
+    A failure is logged and the next run tried.
+    """
+    await asyncio.sleep(seconds if first is None else first)
     while True:
-        await asyncio.sleep(seconds)
         try:
             await asyncio.to_thread(chore)
         except Exception:
             log.exception("could not %s; trying again in %.0f s", what, seconds)
+        await asyncio.sleep(seconds)
 
 
 # How much of a refused input a 422 shows: enough to recognise it, never the megabytes that were sent.

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
         default="leadscore-journal",
         description="Folder of the score log's write-ahead journals (empty: wait for each database commit instead).",
     )
+    score_log_retention_days: int | None = Field(
+        default=365, ge=1,
+        description="Score-log records older than this many days are archived (see LEADSCORE_SCORE_LOG_ARCHIVE_DIR) "
+        "and deleted, hourly; unset (empty) keeps every record.",
+    )  # fmt: skip
+    score_log_archive_dir: str = Field(
+        default="leadscore-archive",
+        description="Folder the score log's retention writes Parquet files to before it deletes records; empty: "
+        "delete without an archive.",
+    )
     store_durable_fsync: bool = Field(
         default=False,
         description="SQLite only: fsync every commit (survives power loss, not only a crashed process; slower).",
@@ -81,6 +91,11 @@ class Settings(BaseSettings):
     )  # fmt: skip
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+
+    @field_validator("score_log_retention_days", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("api_keys", "admin_keys", "monitoring_keys", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -17,6 +19,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from serving.metrics import ServiceMetrics
 from serving.model import LoadedModel, ModelHolder, ModelNotAvailableError
 from serving.policy import RoutingPolicy
+from serving.retention import PruneResult, prune_score_log
 from serving.schemas import LeadToScore
 from serving.score_log import ScoreLog, ScoreLogStatus
 from serving.service import Coalescer, ScoredLead
@@ -35,6 +38,9 @@ RELOAD_CHECK_SECONDS = 1.0
 FOLLOW_RETRY_MAX_SECONDS = 30.0
 # How often a worker reports its score log's lag to /metrics.
 STATUS_SECONDS = 1.0
+# How often the score log's retention runs (in one worker of a machine at a time; the database guards the rest).
+RETENTION_SECONDS = 3600.0
+RETENTION_FIRST_SECONDS = 60.0  # after start: not in the way of warming up
 # Set by `leadscore serve` for its workers (see ServiceStart).
 SERVICE_START = "LEADSCORE_SERVICE_START"
 
@@ -121,6 +127,15 @@ class ServiceState:
         status = self.score_log.status()
         self.metrics.observe_score_log(status)
         return status
+
+    def prune_score_log(self) -> PruneResult | None:
+        """Archive and delete the score-log records past the retention period (None when retention is off)."""
+        days = self.settings.score_log_retention_days
+        if days is None:
+            return None
+        archive = Path(self.settings.score_log_archive_dir) if self.settings.score_log_archive_dir else None
+        older_than = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+        return prune_score_log(self.score_log.engine, older_than=older_than, archive_dir=archive)
 
     def forget_policy(self) -> None:
         """Read the policy in force now (after this worker saved a new version, so its next score uses it)."""

@@ -46,6 +46,20 @@ score_log = Table(
     Column("inputs", Text, nullable=False),
     Column("outputs", Text, nullable=False),
 )
+# One row per Parquet file the score log's retention archived: the records it holds left the score_log table in the
+# transaction that wrote this row, so a record is either in the table or in exactly one recorded file.
+score_log_archives = Table(
+    "score_log_archives",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("file", String(512), nullable=False, unique=True),
+    Column("first_id", Integer, nullable=False),
+    Column("last_id", Integer, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("oldest", DateTime(timezone=True), nullable=False),
+    Column("newest", DateTime(timezone=True), nullable=False),
+    Column("archived_at", DateTime(timezone=True), nullable=False),
+)
 threshold_versions = Table(
     "threshold_versions",
     metadata,
