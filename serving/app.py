@@ -100,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="Calibrated, explained lead scores and routing for CRMs.",
         lifespan=lifespan,
+        docs_url=None,  # served by serving.routers.page, from the service itself instead of a CDN
+        redoc_url=None,  # ReDoc would need a CDN too; /docs covers it
     )
     app.include_router(score.router)
     app.include_router(meta.router)
@@ -136,7 +138,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    app.add_middleware(MetricsAndLimitsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    def documented_paths() -> list[str]:
+        return list(app.openapi()["paths"])
+
+    app.add_middleware(
+        MetricsAndLimitsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, paths=documented_paths
+    )
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -133,10 +133,15 @@ class MetricsAndLimitsMiddleware:
     chunked upload cannot slip past it.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: ServiceMetrics, max_body_bytes: int, paths: Callable[[], Collection[str]]
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # The documented paths, to name the route of a request refused before routing (a 413): read at first use.
+        self._paths = paths
+        self._known: Collection[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,9 +177,17 @@ class MetricsAndLimitsMiddleware:
                 await _too_large(send, self.max_body_bytes)
                 status["code"] = 413
         elapsed = time.perf_counter() - start
-        # The matched route's template, never the raw path: unknown paths must not grow the label set.
-        route = getattr(scope.get("route"), "path", "unmatched")
-        self.metrics.count_request(route, status["code"], elapsed)
+        self.metrics.count_request(self._route(scope), status["code"], elapsed)
+
+    def _route(self, scope: Scope) -> str:
+        """The route's template, never the raw path: unknown paths must not grow the label set."""
+        matched = scope.get("route")
+        if matched is not None:
+            return str(getattr(matched, "path", "unmatched"))
+        if self._known is None:  # refused before the router saw it: a documented path names itself
+            self._known = frozenset(self._paths())
+        path = scope.get("path", "")
+        return path if path in self._known else "unmatched"
 
 
 class _BodyTooLargeError(HTTPException):

@@ -1,4 +1,7 @@
-"""The sales-ops thresholds page and its static assets: no data in them, so no API key (the page's calls need one)."""
+"""The sales-ops thresholds page, the interactive API docs, and their static assets, all served by the service.
+
+No data in them, so no API key (the pages' calls need one); no CDN either, so they work on a closed network.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ from importlib import metadata, resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 router = APIRouter(include_in_schema=False)
@@ -30,6 +34,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
+
+
+# Swagger UI, bundled in the fastapi-swagger package (FastAPI's own /docs loads it from a CDN).
+SWAGGER_PACKAGE = "fastapi_swagger"
+SWAGGER_ASSETS: dict[str, str] = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
 
 
 def _static(name: str) -> Traversable:
@@ -86,3 +99,26 @@ async def page_asset(name: str) -> Response:
     if media_type is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {name!r}")
     return _file(_static(name), media_type, REVALIDATE)
+
+
+@router.get("/docs")
+async def api_docs(request: Request) -> HTMLResponse:
+    """Swagger UI on the service's OpenAPI document, with every asset from the service itself."""
+    version = metadata.version("fastapi-swagger")  # in the URL: a new bundle is a new URL, so it can be kept a year
+    return get_swagger_ui_html(
+        openapi_url=request.app.openapi_url,
+        title=f"{request.app.title} - API docs",
+        swagger_js_url=f"/static/swagger/swagger-ui-bundle.js?v={version}",
+        swagger_css_url=f"/static/swagger/swagger-ui.css?v={version}",
+        swagger_favicon_url=f"/static/swagger/favicon-32x32.png?v={version}",
+        swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+    )
+
+
+@router.get("/static/swagger/{name}")
+async def swagger_asset(name: str) -> Response:
+    """Swagger UI's script, style sheet and icon (only those)."""
+    media_type = SWAGGER_ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {name!r}")
+    return _file(resources.files(SWAGGER_PACKAGE).joinpath("resources", name), media_type, LONG_CACHE)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
 
 from serving.schemas import EXAMPLE_REQUEST
 from tests.conftest import Trained
@@ -321,3 +321,26 @@ def test_a_scoring_key_sees_why_it_may_not_save(session: Session, server: Server
     assert "grade cut-offs must decrease" in page.inner_text("#status")
     assert server.get("/v1/thresholds").json()["version"] == version
     assert not session.errors
+
+
+def test_the_api_docs_render_with_no_network_beyond_the_service(browser: Browser, server: Server) -> None:
+    """/docs on a closed network: every request to another host is refused, and the operations still render."""
+    context = browser.new_context()
+    page = context.new_page()
+    outside: list[str] = []
+
+    def only_the_service(route: Route) -> None:
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    try:
+        page.goto(f"{server.url}/docs")
+        page.wait_for_selector("text=Score and route one lead", timeout=WAIT_SECONDS * 1000)
+        assert page.locator(".opblock").count() >= 5  # the score, batch, model, thresholds ... operations
+        assert outside == []
+    finally:
+        context.close()

@@ -294,6 +294,8 @@ def test_body_over_the_limit_is_413(client: TestClient) -> None:
     response = post_raw(client, text)
     assert response.status_code == 413
     assert response.json() == {"detail": f"request body exceeds the limit of {limit} bytes"}
+    # Counted under its route, though refused before routing (it was "unmatched").
+    assert 'leadscore_http_requests_total{route="/v1/score",status="413"}' in client.get("/metrics", headers=ADMIN).text
 
 
 def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:

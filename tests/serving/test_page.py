@@ -95,3 +95,16 @@ def test_the_page_asks_in_its_own_dialogs_not_the_browsers(client: TestClient) -
     assert not re.search(r"\b(window\.)?(prompt|alert|confirm)\(", script)
     page = _page(client)
     assert {"rollback-dialog", "rollback-reason", "rollback-confirm", "rollback-cancel"} <= page.ids
+
+
+def test_the_api_docs_load_every_asset_from_the_service(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources  # no CDN, no other host
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200, source
+    assert "SwaggerUIBundle" in client.get(next(s for s in sources if s.endswith(".js") or ".js?" in s)).text
+    assert client.get("/static/swagger/../../serving/app.py").status_code == 404
+    assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN: /docs is the one page
