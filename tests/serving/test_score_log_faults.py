@@ -27,6 +27,7 @@ from serving.score_log import (
     record_row,
 )
 from serving.store import ScoreRecord, make_engine, score_log
+from tests.postgres import Link, fresh_database
 
 SCORED_AT = dt.datetime(2025, 6, 3, 9, 0, tzinfo=dt.UTC)
 # A lock held longer than a statement waits for it: every insert meanwhile fails with "database is locked".
@@ -266,3 +267,46 @@ def test_without_a_journal_a_failed_commit_is_an_error_for_the_caller(engine: En
         assert stored(engine) == {"kept": 1}
     finally:
         log.close()
+
+
+def test_records_acknowledged_while_postgresql_is_unreachable_all_arrive_once_it_is_back(tmp_path: Path) -> None:
+    link = Link()
+    try:
+        with fresh_database() as name:
+            engine = make_engine(link.url(name))
+            log = ScoreLog(engine, tmp_path / "journal")
+            try:
+                asyncio.run(log.append([record("before")]))
+                assert log.flush(timeout=15)
+                link.cut()  # the database's host goes away: open connections break, new ones are refused
+                for i in range(40):
+                    asyncio.run(log.append([record(f"during-{i}")]))  # acknowledged: journaled
+                time.sleep(1.5)
+                status = log.status()
+                assert status.pending == 40 and status.last_write_error is not None
+                link.restore()
+                assert log.flush(timeout=30), "the backlog never reached the database"
+                assert stored(engine) == {"before": 1, **{f"during-{i}": 1 for i in range(40)}}
+                assert log.status().last_write_error is None
+            finally:
+                log.close()
+                engine.dispose()
+    finally:
+        link.cut()
+
+
+def test_a_record_postgresql_cannot_store_is_set_aside_and_the_others_are_stored(tmp_path: Path) -> None:
+    with fresh_database() as name:
+        engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+        journal = tmp_path / "journal"
+        log = ScoreLog(engine, journal)
+        try:
+            # A NUL in a text column: PostgreSQL refuses it (the API refuses it in ids; the log must not block on it).
+            bad = ScoreRecord("bad", "L-\x00", SCORED_AT, "7", 3, {"lead": {}}, {"fit": {}})
+            asyncio.run(log.append([record("good-1"), bad, record("good-2")]))
+            assert log.flush(timeout=15)
+            assert stored(engine) == {"good-1": 1, "good-2": 1}
+            assert json.loads((journal / REJECTED_FILE).read_text())["request_id"] == "bad"
+        finally:
+            log.close()
+            engine.dispose()
