@@ -769,8 +769,8 @@ def summarise(run: Run, payload: float, workers: int) -> tuple[Table, list[str]]
     if last.sample.wal_bytes:
         table.add_row("of the store: SQLite WAL MB at the end", _mb(last.sample.wal_bytes), "", "", "")
     minutes = sum(r.seconds for r in rows[1:]) / 60
-    table.add_row("store growth MB per minute (vs records per minute)", _mb(grown / minutes),
-                  f"{stored / minutes:,.0f}", "", "")  # fmt: skip
+    table.add_row("store growth MB per minute (vs score records per minute)", _mb(grown / minutes),
+                  f"{stored / minutes:,.0f} records", "", "")  # fmt: skip
     bound = workers * (JOURNAL_ROTATE_BYTES + JOURNAL_SLACK_BYTES)
     largest = max(r.sample.journal_bytes for r in rows)
     journal = last.sample.journal_bytes
