@@ -314,21 +314,34 @@ def _lead_fields(lead: Mapping[Hashable, Any], as_of: pd.Timestamp) -> dict[str,
     return out
 
 
-def _dumps(value: Any) -> bytes:
+def compact_json(value: Any) -> bytes:
+    """JSON without spaces, as bytes: the request bodies as a client library sends them."""
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def build_workload(data_dir: Path) -> Workload:
-    """The first 1,000 simulated leads with 20-50 touches, scored as of the day after the last touch."""
+@dataclass(frozen=True)
+class DemoLeads:
+    """Simulated leads with 20-50 touches as request bodies for both servers, all scored as of the same time."""
+
+    lead_ids: list[str]
+    ours: list[dict[str, Any]]  # POST /v1/score bodies
+    mlflow_rows: list[list[Any]]  # rows of the pyfunc's dataframe_split, in `columns` order
+    columns: list[str]
+    touches: list[int]  # activities per lead
+    as_of: pd.Timestamp
+
+
+def demo_leads(data_dir: Path, count: int = BATCH_LEADS) -> DemoLeads:
+    """The first `count` simulated leads with 20-50 touches, scored as of the day after the last touch."""
     leads, activities = load_tables(data_dir)
     as_of = activities["occurred_at"].max().ceil("D")
     counts = activities.groupby("lead_id").size()
     eligible = sorted(str(k) for k in counts[(counts >= TOUCHES[0]) & (counts <= TOUCHES[1])].index)
-    if len(eligible) < BATCH_LEADS:
+    if len(eligible) < count:
         raise RuntimeError(
-            f"{data_dir} has {len(eligible)} leads with {TOUCHES[0]}-{TOUCHES[1]} activities; {BATCH_LEADS} needed"
+            f"{data_dir} has {len(eligible)} leads with {TOUCHES[0]}-{TOUCHES[1]} activities; {count} needed"
         )
-    chosen = eligible[:BATCH_LEADS]
+    chosen = eligible[:count]
     touches = activities[activities["lead_id"].isin(chosen)].sort_values(["lead_id", "occurred_at"])
     by_lead = {
         str(k): [{"occurred_at": _stamp(t), "activity_type": str(a)} for t, a in
@@ -348,22 +361,28 @@ def build_workload(data_dir: Path) -> Workload:
         numbers = {c.name for c in LEADS.columns if c.dtype in ("int", "float")}
         row = [float(fields[c]) if c in numbers and fields[c] is not None else fields[c] for c in LEADS.names]
         rows.append([*row, as_of_text, json.dumps(by_lead[lead_id]), "[]"])
+    return DemoLeads(chosen, ours, rows, columns, [len(by_lead[k]) for k in chosen], as_of)
 
+
+def build_workload(data_dir: Path) -> Workload:
+    """The first 1,000 simulated leads with 20-50 touches, scored as of the day after the last touch."""
+    demo = demo_leads(data_dir)
+    ours, rows = demo.ours, demo.mlflow_rows
     key = {"X-API-Key": API_KEY}
 
     def split(part: list[list[Any]]) -> bytes:
-        return _dumps({"dataframe_split": {"columns": columns, "data": part}})
+        return compact_json({"dataframe_split": {"columns": demo.columns, "data": part}})
 
     return Workload(
-        ours_single=[http_request("/v1/score", _dumps(r), key) for r in ours],
+        ours_single=[http_request("/v1/score", compact_json(r), key) for r in ours],
         mlflow_single=[http_request("/invocations", split([row]), {}) for row in rows],
-        ours_batch=http_request("/v1/score/batch", _dumps({"leads": ours}), key),
+        ours_batch=http_request("/v1/score/batch", compact_json({"leads": ours}), key),
         mlflow_batch=http_request("/invocations", split(rows), {}),
-        ours_sanity=[http_request("/v1/score", _dumps(r), key) for r in ours[:SANITY_LEADS]],
+        ours_sanity=[http_request("/v1/score", compact_json(r), key) for r in ours[:SANITY_LEADS]],
         mlflow_sanity=http_request("/invocations", split(rows[:SANITY_LEADS]), {}),
-        lead_ids=chosen,
-        mean_touches=float(np.mean([len(by_lead[k]) for k in chosen])),
-        as_of=as_of.to_pydatetime(),
+        lead_ids=demo.lead_ids,
+        mean_touches=float(np.mean(demo.touches)),
+        as_of=demo.as_of.to_pydatetime(),
     )
 
 
@@ -423,7 +442,7 @@ def connections_per_process(pgid: int, port: int) -> tuple[int, ...] | None:
     # Columns: sl, local address, remote address, state (01: established), ..., inode (the tenth).
     inodes = {f"socket:[{f[9]}]" for f in (line.split() for line in table) if f[1].endswith(local) and f[3] == "01"}
     held: list[int] = []
-    for pid in _group_stats(pgid):
+    for pid in group_stats(pgid):
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
@@ -439,7 +458,7 @@ def connections_per_process(pgid: int, port: int) -> tuple[int, ...] | None:
     return tuple(sorted(held, reverse=True))
 
 
-def _group_stats(pgid: int) -> dict[int, list[str]]:
+def group_stats(pgid: int) -> dict[int, list[str]]:
     """The /proc stat fields (after the command name) of the live processes in a process group."""
     stats = {}
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
@@ -456,7 +475,7 @@ def _group_stats(pgid: int) -> dict[int, list[str]]:
 
 def _group_ticks(pgid: int) -> int:
     """CPU ticks (user + system) of the live processes in a process group."""
-    return sum(int(stat[11]) + int(stat[12]) for stat in _group_stats(pgid).values())
+    return sum(int(stat[11]) + int(stat[12]) for stat in group_stats(pgid).values())
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -508,7 +527,8 @@ def running(
             log.info("%s stopped", name)
 
 
-def _server_env(tracking_uri: str, extra: Mapping[str, str]) -> dict[str, str]:
+def server_env(tracking_uri: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """A server's environment: ours minus LEADSCORE_* and MLFLOW_* settings, plus the registry and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEADSCORE_", "MLFLOW_"))}
     # MLflow starts `uvicorn` from PATH: the one beside this interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -568,12 +588,14 @@ def _sanity_mlflow(port: int, request: bytes) -> list[float]:
     return [round(float(p["fit_probability"]), 6) for p in json.loads(body)["predictions"]]
 
 
-def _simulate(data_dir: Path) -> None:
+def simulate_demo(data_dir: Path) -> None:
+    """Simulated demo leads for the request bodies, when the model comes from an existing registry."""
     log.info("simulating %d demo leads into %s for the request bodies", DEMO_LEADS, data_dir)
     write_simulation(SimulationConfig(n_leads=DEMO_LEADS, oracle_max_rows=0), data_dir)
 
 
-def _quickstart(root: Path) -> str:
+def quickstart(root: Path) -> str:
+    """Train and promote a demo model with `leadscore quickstart` under `root`; its tracking URI."""
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     command = [
         sys.executable, "-m", "leadscore", "quickstart", "--leads", str(DEMO_LEADS),
@@ -584,7 +606,7 @@ def _quickstart(root: Path) -> str:
     start = time.perf_counter()
     with log_path.open("wb") as log_file:
         done = subprocess.run(
-            command, cwd=root, env=_server_env(tracking_uri, {}), stdout=log_file, stderr=subprocess.STDOUT,
+            command, cwd=root, env=server_env(tracking_uri, {}), stdout=log_file, stderr=subprocess.STDOUT,
             timeout=QUICKSTART_SECONDS, check=False, start_new_session=True,
         )  # fmt: skip
     if done.returncode != 0:
@@ -695,13 +717,13 @@ def _contenders(
         Contender(
             "ours",
             [sys.executable, "-m", "leadscore", "serve", "--port", str(ours_port), "--workers", str(workers)],
-            _server_env(tracking_uri, ours_env), "/readyz", work.ours_single, work.ours_batch,
+            server_env(tracking_uri, ours_env), "/readyz", work.ours_single, work.ours_batch,
         ),
         Contender(
             "MLflow",
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
              "--host", HOST, "--port", str(mlflow_port), "--workers", str(workers)],
-            _server_env(tracking_uri, {}), "/ping", work.mlflow_single, work.mlflow_batch,
+            server_env(tracking_uri, {}), "/ping", work.mlflow_single, work.mlflow_batch,
         ),
     ]  # fmt: skip
 
@@ -751,9 +773,9 @@ def main(
     root = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
     try:
         if tracking_uri is None:
-            tracking_uri = _quickstart(root)
+            tracking_uri = quickstart(root)
         else:
-            _simulate(root / "demo" / "data")
+            simulate_demo(root / "demo" / "data")
         work = build_workload(root / "demo" / "data")
         notes = {"tracking store": tracking_uri, "model": MODEL_URI}
         default_limit = Settings.model_construct().max_body_bytes
