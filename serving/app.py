@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from serving import fast
+from serving.launch import ServiceStart
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
@@ -35,7 +36,6 @@ from serving.state import (
     RETENTION_FIRST_SECONDS,
     RETENTION_SECONDS,
     STATUS_SECONDS,
-    ServiceStart,
     ServiceState,
 )
 from serving.store import PolicyStore, ReloadStore

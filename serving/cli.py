@@ -17,8 +17,8 @@ from serving.defaults import DEFAULT_HOST, DEFAULT_PORT
 # The service's modules (FastAPI, MLflow, the model) are imported when `serve` runs, not when the command line
 # starts: uvicorn starts each worker by importing the console script again, and must hear from it within seconds.
 if TYPE_CHECKING:
+    from serving.launch import ServiceStart
     from serving.settings import Settings
-    from serving.state import ServiceStart
 
 log = logging.getLogger(__name__)
 EXIT_SETTINGS = 2  # a setting has a value the service cannot take
@@ -41,7 +41,7 @@ def serve(
     """
     from pydantic import ValidationError
 
-    from serving.preflight import StartupError, bound_mlflow_retries, check_registry, registry_of
+    from serving.preflight import StartupError, bound_mlflow_retries
     from serving.settings import Settings
 
     # Each worker builds its own app from the environment, so the command line reaches them through it.
@@ -56,19 +56,12 @@ def serve(
             log.error("%s: %s (got %r)", name, problem["msg"], problem.get("input"))
         raise typer.Exit(EXIT_SETTINGS) from None
     try:
-        check_registry(registry_of(settings))  # first, before the service's heavier modules are imported
+        start = _checked_in_a_child()
     except StartupError as err:
         log.error("%s", err)
         raise typer.Exit(EXIT_START) from None
-    from serving.metrics import MULTIPROCESS_DIR
-    from serving.model import ModelNotAvailableError
-    from serving.state import SERVICE_START
+    from serving.launch import MULTIPROCESS_DIR, SERVICE_START
 
-    try:
-        start = service_start(settings)
-    except (StartupError, ModelNotAvailableError) as err:
-        log.error("%s", err)
-        raise typer.Exit(EXIT_START) from None
     os.environ[SERVICE_START] = start.to_environment()
     connections = _allow_connections(settings.max_connections)
     log.info("scoring on http://%s:%d (docs at /docs), %d worker(s) of up to %d connections each", host, port,
@@ -93,14 +86,39 @@ def serve(
         raise typer.Exit(EXIT_START)
 
 
+def _checked_in_a_child() -> ServiceStart:
+    """`service_start` in a process of its own, which takes its memory with it when it ends.
+
+    The checks load MLflow and the model code (~400 MB); this process only supervises the workers from then on, so
+    it need not hold them for the service's lifetime.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_service_start_from_environment).result()
+
+
+def _service_start_from_environment() -> ServiceStart:
+    """`service_start` of the settings in the environment, its failures as StartupError (they cross processes)."""
+    from serving.model import ModelNotAvailableError
+    from serving.preflight import StartupError
+    from serving.settings import Settings
+
+    try:
+        return service_start(Settings())
+    except ModelNotAvailableError as err:
+        raise StartupError(str(err)) from None
+
+
 def service_start(settings: Settings) -> ServiceStart:
     """Check the registry, the champion, the store and the journal; what the workers start with.
 
     That is the version the alias points at now, and the newest reload recorded so far.
     """
+    from serving.launch import ServiceStart
     from serving.model import registered_run
     from serving.preflight import check_journal, check_registry, open_store, registry_of
-    from serving.state import ServiceStart
     from serving.store import ReloadStore
 
     registry = registry_of(settings)

@@ -13,14 +13,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.launch import MULTIPROCESS_DIR
 from serving.score_log import ScoreLogStatus
 
 # Latency buckets from 0.5 ms: a single score takes a few milliseconds, a batch of 1,000 up to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCORE_BUCKETS = tuple(float(b) for b in range(10, 101, 10))
-# Where workers of one service keep their metrics (prometheus_client's multiprocess mode; `leadscore serve` sets it
-# for several workers): a scrape reaches one worker, which then answers for all of them.
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass

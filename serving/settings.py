@@ -50,8 +50,9 @@ class Settings(BaseSettings):
         default="leadscore-journal",
         description="Folder of the score log's write-ahead journals (empty: wait for each database commit instead).",
     )
+    # The store keeps what threshold tuning replays (8 weeks) and more; the archive, compressed, keeps the rest.
     score_log_retention_days: int | None = Field(
-        default=365, ge=1,
+        default=90, ge=1,
         description="Score-log records older than this many days are archived (see LEADSCORE_SCORE_LOG_ARCHIVE_DIR) "
         "and deleted, hourly; unset (empty) keeps every record.",
     )  # fmt: skip

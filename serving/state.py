@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from serving.launch import ServiceStart
 from serving.metrics import ServiceMetrics
 from serving.model import LoadedModel, ModelHolder, ModelNotAvailableError
 from serving.policy import RoutingPolicy
@@ -41,33 +40,6 @@ STATUS_SECONDS = 1.0
 # How often the score log's retention runs (in one worker of a machine at a time; the database guards the rest).
 RETENTION_SECONDS = 3600.0
 RETENTION_FIRST_SECONDS = 60.0  # after start: not in the way of warming up
-# Set by `leadscore serve` for its workers (see ServiceStart).
-SERVICE_START = "LEADSCORE_SERVICE_START"
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceStart:
-    """What a service of several workers started with: the alias' model version then, and the newest reload before.
-
-    uvicorn replaces a worker that dies. The replacement must serve what its siblings serve, which is this version
-    (or the version of a reload since), not wherever the alias points by the time it starts.
-    """
-
-    model_version: str
-    reload_id: int
-
-    def to_environment(self) -> str:
-        """The value of SERVICE_START that hands this to the workers."""
-        return json.dumps({"model_version": self.model_version, "reload_id": self.reload_id})
-
-    @classmethod
-    def from_environment(cls) -> ServiceStart | None:
-        """What `leadscore serve` handed over; None under a plain `uvicorn` (each worker then loads the alias)."""
-        value = os.environ.get(SERVICE_START)
-        if not value:
-            return None
-        fields = json.loads(value)
-        return cls(str(fields["model_version"]), int(fields["reload_id"]))
 
 
 @dataclass

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from serving.metrics import MULTIPROCESS_DIR
+from serving.launch import MULTIPROCESS_DIR
 from tests.conftest import Trained
 from tests.integration.test_cli_startup import CONSOLE_SCRIPT
 from tests.integration.test_serving import (

@@ -12,11 +12,12 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import Engine
 
+from serving.launch import SERVICE_START, ServiceStart
 from serving.metrics import ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.score_log import ScoreLog
 from serving.settings import Settings
-from serving.state import SERVICE_START, ServiceStart, ServiceState
+from serving.state import ServiceState
 from serving.store import PolicyStore, ReloadStore, make_engine
 from tests.conftest import Trained
 from tests.serving.conftest import Registry, service_settings
