@@ -1,11 +1,13 @@
 """A small typed client of the score API: requests built from the contract's tables, retries, typed answers.
 
 ```python
-from leadscore.client import LeadscoreClient
+from leadscore.client import LeadscoreClient, build_requests
 
 with LeadscoreClient("https://leadscore.example.com", api_key="...") as client:
-    for answer in client.score_tables(leads, activities):
+    for answer in client.score_tables(leads, activities):  # all or nothing: one invalid lead refuses its batch
         print(answer.lead_id, answer.route.queue, answer.fit.grade)
+    for result in client.score_items(build_requests(leads, activities)):  # each lead scored or refused on its own
+        print(result.index, result.lead_id, result.score.route.queue if result.score else result.problems)
 ```
 
 It imports no scoring code (no MLflow, LightGBM or FastAPI): pandas is imported only when tables are converted.
@@ -19,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, Required, Self, TypedDict, TypeVar, cast
@@ -40,11 +42,15 @@ __all__ = [
     "BatchResponse",
     "FieldProblem",
     "FitScore",
+    "ItemProblem",
+    "ItemResult",
+    "ItemsResponse",
     "LeadscoreClient",
     "LeadscoreConnectionError",
     "LeadscoreError",
     "LeadscoreHTTPError",
     "LeadscoreInputError",
+    "LeadscoreRequestError",
     "ReadinessScore",
     "Reason",
     "Reasons",
@@ -62,6 +68,7 @@ DEFAULT_MAX_BODY_BYTES = 16_000_000
 API_KEY_HEADER = "X-API-Key"
 SCORE_PATH = "/v1/score"
 BATCH_PATH = "/v1/score/batch"
+ITEMS_PATH = "/v1/score/batch/items"
 # Statuses worth another try: the service (or a proxy before it) is busy, restarting or has no model loaded yet.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # `{"leads":[` + `]}` around the comma-separated requests of a batch body.
@@ -115,7 +122,8 @@ class ScoreRequestBody(TypedDict):
     as_of: NotRequired[str]
 
 
-# ---- answers: the service's ScoreResponse and BatchResponse (serving/schemas.py); a test holds them to its OpenAPI --
+# ---- answers: the service's ScoreResponse, BatchResponse and ItemsResponse (serving/schemas.py); a test holds them to
+# its OpenAPI document ------------------------------------------------------------------------------------------------
 
 Grade = Literal["A", "B", "C", "D"]
 Stage = Literal["nurture", "MQL", "SQL"]
@@ -199,23 +207,73 @@ class BatchResponse(BaseModel):
     scores: list[ScoreResponse]
 
 
+class ItemProblem(BaseModel):
+    """Why a lead of a per-item batch was refused: the field's path (as in a 422), what is wrong, the kind."""
+
+    model_config = _ANSWER
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.loc))}: {self.msg}"
+
+
+class ItemResult(BaseModel):
+    """One lead of a per-item batch: its answer (`status` "scored", `score`) or why it was refused (`problems`).
+
+    From `LeadscoreClient.score_items`, `index` and each problem's path count in the requests given to it (the
+    client's batches are its own affair): `("body", "leads", 1003, "lead", "created_at")` is the 1004th request.
+    """
+
+    model_config = _ANSWER
+
+    index: int
+    lead_id: str | None
+    status: Literal["scored", "refused"]
+    score: ScoreResponse | None = None
+    problems: list[ItemProblem] = []
+
+
+class ItemsResponse(BaseModel):
+    """A per-item batch's answer: every lead in request order, the scored ones under one request id."""
+
+    model_config = _ANSWER
+
+    request_id: str
+    scored: int
+    refused: int
+    results: list[ItemResult]
+
+
 # ---- errors --------------------------------------------------------------------------------------------------------
 
 
 class LeadscoreError(Exception):
     """Anything the client could not get scored.
 
-    Raised by `score_batch` (or `score_tables`), it carries in `answered` the answers of the batches sent before the
-    failure, in request order: the service scored and logged those.
+    Raised by `score_batch` (or `score_tables`) or `score_items`, it carries in `answered` the answers of the batches
+    sent before the failure, in request order: the service scored and logged those.
     """
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.answered: list[ScoreResponse] = []
+        # Raised by `score_items`: the per-item results of the batches answered before the failure, in request order.
+        self.item_results: list[ItemResult] = []
 
 
 class LeadscoreConnectionError(LeadscoreError):
     """The service could not be reached (or did not answer in time) on any of the tries."""
+
+
+class LeadscoreRequestError(LeadscoreError, ValueError):
+    """A request the client cannot send (over the body limit, or not JSON: a NaN, an object JSON cannot hold).
+
+    Raised before it is sent, by `score` and `score_batch`; the batches before it were sent (see `answered`).
+    `score_items` refuses such a lead on its own instead, as the service refuses an invalid one.
+    """
 
 
 class LeadscoreHTTPError(LeadscoreError):
@@ -229,7 +287,11 @@ class LeadscoreHTTPError(LeadscoreError):
 
 @dataclass(frozen=True, slots=True)
 class FieldProblem:
-    """One problem of a refused request: the field's path as the service gives it, what is wrong, and whose lead."""
+    """One problem of a refused request: the field's path, what is wrong, and whose lead.
+
+    The path is the service's, except that a batch's `("body", "leads", i, ...)` counts `i` in the requests given to
+    `score_batch`, not in the batch the client sent.
+    """
 
     path: tuple[str | int, ...]
     message: str
@@ -282,7 +344,16 @@ class Retry:
 
 # ---- the client ----------------------------------------------------------------------------------------------------
 
-_Answer = TypeVar("_Answer", ScoreResponse, BatchResponse)
+_Answer = TypeVar("_Answer", ScoreResponse, BatchResponse, ItemsResponse)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch body, and for each lead in it its position among the requests given and its id."""
+
+    body: bytes
+    indexes: list[int]
+    lead_ids: list[str | None]
 
 
 class LeadscoreClient:
@@ -334,19 +405,51 @@ class LeadscoreClient:
 
     def score(self, request: ScoreRequestBody) -> ScoreResponse:
         """Score and route one lead (POST /v1/score)."""
-        body = _encode(request)
-        return self._post(SCORE_PATH, body, ScoreResponse, [request["lead"]["lead_id"]])
+        lead_id = _lead_id(request)
+        body = self._encoded(request, lead_id, overhead=0)
+        return self._post(SCORE_PATH, body, ScoreResponse, [0], [lead_id])
 
     def score_batch(self, requests: Iterable[ScoreRequestBody]) -> list[ScoreResponse]:
-        """Score many leads (POST /v1/score/batch), sent in batches within the service's limits; answers in order."""
+        """Score many leads (POST /v1/score/batch), sent in batches within the service's limits; answers in order.
+
+        Each batch is all or nothing: one invalid lead refuses its batch with a LeadscoreInputError (use
+        `score_items` to have the valid leads scored anyway).
+        """
         answers: list[ScoreResponse] = []
         try:
-            for lead_ids, body in self._batches(requests):
-                answers.extend(self._post(BATCH_PATH, body, BatchResponse, lead_ids).scores)
+            for batch in self._batches(requests):
+                answers.extend(self._post(BATCH_PATH, batch.body, BatchResponse, batch.indexes, batch.lead_ids).scores)
         except LeadscoreError as err:
             err.answered = answers
             raise
         return answers
+
+    def score_items(self, requests: Iterable[ScoreRequestBody]) -> list[ItemResult]:
+        """Score many leads, each answered or refused on its own (POST /v1/score/batch/items); results in order.
+
+        Sent in batches as `score_batch` sends them. A lead the service refuses (or that the client cannot send: over
+        the body limit, or not JSON) is a result with status "refused" and its problems; the others are scored. Each
+        result's `index`, and its problems' paths, count in `requests`. Errors that concern a whole batch (a key, the
+        service unavailable after the last try) raise as in `score_batch`, with `item_results` and `answered` holding
+        what the batches before it got.
+        """
+        results: list[ItemResult] = []
+
+        def refuse(index: int, lead_id: str | None, why: str, kind: str) -> None:
+            problem = ItemProblem(loc=("body", "leads", index), msg=why, type=kind)
+            results.append(ItemResult(index=index, lead_id=lead_id, status="refused", problems=[problem]))
+
+        try:
+            for batch in self._batches(requests, refuse=refuse):
+                answer = self._post(ITEMS_PATH, batch.body, ItemsResponse, batch.indexes, batch.lead_ids)
+                results.extend(_rebased(answer, batch))
+        except LeadscoreError as err:
+            results.sort(key=lambda result: result.index)
+            err.item_results = results
+            err.answered = [result.score for result in results if result.score is not None]
+            raise
+        results.sort(key=lambda result: result.index)  # leads refused before sending were added out of turn
+        return results
 
     def score_tables(
         self,
@@ -360,31 +463,60 @@ class LeadscoreClient:
         """Score the leads of the contract's two tables (or only `lead_ids`); see `build_requests`."""
         return self.score_batch(build_requests(leads, activities, as_of=as_of, lead_ids=lead_ids, custom=custom))
 
-    def _batches(self, requests: Iterable[ScoreRequestBody]) -> Iterable[tuple[list[str], bytes]]:
-        """Batch bodies of at most `batch_size` leads and `max_body_bytes` bytes, with the lead ids each holds."""
-        lead_ids: list[str] = []
+    def _encoded(self, request: ScoreRequestBody, lead_id: str | None, *, overhead: int = _BATCH_OVERHEAD) -> bytes:
+        """One request as JSON within the body limit (with `overhead` bytes around it), or LeadscoreRequestError."""
+        try:
+            part = _encode(request)
+        except (TypeError, ValueError) as err:  # NaN or infinity, or an object JSON cannot hold
+            raise LeadscoreRequestError(f"the request of lead {lead_id!r} cannot be sent as JSON: {err}") from None
+        if overhead + len(part) > self.max_body_bytes:
+            raise LeadscoreRequestError(
+                f"the request of lead {lead_id!r} takes {len(part):,} bytes, over the service's body limit of "
+                f"{self.max_body_bytes:,} (LEADSCORE_MAX_BODY_BYTES; the client's max_body_bytes): send fewer "
+                "touches or colleagues, or raise the limit"
+            )
+        return part
+
+    def _batches(
+        self,
+        requests: Iterable[ScoreRequestBody],
+        refuse: Callable[[int, str | None, str, str], None] | None = None,
+    ) -> Iterator[_Batch]:
+        """Batches of at most `batch_size` leads and `max_body_bytes` bytes, in request order.
+
+        A lead that cannot be sent raises LeadscoreRequestError, or with `refuse` is handed to it (index, lead id,
+        why, kind) and left out.
+        """
+        indexes: list[int] = []
+        lead_ids: list[str | None] = []
         parts: list[bytes] = []
         size = _BATCH_OVERHEAD
-        for request in requests:
-            part = _encode(request)
-            lead_id = request["lead"]["lead_id"]
-            if _BATCH_OVERHEAD + len(part) > self.max_body_bytes:
-                raise ValueError(
-                    f"the request of lead {lead_id!r} takes {len(part):,} bytes, over the service's body limit of "
-                    f"{self.max_body_bytes:,} (LEADSCORE_MAX_BODY_BYTES; the client's max_body_bytes): send fewer "
-                    "touches or colleagues, or raise the limit"
-                )
+        for index, request in enumerate(requests):
+            lead_id = _lead_id(request)
+            try:
+                part = self._encoded(request, lead_id)
+            except LeadscoreRequestError as why:
+                if refuse is None:
+                    raise
+                refuse(index, lead_id, str(why), "not_sent")
+                continue
             if parts and (len(parts) >= self.batch_size or size + 1 + len(part) > self.max_body_bytes):
-                yield lead_ids, _batch_body(parts)
-                lead_ids, parts, size = [], [], _BATCH_OVERHEAD
+                yield _Batch(_batch_body(parts), indexes, lead_ids)
+                indexes, lead_ids, parts, size = [], [], [], _BATCH_OVERHEAD
             size += len(part) + (1 if parts else 0)
             parts.append(part)
+            indexes.append(index)
             lead_ids.append(lead_id)
         if parts:
-            yield lead_ids, _batch_body(parts)
+            yield _Batch(_batch_body(parts), indexes, lead_ids)
 
-    def _post(self, path: str, body: bytes, answer: type[_Answer], lead_ids: Sequence[str]) -> _Answer:
-        """POST `body`, trying again on connection errors, timeouts, 429 and 502/503/504; parse the answer."""
+    def _post(
+        self, path: str, body: bytes, answer: type[_Answer], indexes: Sequence[int], lead_ids: Sequence[str | None]
+    ) -> _Answer:
+        """POST `body`, trying again on connection errors, timeouts, 429 and 502/503/504; parse the answer.
+
+        `indexes` and `lead_ids` say which request (among those given) and whose lead each lead of the body is.
+        """
         retry = self.retry
         for attempt in range(retry.attempts):
             last = attempt == retry.attempts - 1
@@ -403,7 +535,7 @@ class LeadscoreClient:
                 return answer.model_validate_json(response.content)
             if response.status_code == 422:
                 detail = _detail(response)
-                raise LeadscoreInputError(detail, _problems(detail, lead_ids))
+                raise LeadscoreInputError(detail, _problems(detail, indexes, lead_ids))
             if response.status_code not in RETRY_STATUSES or last:
                 raise LeadscoreHTTPError(response.status_code, _detail(response))
             wait = retry.delay(attempt, self._rng, _retry_after(response))
@@ -429,19 +561,52 @@ def _detail(response: httpx.Response) -> object:
     return payload.get("detail", payload) if isinstance(payload, dict) else payload
 
 
-def _problems(detail: object, lead_ids: Sequence[str]) -> list[FieldProblem]:
-    """The fields a 422 names, each with the lead it concerns (a batch's `leads.<i>` is the i-th lead sent)."""
+def _problems(detail: object, indexes: Sequence[int], lead_ids: Sequence[str | None]) -> list[FieldProblem]:
+    """The fields a 422 names, each with the lead it concerns; a batch's `leads.<i>` becomes the request's index."""
+    alone = lead_ids[0] if len(lead_ids) == 1 else None
     if not isinstance(detail, list):
-        return [FieldProblem((), str(detail), "", lead_ids[0] if len(lead_ids) == 1 else None)]
+        return [FieldProblem((), str(detail), "", alone)]
     problems = []
     for item in detail:
         entry = item if isinstance(item, Mapping) else {"msg": str(item)}
-        path = tuple(p if isinstance(p, int) else str(p) for p in entry.get("loc", ()))
-        lead_id = lead_ids[0] if len(lead_ids) == 1 else None
-        if len(path) > 2 and path[:2] == ("body", "leads") and isinstance(path[2], int) and path[2] < len(lead_ids):
-            lead_id = lead_ids[path[2]]
+        sent = tuple(p if isinstance(p, int) else str(p) for p in entry.get("loc", ()))
+        lead_id = alone
+        if _in_batch(sent) and 0 <= int(sent[2]) < len(lead_ids):
+            lead_id = lead_ids[int(sent[2])]
+        path = _rebased_path(sent, indexes)
         problems.append(FieldProblem(path, str(entry.get("msg", "")), str(entry.get("type", "")), lead_id))
     return problems
+
+
+def _in_batch(path: tuple[str | int, ...]) -> bool:
+    return len(path) > 2 and path[:2] == ("body", "leads") and isinstance(path[2], int)
+
+
+def _rebased_path(path: tuple[str | int, ...], indexes: Sequence[int]) -> tuple[str | int, ...]:
+    """A path into a batch body as a path into the requests given: `leads.<i>` of the body is `leads.<index>`."""
+    if _in_batch(path) and 0 <= int(path[2]) < len(indexes):
+        return (*path[:2], indexes[int(path[2])], *path[3:])
+    return path
+
+
+def _rebased(answer: ItemsResponse, batch: _Batch) -> list[ItemResult]:
+    """A per-item answer's results, their indexes and problems' paths counted in the requests given."""
+    results = []
+    for result in answer.results:
+        if not 0 <= result.index < len(batch.indexes):
+            raise LeadscoreError(
+                f"POST {ITEMS_PATH} answered for lead index {result.index} of a batch of {len(batch.indexes)}"
+            )
+        problems = [p.model_copy(update={"loc": _rebased_path(p.loc, batch.indexes)}) for p in result.problems]
+        results.append(result.model_copy(update={"index": batch.indexes[result.index], "problems": problems}))
+    return results
+
+
+def _lead_id(request: object) -> str | None:
+    """The lead id a request names, if it names one (a malformed request is the service's to refuse)."""
+    lead = request.get("lead") if isinstance(request, Mapping) else None
+    lead_id = lead.get("lead_id") if isinstance(lead, Mapping) else None
+    return lead_id if isinstance(lead_id, str) else None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -32,6 +32,8 @@ from serving.settings import Settings
 MARKER = re.compile(r"^<!-- leadscore:generate (\S+) -->$", re.MULTILINE)
 OPENAPI_FILE = "reference/openapi.json"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+# Where each security scheme of the OpenAPI document carries the key, in words.
+KEY_PLACES = {"APIKeyHeader": "the `X-API-Key` header", "HTTPBearer": "an `Authorization: Bearer` header"}
 
 
 # ---- OpenAPI -----------------------------------------------------------------------------------------------------
@@ -146,8 +148,11 @@ def _operation(method: str, path: str, op: Mapping[str, Any]) -> Iterator[str]:
     yield ""
     yield f"`{method.upper()} {path}`"
     yield ""
-    if op.get("security"):
-        yield "Needs an API key in the `X-API-Key` header once the service has keys configured."
+    # Any one of the schemes will do (OpenAPI lists alternatives as separate requirements).
+    schemes = [name for requirement in op.get("security", ()) for name in requirement]
+    if schemes:
+        ways = " or ".join(KEY_PLACES.get(name, f"`{name}`") for name in schemes)
+        yield f"Key: in {ways}, once the service has keys configured."
         yield ""
     if op.get("description"):
         yield op["description"]

@@ -17,15 +17,19 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from pydantic import BaseModel
 
 from leadscore.client import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     BatchResponse,
+    ItemResult,
+    ItemsResponse,
     LeadscoreClient,
     LeadscoreConnectionError,
     LeadscoreHTTPError,
     LeadscoreInputError,
+    LeadscoreRequestError,
     Retry,
     ScoreRequestBody,
     ScoreResponse,
@@ -207,6 +211,24 @@ def _batch_answer(body: Any) -> dict[str, Any]:
     return {"request_id": "b", "scores": [{**ANSWER, "lead_id": r["lead"]["lead_id"]} for r in body["leads"]]}
 
 
+def _items_answer(body: Any) -> dict[str, Any]:
+    """As the service answers a per-item batch: leads whose id starts with "BAD" refused, the others scored."""
+    results = []
+    for i, request in enumerate(body["leads"]):
+        lead_id = request["lead"]["lead_id"]
+        if lead_id.startswith("BAD"):
+            problem = {"loc": ["body", "leads", i, "lead", "created_at"], "msg": "Field required", "type": "missing"}
+            results.append({"index": i, "lead_id": lead_id, "status": "refused", "score": None, "problems": [problem]})
+        else:
+            score = {**ANSWER, "lead_id": lead_id, "request_id": "items"}
+            results.append({"index": i, "lead_id": lead_id, "status": "scored", "score": score, "problems": []})
+    scored = sum(r["status"] == "scored" for r in results)
+    return {"request_id": "items", "scored": scored, "refused": len(results) - scored, "results": results}
+
+
+CANNED = {"batch": _batch_answer, "items": _items_answer}
+
+
 class Player:
     """The server's handle in a test: `play` sets the replies and returns the script that records what came in."""
 
@@ -228,7 +250,8 @@ def server() -> Iterator[tuple[str, Player]]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             reply = player.script.next(Seen(self.path, dict(self.headers), body))
             time.sleep(reply.wait)
-            content = json.dumps(_batch_answer(body) if reply.body == "batch" else reply.body).encode()
+            answer = CANNED[reply.body](body) if isinstance(reply.body, str) else reply.body
+            content = json.dumps(answer).encode()
             try:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
@@ -288,6 +311,17 @@ def test_busy_and_gateway_answers_are_retried(server: tuple[str, Player], status
         assert client.score(REQUEST).lead_id == "L1"
     assert len(script.seen) == 2
     assert sleeps == [1.0]  # Retry-After, over the backoff's draw
+
+
+def test_a_batch_422_counts_its_paths_in_the_requests_given(server: tuple[str, Player]) -> None:
+    url, player = server
+    detail = [{"loc": ["body", "leads", 1, "lead", "created_at"], "msg": "Field required", "type": "missing"}]
+    player.play(Reply(200, "batch"), Reply(422, {"detail": detail}))
+    with _client(url, [], batch_size=2) as client, pytest.raises(LeadscoreInputError) as raised:
+        client.score_batch(_requests(4))
+    [problem] = raised.value.problems
+    assert problem.path == ("body", "leads", 3, "lead", "created_at") and problem.lead_id == "L3"
+    assert [a.lead_id for a in raised.value.answered] == ["L0", "L1"]
 
 
 def test_a_422_is_never_retried_and_names_each_field_and_its_lead(server: tuple[str, Player]) -> None:
@@ -413,6 +447,88 @@ def test_batches_stay_under_the_body_limit(server: tuple[str, Player]) -> None:
         client.score_batch(requests)
 
 
+def test_a_lead_that_cannot_be_sent_stops_the_batches_keeping_the_answers_before_it(
+    server: tuple[str, Player],
+) -> None:
+    url, player = server
+    script = player.play(Reply(200, "batch"))
+    requests = _requests(5)
+    requests[3]["lead"]["annual_revenue"] = float("nan")
+    with _client(url, [], batch_size=2) as client, pytest.raises(LeadscoreRequestError, match=r"'L3'.*JSON") as raised:
+        client.score_batch(requests)
+    assert isinstance(raised.value, ValueError)  # as before: a request the client cannot send is a ValueError
+    assert [a.lead_id for a in raised.value.answered] == ["L0", "L1"]  # the first batch was scored and logged
+    assert [len(s.body["leads"]) for s in script.seen] == [2]
+
+
+# ---- per-item batches --------------------------------------------------------------------------------------------
+
+
+def _lead_ids(*names: str) -> list[ScoreRequestBody]:
+    return [{"lead": {"lead_id": name, "created_at": "2025-01-06T10:00:00Z"}, "activities": [], "colleagues": []}
+            for name in names]  # fmt: skip
+
+
+def test_per_item_batches_answer_each_lead_in_request_order_counted_across_batches(server: tuple[str, Player]) -> None:
+    url, player = server
+    script = player.play(Reply(200, "items"))
+    with _client(url, [], batch_size=2) as client:
+        results = client.score_items(_lead_ids("L0", "BAD1", "L2", "BAD3", "L4"))
+    assert [s.path for s in script.seen] == ["/v1/score/batch/items"] * 3
+    assert [[r["lead"]["lead_id"] for r in s.body["leads"]] for s in script.seen] == [["L0", "BAD1"], ["L2", "BAD3"],
+                                                                                     ["L4"]]  # fmt: skip
+    assert all(isinstance(r, ItemResult) for r in results)
+    assert [(r.index, r.lead_id, r.status) for r in results] == [
+        (0, "L0", "scored"), (1, "BAD1", "refused"), (2, "L2", "scored"), (3, "BAD3", "refused"), (4, "L4", "scored"),
+    ]  # fmt: skip
+    assert [r.score.lead_id for r in results if r.score is not None] == ["L0", "L2", "L4"]
+    assert all(r.score is None for r in results if r.status == "refused")
+    # The second batch's second lead is the fourth request: its index and path say so, not "leads.1".
+    [problem] = results[3].problems
+    assert problem.loc == ("body", "leads", 3, "lead", "created_at") and problem.type == "missing"
+    assert str(problem) == "body.leads.3.lead.created_at: Field required"
+
+
+def test_a_lead_that_cannot_be_sent_is_refused_alone_in_the_per_item_mode(server: tuple[str, Player]) -> None:
+    url, player = server
+    script = player.play(Reply(200, "items"))
+    requests = _requests(4, touches=40)
+    one = len(json.dumps(requests[0], separators=(",", ":")))
+    requests[1]["activities"] = requests[1]["activities"] * 3  # three times the touches: over the limit alone
+    requests[2]["lead"]["employee_count"] = float("inf")  # type: ignore[typeddict-item]
+    with _client(url, [], max_body_bytes=2 * one + 20) as client:
+        results = client.score_items(requests)
+    assert [(r.index, r.status) for r in results] == [(0, "scored"), (1, "refused"), (2, "refused"), (3, "scored")]
+    assert [[r["lead"]["lead_id"] for r in s.body["leads"]] for s in script.seen] == [["L0", "L3"]]
+    assert results[3].score is not None and results[3].score.lead_id == "L3"
+    too_big, not_json = results[1].problems[0], results[2].problems[0]
+    assert too_big.loc == ("body", "leads", 1) and too_big.type == "not_sent" and "body limit" in too_big.msg
+    assert not_json.loc == ("body", "leads", 2) and "JSON" in not_json.msg
+
+
+def test_a_failed_per_item_batch_keeps_the_results_of_the_batches_before_it(server: tuple[str, Player]) -> None:
+    url, player = server
+    player.play(Reply(200, "items"), Reply(503, {"detail": "the score could not be recorded"}, {"Retry-After": "5"}))
+    sleeps: list[float] = []
+    retry = Retry(attempts=2, backoff=0.01, max_backoff=8.0)
+    with _client(url, sleeps, batch_size=2, retry=retry) as client, pytest.raises(LeadscoreHTTPError) as raised:
+        client.score_items(_lead_ids("L0", "BAD1", "L2"))
+    assert raised.value.status_code == 503
+    assert sleeps == [5.0]  # Retry-After: 5 is waited out before the last try
+    assert [(r.index, r.status) for r in raised.value.item_results] == [(0, "scored"), (1, "refused")]
+    assert [a.lead_id for a in raised.value.answered] == ["L0"]
+
+
+def test_a_whole_batch_refusal_in_the_per_item_mode_names_the_requests(server: tuple[str, Player]) -> None:
+    url, player = server
+    detail = [{"loc": ["body", "leads"], "msg": "at most 1 leads per batch, got 2", "type": "too_long"}]
+    player.play(Reply(200, "items"), Reply(422, {"detail": detail}))
+    with _client(url, [], batch_size=2) as client, pytest.raises(LeadscoreInputError) as raised:
+        client.score_items(_lead_ids("L0", "L1", "L2", "L3"))
+    assert [p.path for p in raised.value.problems] == [("body", "leads")]
+    assert [r.index for r in raised.value.item_results] == [0, 1]
+
+
 def test_score_tables_sends_the_tables_requests(server: tuple[str, Player]) -> None:
     url, player = server
     script = player.play(Reply(200, "batch"))
@@ -443,8 +559,8 @@ def _shape(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     return (kind, schema.get("format"))
 
 
-@pytest.mark.parametrize("model", [ScoreResponse, BatchResponse])
-def test_answers_match_the_services_openapi_schema(model: type[ScoreResponse] | type[BatchResponse]) -> None:
+@pytest.mark.parametrize("model", [ScoreResponse, BatchResponse, ItemsResponse, ItemResult])
+def test_answers_match_the_services_openapi_schema(model: type[BaseModel]) -> None:
     openapi = create_app(Settings.model_construct()).openapi()
     components = openapi["components"]["schemas"]
     ours = model.model_json_schema()

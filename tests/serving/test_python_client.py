@@ -75,3 +75,38 @@ def test_a_wrong_key_is_refused_without_retrying(client: TestClient) -> None:
             cast(ScoreRequestBody, copy.deepcopy(EXAMPLE_REQUEST))
         )
     assert raised.value.status_code == 401
+
+
+def test_per_item_batches_score_the_valid_leads_and_refuse_the_others_with_their_fields(client: TestClient) -> None:
+    good = [cast(ScoreRequestBody, copy.deepcopy(EXAMPLE_REQUEST)) for _ in range(3)]
+    for i, request in enumerate(good):
+        request["lead"]["lead_id"] = f"L-{3000 + i}"
+    bad = cast(ScoreRequestBody, copy.deepcopy(EXAMPLE_REQUEST))
+    bad["lead"]["lead_id"] = "L-bad"
+    bad["activities"][1]["activity_type"] = "carrier_pigeon"
+    # Batches of two: the refused lead is the second of the second batch, the fourth request.
+    results = _client(client, batch_size=2).score_items([good[0], good[1], good[2], bad])
+    assert [(r.index, r.lead_id, r.status) for r in results] == [
+        (0, "L-3000", "scored"), (1, "L-3001", "scored"), (2, "L-3002", "scored"), (3, "L-bad", "refused"),
+    ]  # fmt: skip
+    scores = [r.score for r in results if r.score is not None]
+    assert all(isinstance(s, ScoreResponse) for s in scores)
+    assert [s.lead_id for s in scores] == ["L-3000", "L-3001", "L-3002"]
+    assert scores[0].request_id == scores[1].request_id != scores[2].request_id  # one request id per batch request
+    [problem] = results[3].problems
+    assert problem.loc == ("body", "leads", 3, "activities", 1, "activity_type") and "page_view" in problem.msg
+    # The same leads all or nothing: the batch holding the invalid lead is refused whole.
+    with pytest.raises(LeadscoreInputError) as raised:
+        _client(client, batch_size=2).score_batch([good[0], good[1], good[2], bad])
+    assert [a.lead_id for a in raised.value.answered] == ["L-3000", "L-3001"]
+    assert [p.path for p in raised.value.problems] == [("body", "leads", 3, "activities", 1, "activity_type")]
+
+
+def test_per_item_scores_are_in_the_score_log(client: TestClient) -> None:
+    request = cast(ScoreRequestBody, copy.deepcopy(EXAMPLE_REQUEST))
+    request["lead"]["lead_id"] = "L-items-logged"
+    [result] = _client(client).score_items([request])
+    assert result.score is not None
+    state = client.app.state.service  # type: ignore[attr-defined]
+    [record] = state.score_log.read(lead_id="L-items-logged")
+    assert record.request_id == result.score.request_id
