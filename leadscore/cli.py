@@ -7,7 +7,7 @@ from serving.score_log_cli import app as score_log_app
 from serving.thresholds_cli import app as thresholds_app
 from training.cli import app
 
-app.command(help="Serve models:/lead-scorer@champion over HTTP (FastAPI + uvicorn).")(serve)
+app.command()(serve)
 app.add_typer(thresholds_app, name="thresholds")
 app.add_typer(score_log_app, name="score-log")
 

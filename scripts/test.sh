@@ -10,6 +10,12 @@ python3 -m uv run ruff format --check .
 python3 -m uv run mypy
 python3 -m uv run mypy docs/hooks  # the docs' build hook is no package: checked on its own, with the same settings
 python3 -m uv run lint-imports
+# The store tests need PostgreSQL 15 at 127.0.0.1:5432 (trust authentication): start the cluster where it is down.
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if command -v pg_ctlcluster >/dev/null; then
+        pg_ctlcluster --skip-systemctl-redirect 15 main start || true
+    fi
+fi
 # The browser test drives Debian's Chromium: Playwright cannot download its own browser builds here.
 if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" -eq 0 ]; then

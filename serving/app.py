@@ -152,6 +152,7 @@ def _start(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
 
     Not a traceback of the database driver's: an operator reads the first line and fixes the setting.
     """
+    metrics.forget_dead_workers()
     registry = registry_of(settings)
     try:
         journal = check_journal(settings.journal_dir)
@@ -215,7 +216,9 @@ def _shown(error: Any) -> dict[str, object]:
             value = f"{text[:SHOWN_INPUT_CHARS]}... ({len(text):,} characters)"
         shown["input"] = value
     if "ctx" in shown:
-        shown["ctx"] = _printable(jsonable_encoder(shown["ctx"]))
+        # A validator's exception is in ctx["error"]; FastAPI would show it as {}.
+        context = {k: str(v) if isinstance(v, BaseException) else v for k, v in shown["ctx"].items()}
+        shown["ctx"] = _printable(jsonable_encoder(context))
     return shown
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import resource
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -148,6 +149,21 @@ def _allow_connections(wanted: int) -> int:
     return max(fits, 1)
 
 
+# The service's own records (a reload, a saved policy, a retention run) in every worker, one line each: uvicorn sets
+# up logging in each worker it starts, from this, and by default only for its own loggers.
+SERVICE_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
+
+
+def _log_config(uvicorn_config: dict[str, Any]) -> dict[str, Any]:
+    """Uvicorn's logging set-up plus a root handler for everything else (ours, MLflow's, SQLAlchemy's warnings)."""
+    config = copy.deepcopy(uvicorn_config)
+    config["formatters"]["service"] = {"format": SERVICE_LOG_FORMAT}
+    config["handlers"]["service"] = {"class": "logging.StreamHandler", "formatter": "service",
+                                     "stream": "ext://sys.stderr"}  # fmt: skip
+    config["root"] = {"handlers": ["service"], "level": "INFO"}
+    return config
+
+
 def _run(host: str, port: int, workers: int, settings: Settings, connections: int) -> bool:
     """Run uvicorn until it stops; whether the service started (uvicorn itself exits 0 when workers fail to)."""
     import uvicorn
@@ -158,6 +174,7 @@ def _run(host: str, port: int, workers: int, settings: Settings, connections: in
 
     config = uvicorn.Config(
         "serving.app:create_app",
+        log_config=_log_config(uvicorn.config.LOGGING_CONFIG),
         factory=True,
         host=host,
         port=port,

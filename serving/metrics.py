@@ -7,9 +7,10 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,11 +56,15 @@ class ServiceMetrics:
         )  # fmt: skip
         self.score_log_lag = Gauge(
             "leadscore_score_log_oldest_pending_seconds", "Age of the oldest score not yet in the database.",
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.score_log_writable = Gauge(
             "leadscore_score_log_journal_writable", "1 while the journal can be written (0: scores are refused).",
-            registry=self.registry, multiprocess_mode="min",
+            registry=self.registry, multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.thresholds_stale = Gauge(
+            "leadscore_thresholds_stale", "1 while the policy in force cannot be read (the last one read is used).",
+            registry=self.registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.score_log_rejected = Counter(
             "leadscore_score_log_rejected", "Score records the database refused as data, set aside beside the journal.",
@@ -73,6 +78,19 @@ class ServiceMetrics:
         self._scores: dict[str, Histogram] = {}
         self._fast_path: dict[str, Counter] = {}
 
+    def forget_dead_workers(self) -> None:
+        """Drop the gauges of workers that are gone (uvicorn replaced them): theirs are no news about the service.
+
+        Each worker calls this when it starts, which is when one has been replaced.
+        """
+        folder = os.environ.get(MULTIPROCESS_DIR)
+        if not folder:
+            return
+        for path in Path(folder).glob("gauge_live*_*.db"):
+            pid = int(path.stem.rsplit("_", 1)[1])
+            if not _alive(pid):
+                mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format: those of every worker when they share a multiprocess folder."""
         if os.environ.get(MULTIPROCESS_DIR):
@@ -80,6 +98,10 @@ class ServiceMetrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+    def observe_thresholds(self, *, stale: bool) -> None:
+        """Whether this worker routes with a policy it could not read again."""
+        self.thresholds_stale.set(1 if stale else 0)
 
     def observe_score_log(self, status: ScoreLogStatus) -> None:
         """The score log's backlog, lag, journal and refused records, as a worker last saw them."""
@@ -200,3 +222,13 @@ async def _too_large(send: Send, limit: int) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process under that number: not ours to forget
+    return True

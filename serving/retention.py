@@ -16,6 +16,7 @@ import datetime as dt
 import fcntl
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -105,12 +106,13 @@ def _prune_batch(
             ).rowcount
             if gone != len(rows):
                 raise _TakenError
-            if staged is not None:
+            if staged is not None and archive_dir is not None:
                 stamps = [stored_time(r.scored_at) for r in rows]
                 conn.execute(
                     insert(score_log_archives).values(
-                        file=name, first_id=first, last_id=last, records=len(rows), oldest=min(stamps),
-                        newest=max(stamps), archived_at=dt.datetime.now(dt.UTC),
+                        file=name, host=socket.gethostname(), folder=str(archive_dir.resolve()), first_id=first,
+                        last_id=last, records=len(rows), oldest=min(stamps), newest=max(stamps),
+                        archived_at=dt.datetime.now(dt.UTC),
                     )
                 )  # fmt: skip
     except _TakenError:

@@ -39,7 +39,8 @@ def _engine(store_url: str | None) -> Engine:
 def prune(
     older_than_days: Annotated[int, typer.Option(min=1, help="Archive and delete records scored this long ago.")],
     archive_dir: Annotated[
-        Path | None, typer.Option(help="Folder for the Parquet archive; default: LEADSCORE_SCORE_LOG_ARCHIVE_DIR.")
+        Path | None,
+        typer.Option(help="Folder for the Parquet archive; default: LEADSCORE_SCORE_LOG_ARCHIVE_DIR (empty: none)."),
     ] = None,
     no_archive: Annotated[bool, typer.Option("--no-archive", help="Delete without archiving.")] = False,
     store_url: StoreOption = None,
@@ -51,7 +52,8 @@ def prune(
     from serving.settings import Settings
 
     engine = _engine(store_url)
-    folder = None if no_archive else archive_dir or Path(Settings().score_log_archive_dir or "leadscore-archive")
+    setting = Settings().score_log_archive_dir  # empty: no archive, as for the service's own retention
+    folder = None if no_archive else archive_dir or (Path(setting) if setting else None)
     older_than = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
     try:
         result = prune_score_log(engine, older_than=older_than, archive_dir=folder)
@@ -79,9 +81,11 @@ def archives(store_url: StoreOption = None) -> None:
     finally:
         engine.dispose()
     table = Table(title="score log archives")
-    for column in ("file", "records", "ids", "scored from", "to", "archived"):
-        table.add_column(column, no_wrap=column != "file", overflow="fold")
+    for column in ("where", "file", "records", "ids", "scored from", "to", "archived"):
+        table.add_column(column, no_wrap=column not in ("where", "file"), overflow="fold")
     for row in rows:
-        table.add_row(row.file, f"{row.records:,}", f"{row.first_id}-{row.last_id}", f"{row.oldest:%Y-%m-%d}",
-                      f"{row.newest:%Y-%m-%d}", f"{row.archived_at:%Y-%m-%d %H:%M}")  # fmt: skip
+        table.add_row(
+            f"{row.host}:{row.folder}", row.file, f"{row.records:,}", f"{row.first_id}-{row.last_id}",
+            f"{row.oldest:%Y-%m-%d}", f"{row.newest:%Y-%m-%d}", f"{row.archived_at:%Y-%m-%d %H:%M}",
+        )  # fmt: skip
     console.print(table)

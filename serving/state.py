@@ -98,6 +98,7 @@ class ServiceState:
         """The score log's lag and faults, also handed to /metrics."""
         status = self.score_log.status()
         self.metrics.observe_score_log(status)
+        self.metrics.observe_thresholds(stale=self.policy_error is not None)
         return status
 
     def prune_score_log(self) -> PruneResult | None:

@@ -53,6 +53,8 @@ score_log_archives = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("file", String(512), nullable=False, unique=True),
+    Column("host", String(256), nullable=False),  # where the file was written: replicas may archive on their own
+    Column("folder", String(1024), nullable=False),
     Column("first_id", Integer, nullable=False),
     Column("last_id", Integer, nullable=False),
     Column("records", Integer, nullable=False),

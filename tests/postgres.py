@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-# The development and CI machines run PostgreSQL 15 here, trust authentication (see README's development notes).
+# The development and CI machines run PostgreSQL 15 here, trust authentication (docs/development.md).
 SERVER = ("127.0.0.1", 5432)
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

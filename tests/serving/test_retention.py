@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -74,6 +75,7 @@ def test_records_past_the_retention_are_archived_whole_then_deleted(engine: Engi
     with engine.connect() as conn:
         recorded = list(conn.execute(select(score_log_archives).order_by(score_log_archives.c.id)))
     assert [r.file for r in recorded] == [p.name for p in result.files]
+    assert {(r.host, r.folder) for r in recorded} == {(socket.gethostname(), str((tmp_path / "archive").resolve()))}
     assert sum(r.records for r in recorded) == 4
     again = prune_score_log(engine, older_than=NOW - dt.timedelta(days=365), archive_dir=tmp_path / "archive")
     assert again.deleted == 0 and len(archived(tmp_path / "archive")) == 4
