@@ -64,6 +64,12 @@ class Workers:
         """What uvicorn said of workers it lost or could not start."""
         return [line for line in self.log.read_text().splitlines() if "died" in line or "failed to start" in line]
 
+    def metrics_folder(self) -> Path:
+        """The folder `leadscore serve` made for its workers' metrics, as its workers see it."""
+        environ = Path(f"/proc/{self.worker_pids()[0]}/environ").read_bytes().split(b"\0")
+        [folder] = [v.split(b"=", 1)[1] for v in environ if v.startswith(MULTIPROCESS_DIR.encode() + b"=")]
+        return Path(folder.decode())
+
     def worker_pids(self) -> list[int]:
         """The worker processes: the children of the parent that run multiprocessing's spawned main."""
         pids = []
@@ -152,6 +158,9 @@ def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> No
     assert versions == [new] * 20
     reloads = httpx.get(f"{url}/metrics", headers={"X-API-Key": ADMIN_KEY}).text
     assert 'leadscore_model_reloads_total{outcome="ok"} 2.0' in reloads  # one per worker
+    # Each worker's own log records reach the log, one line each, naming their process.
+    loaded = re.findall(rf"INFO serving\.model \[(\d+)\]: serving {MODEL} version {new} ", service.log.read_text())
+    assert len(set(loaded)) == WORKERS
 
 
 def test_a_worker_replaced_after_a_crash_serves_what_the_others_serve(service: Workers, trained: Trained) -> None:
@@ -164,7 +173,10 @@ def test_a_worker_replaced_after_a_crash_serves_what_the_others_serve(service: W
     started = service.startups()
     pids = service.worker_pids()
     assert len(pids) == WORKERS
+    folder = service.metrics_folder()
+    assert list(folder.glob(f"gauge_live*_{pids[0]}.db"))  # its gauges (the score log's lag, ...)
     os.kill(pids[0], signal.SIGKILL)
     service.wait_for_startups(started + 1)  # uvicorn replaced it
     assert len(service.worker_pids()) == WORKERS
     assert set(_served_versions(service.url, body, 20)) == {served}
+    assert not list(folder.glob(f"gauge_live*_{pids[0]}.db"))  # its replacement dropped them: they were no news
