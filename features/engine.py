@@ -182,9 +182,9 @@ _SQL_COLUMNS = np.array([LIFECYCLE_CHAIN.index(name) for name in (*SQL_STAMPS, "
 def compute_engagement(block: FunnelBlock, lead: np.ndarray, as_of: np.ndarray, plan: EnginePlan) -> np.ndarray:
     """Engagement, lifecycle and buying-group features for (lead code, as_of seconds) pairs of one block.
 
-    Only activities and lifecycle stamps strictly before each pair's as_of are read. Each pair reads its own lead's
-    and colleagues' rows only, in block order, so a lead's row does not depend on which other leads share the
-    block: batch and request-time results are bit-identical.
+    Only activities and lifecycle stamps strictly before each pair's as_of are read, and only colleagues created
+    before it count. Each pair reads its own lead's and colleagues' rows only, in block order, so a lead's row does
+    not depend on which other leads share the block: batch and request-time results are bit-identical.
     """
     out = np.empty((lead.shape[0], plan.n_features), dtype=np.float64)
     key, types, lifecycle, start, end, codes, at = (
@@ -296,10 +296,12 @@ def _engagement(
         # Buying group: colleagues at the same account, known, engaged, their (high-intent) touches and SQLs so far.
         known = engaged = touches = high_colleague = sql = 0.0
         for member in range(account_start[code], account_end[code]):
-            if member == code:
-                continue
             member_life = lifecycle[member]
-            known += member_life[0] < at
+            # A colleague created at or after as_of was not in the CRM yet: neither they nor their touches count, not
+            # even touches dated before as_of (anonymous visits a CRM attaches to a contact when it creates it).
+            if member == code or member_life[0] >= at:
+                continue
+            known += 1
             member_base = member << TS_BITS
             lo_m = np.searchsorted(act_key, member_base | group_start)
             hi_m = np.searchsorted(act_key, member_base | at)

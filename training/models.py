@@ -50,8 +50,9 @@ def time_split(times: pd.Series, *, holdout_fraction: float, valid_fraction: flo
     gap = purge.value
     holdout_start, valid_start = pd.Timestamp(hold, tz="UTC"), pd.Timestamp(val, tz="UTC")
     holdout = values >= hold
-    valid = (values >= val) & (values + gap <= hold)
-    train = values + gap <= val
+    # `< cut` as well as `+ gap <= cut`: without a purge (fit examples) a row at the cut would be in both periods.
+    valid = (values >= val) & (values < hold) & (values + gap <= hold)
+    train = (values < val) & (values + gap <= val)
     for name, mask in (("train", train), ("validation", valid), ("holdout", holdout)):
         if not mask.any():
             raise ValueError(f"the {name} period is empty: too little history for an out-of-time split")

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.builder import FeatureBuilder
-from features.engine import STAGE_CODE, FeatureConfig
+from features.builder import FeatureBuilder, RequestLead
+from features.engine import NOT_YET_CREATED, STAGE_CODE, FeatureConfig
 from features.spec import ACTIVITY_TYPES
 from features.validation import validate_activities, validate_leads
 from tests.factories import activities_frame, lead, leads_frame, ts
@@ -87,6 +87,7 @@ def test_buying_group_counts_known_and_engaged_colleagues() -> None:
             ("boss", "2024-02-20", "pricing_page_view"),
             ("boss", "2024-02-21", "demo_request"),
             ("peer", "2024-01-10", "page_view"),  # outside the 30-day window
+            ("later", "2024-02-25", "demo_request"),  # before as_of, but "later" only joins the CRM after it
             ("later", "2024-03-20", "page_view"),
             ("other", "2024-02-25", "demo_request"),
         ),
@@ -144,11 +145,58 @@ def _people(created: list[int], stamps: list[list[int | None]]) -> pd.DataFrame:
     return leads_frame(*rows)
 
 
-def _features(leads: pd.DataFrame, acts: list[tuple[int, int, str]], as_of: int) -> np.ndarray:
-    frame = activities_frame(*[(f"L{who}", _at(t), kind) for who, t, kind in acts])
-    builder, v_leads, v_acts = _build(leads, frame)
-    pairs = pd.DataFrame({"lead_id": [f"L{i}" for i in range(4)], "as_of": [_at(as_of)] * 4})
-    return builder.transform(v_leads, v_acts, pairs).iloc[:, 2:].to_numpy(dtype=np.float64)
+def _fitted(leads: pd.DataFrame) -> FeatureBuilder:
+    return FeatureBuilder(min_category_count=1).fit(validate_leads(leads))
+
+
+def _activities(acts: list[tuple[str, int, str]]) -> pd.DataFrame:
+    return activities_frame(*[(who, _at(t), kind) for who, t, kind in acts])
+
+
+def _features(
+    builder: FeatureBuilder, leads: pd.DataFrame, acts: list[tuple[str, int, str]], as_of: int, lead_ids: list[str]
+) -> dict[str, np.ndarray]:
+    """Feature rows of `lead_ids` at as_of through each path: batch, one request per lead, and all requests at once.
+
+    A request carries the lead, every colleague at its account in `leads` and all their touches, as the CRM would send.
+    """
+    v_leads = validate_leads(leads)
+    v_acts = validate_activities(_activities(acts), v_leads)
+    at = _at(as_of)
+    pairs = pd.DataFrame({"lead_id": lead_ids, "as_of": [at] * len(lead_ids)})
+    batch = builder.transform(v_leads, v_acts, pairs).iloc[:, 2:].to_numpy(dtype=np.float64)
+    people = {r["lead_id"]: r for r in v_leads.astype(object).where(v_leads.notna(), None).to_dict("records")}
+    touches = v_acts.astype(object).to_dict("records")
+    requests = []
+    for lead_id in lead_ids:
+        me = people[lead_id]
+        colleagues = [p for p in people.values() if p["account_id"] == me["account_id"] and p is not me]
+        ids = {lead_id, *(c["lead_id"] for c in colleagues)}
+        own = [t for t in touches if t["lead_id"] in ids]
+        requests.append((me, colleagues, own))
+    records = np.array([builder.transform_records(me, own, at, colleagues) for me, colleagues, own in requests])
+    many = builder.transform_requests(
+        [
+            RequestLead(
+                lead=me,
+                colleagues=colleagues,
+                touch_lead_ids=[t["lead_id"] for t in own],
+                touch_times=[t["occurred_at"] for t in own],
+                touch_types=[t["activity_type"] for t in own],
+                as_of=at.to_pydatetime(),
+            )
+            for me, colleagues, own in requests
+        ]
+    )
+    return {"batch": batch, "transform_records": records, "transform_requests": many}
+
+
+def _assert_same(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], what: str) -> None:
+    for path, rows in expected.items():
+        np.testing.assert_array_equal(actual[path], rows, err_msg=f"{what} changed the {path} features")
+
+
+BASE_IDS = [f"L{i}" for i in range(4)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -168,19 +216,90 @@ def test_activities_and_stamps_at_or_after_as_of_never_change_features(
     changed_future: list[tuple[int, int, str]],
     as_of: int,
 ) -> None:
-    before = [(w, t, k) for w, t, k in past if t < as_of]
-    after = [(w, as_of + t % (HORIZON_S // 2), k) for w, t, k in future]
-    after_changed = [(w, as_of + t % (HORIZON_S // 2), k) for w, t, k in changed_future]
+    before = [(f"L{w}", t, k) for w, t, k in past if t < as_of]
+    after = [(f"L{w}", as_of + t % (HORIZON_S // 2), k) for w, t, k in future]
+    after_changed = [(f"L{w}", as_of + t % (HORIZON_S // 2), k) for w, t, k in changed_future]
     leads = _people(created, stamps)
-    reference = _features(leads, before + after, as_of)
+    builder = _fitted(leads)
+    reference = _features(builder, leads, before + after, as_of, BASE_IDS)
+    # Batch and request time agree, so that the properties below hold for what training and serving both compute.
+    _assert_same(reference, {path: reference["batch"] for path in reference}, "request time instead of batch")
     # Adding, removing and changing future touches (of the lead or its colleagues) changes nothing.
-    np.testing.assert_array_equal(reference, _features(leads, before, as_of))
-    np.testing.assert_array_equal(reference, _features(leads, before + after_changed, as_of))
+    _assert_same(reference, _features(builder, leads, before, as_of, BASE_IDS), "removing future touches")
+    _assert_same(reference, _features(builder, leads, before + after_changed, as_of, BASE_IDS), "other future touches")
     # Neither does what happens to the lifecycle at or after as_of.
     cut = leads.copy()
     for name in ("mql_at", "sal_at", "sql_at", "lost_at", "recycled_at", "won_at"):
         cut.loc[cut[name] >= _at(as_of), name] = pd.NaT
-    np.testing.assert_array_equal(reference, _features(cut, before + after, as_of))
+    _assert_same(reference, _features(builder, cut, before + after, as_of, BASE_IDS), "future lifecycle stamps")
+
+
+# People who join an account at or after as_of: when they join (0 = at as_of exactly), their lifecycle after that, and
+# touches at any time, some before as_of (anonymous visits a CRM attaches to a contact once it is created).
+_late_people = st.lists(
+    st.tuples(st.integers(0, 1), st.one_of(st.just(0), _times), _stamps, _acts), min_size=1, max_size=3
+)
+
+
+def _late(as_of: int, drawn: list[tuple[int, int, list[int | None], list[tuple[int, int, str]]]]) -> tuple[
+    pd.DataFrame, list[tuple[str, int, str]]
+]:  # fmt: skip
+    """Leads N0, N1... created at or after as_of at acc-1 or acc-2, and their touches."""
+    frames, touches = [], []
+    for i, (account, offset, stamps, acts) in enumerate(drawn):
+        person = _people([as_of + offset], [stamps]).assign(lead_id=f"N{i}", account_id=f"acc-{account + 1}")
+        frames.append(person)
+        touches += [(f"N{i}", t, kind) for _, t, kind in acts]
+    return pd.concat(frames, ignore_index=True), touches
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    created=st.lists(st.integers(0, HORIZON_S // 2), min_size=4, max_size=4),
+    stamps=st.lists(_stamps, min_size=4, max_size=4),
+    acts=_acts,
+    late=_late_people,
+    moved_late=_late_people,
+    delay=st.integers(1, HORIZON_S // 4),
+    as_of=st.integers(HORIZON_S // 4, HORIZON_S),
+)
+def test_people_created_at_or_after_as_of_never_change_features(
+    created: list[int],
+    stamps: list[list[int | None]],
+    acts: list[tuple[int, int, str]],
+    late: list[tuple[int, int, list[int | None], list[tuple[int, int, str]]]],
+    moved_late: list[tuple[int, int, list[int | None], list[tuple[int, int, str]]]],
+    delay: int,
+    as_of: int,
+) -> None:
+    leads = _people(created, stamps)
+    touches = [(f"L{w}", t, k) for w, t, k in acts]
+    builder = _fitted(leads)
+    reference = _features(builder, leads, touches, as_of, BASE_IDS)
+    # A colleague who joins the account at or after as_of was not known then: neither their arrival nor their touches
+    # (even those dated before as_of) may count, and when exactly they arrive does not matter.
+    for drawn in (late, moved_late):
+        joined, joined_touches = _late(as_of, drawn)
+        with_late = pd.concat([leads, joined], ignore_index=True)
+        changed = _features(builder, with_late, touches + joined_touches, as_of, BASE_IDS)
+        _assert_same(reference, changed, "a colleague created at or after as_of")
+
+    # A lead scored before it exists is "not yet created", however late its creation: only days_since_created (then
+    # negative: days until creation) says when.
+    unborn = [i for i, c in enumerate(created) if c >= as_of]
+    later = leads.copy()
+    stamp_columns = ["created_at", "mql_at", "sal_at", "sql_at", "lost_at", "recycled_at", "won_at"]
+    later.loc[unborn, stamp_columns] += pd.Timedelta(seconds=delay)  # the whole lifecycle, to keep its order
+    moved = _features(builder, later, touches, as_of, BASE_IDS)
+    days = builder.feature_names_.index("days_since_created")
+    stage = builder.feature_names_.index("stage")
+    for path, rows in reference.items():
+        assert (rows[unborn, stage] == NOT_YET_CREATED).all(), path
+        expected = rows.copy()
+        expected[unborn, days] -= delay / 86_400
+        np.testing.assert_allclose(moved[path][:, days], expected[:, days], rtol=0, atol=1e-9, err_msg=path)
+        expected[:, days] = moved[path][:, days]
+        np.testing.assert_array_equal(moved[path], expected, err_msg=f"a later creation changed the {path} features")
 
 
 # ---- parity: request-time path == batch row ------------------------------------------------------------------------

@@ -159,6 +159,12 @@ def _leads(trained: Trained, n: int) -> list[dict[str, Any]]:
     return [_request(trained, lead_id, as_of) for lead_id in ids]
 
 
+def _served(service: Service) -> str:
+    """The model version the service serves now."""
+    version: str = httpx.get(f"{service.url}/readyz", headers=service.headers(ADMIN_KEY)).json()["model_version"]
+    return version
+
+
 def test_score_answers_with_scores_route_reasons_and_versions(service: Service, trained: Trained) -> None:
     body = _leads(trained, 1)[0]
     response = httpx.post(f"{service.url}/v1/score", json=body, headers=service.headers())
@@ -169,7 +175,9 @@ def test_score_answers_with_scores_route_reasons_and_versions(service: Service, 
     assert scored["readiness"]["stage"] in ("nurture", "MQL", "SQL")
     assert scored["route"]["queue"] in ("sales", "sdr", "nurture", "disqualify")
     assert scored["reasons"]["fit"] and all(r["label"] for r in scored["reasons"]["behaviour"])
-    assert scored["model_version"] == "1" and scored["thresholds_version"] == 1
+    # The version it serves now: other tests of this module reload it (in whatever order they run).
+    assert scored["model_version"] == _served(service)
+    assert scored["thresholds_version"] == 1  # the model's default, stored on the service's first start
 
     # The same lead through the training code path gives the same probability: no training/serving skew.
     expected = trained.result.scorer.score_record(
@@ -196,7 +204,7 @@ def test_a_score_is_logged_with_the_model_and_thresholds_version_that_produced_i
         log.close()
         engine.dispose()
     assert record.lead_id == body["lead"]["lead_id"]
-    assert (record.model_version, record.thresholds_version) == ("1", 1)
+    assert (record.model_version, record.thresholds_version) == (scored["model_version"], scored["thresholds_version"])
     assert record.outputs["route"] == scored["route"] and record.inputs["lead"]["lead_id"] == body["lead"]["lead_id"]
 
 
@@ -212,7 +220,9 @@ def test_batch_scores_many_leads_in_order_and_refuses_too_many(service: Service,
 
 def test_model_info_names_the_version_and_holdout_metrics(service: Service) -> None:
     info = httpx.get(f"{service.url}/v1/model", headers=service.headers()).json()
-    assert info["name"] == MODEL and info["version"] == "1" and info["run_id"]
+    assert info["name"] == MODEL and info["version"] == _served(service)
+    registered = MlflowClient(tracking_uri=service.tracking_uri).get_model_version(MODEL, info["version"])
+    assert info["run_id"] == registered.run_id
     assert 0.5 < info["holdout_metrics"]["readiness"]["roc_auc"] <= 1
     assert "engagement_decayed" in info["features"]["engagement"]
 
@@ -245,16 +255,20 @@ def test_bad_input_gets_422_naming_the_field(service: Service, trained: Trained)
 
 
 def test_reload_swaps_in_the_new_champion(service: Service, trained: Trained) -> None:
+    before = _served(service)
     configure_tracking(service.tracking_uri)
     logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
     response = httpx.post(f"{service.url}/v1/admin/reload", headers=service.headers(ADMIN_KEY), timeout=120)
     assert response.status_code == 200, response.text
-    assert response.json() == {"reloaded": True, "model_version": "2", "previous_version": "1", "error": None}
-    assert httpx.get(f"{service.url}/v1/model", headers=service.headers()).json()["version"] == "2"
+    new = str(logged.version)
+    assert new != before
+    assert response.json() == {"reloaded": True, "model_version": new, "previous_version": before, "error": None}
+    assert httpx.get(f"{service.url}/v1/model", headers=service.headers()).json()["version"] == new
 
 
 def test_a_failed_reload_keeps_serving_the_old_model(service: Service, trained: Trained, tmp_path: Path) -> None:
+    before = _served(service)
     code = tmp_path / "not_a_scorer.py"
     code.write_text(BROKEN_MODEL_CODE)
     # Logged from another process: logging runs the model's code, whose set_model would otherwise stay this
@@ -276,15 +290,17 @@ def test_a_failed_reload_keeps_serving_the_old_model(service: Service, trained: 
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, done.stdout.strip().splitlines()[-1])
     response = httpx.post(f"{service.url}/v1/admin/reload", headers=service.headers(ADMIN_KEY), timeout=120)
     assert response.status_code == 409
-    assert response.json()["reloaded"] is False and response.json()["model_version"] == "2"
+    assert response.json()["reloaded"] is False and response.json()["model_version"] == before
     ready = httpx.get(f"{service.url}/readyz", headers=service.headers(ADMIN_KEY)).json()
-    assert ready["ready"] is True and ready["model_version"] == "2" and ready["last_reload_error"]
+    assert ready["ready"] is True and ready["model_version"] == before and ready["last_reload_error"]
     body = _leads(trained, 1)[0]
     scored = httpx.post(f"{service.url}/v1/score", json=body, headers=service.headers())
-    assert scored.status_code == 200 and scored.json()["model_version"] == "2"
+    assert scored.status_code == 200 and scored.json()["model_version"] == before
 
 
-def test_metrics_count_requests_and_routes(service: Service) -> None:
+def test_metrics_count_requests_and_routes(service: Service, trained: Trained) -> None:
+    scored = httpx.post(f"{service.url}/v1/score", json=_leads(trained, 1)[0], headers=service.headers())
+    assert scored.status_code == 200, scored.text
     text = httpx.get(f"{service.url}/metrics", headers=service.headers(ADMIN_KEY)).text
     assert 'leadscore_http_requests_total{route="/v1/score",status="200"}' in text
     assert "leadscore_routes_total" in text and "leadscore_http_request_seconds_bucket" in text

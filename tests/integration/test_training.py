@@ -36,12 +36,17 @@ MODEL = "lead-scorer"
 
 @dataclass(frozen=True)
 class Store:
-    """The simulated data, the tracking store, and when the first training job began loading and ended training (ms)."""
+    """Simulated data, a tracking store, and what the first training job left behind.
+
+    When it began loading and ended training (ms), and where the aliases pointed after the first train and promote.
+    """
 
     data: Path
     uri: str
     loading_began: float
     training_ended: float
+    first_champion: str
+    first_challenger: str
 
 
 def _clocked(fn: Callable[..., Any], clock: dict[str, float], began: str, ended: str) -> Callable[..., Any]:
@@ -72,7 +77,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     promoted = runner.invoke(app, ["promote", "--tracking-uri", uri])
     assert promoted.exit_code == 0, promoted.output
     configure_tracking(uri)
-    yield Store(data, uri, loading_began=clock["load"], training_ended=clock["trained"])
+    # Read now: later tests train and register more versions (in whatever order they run).
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(MODEL, CHAMPION).version
+    challenger = client.get_model_version_by_alias(MODEL, CHALLENGER).version
+    yield Store(data, uri, clock["load"], clock["trained"], str(champion), str(challenger))
     mlflow.set_tracking_uri(None)
 
 
@@ -82,11 +91,9 @@ def _champion_run() -> Run:
 
 
 def test_first_model_is_registered_as_challenger_and_promoted_to_champion(store: Store) -> None:
-    client = MlflowClient()
-    champion = client.get_model_version_by_alias(MODEL, CHAMPION)
-    challenger = client.get_model_version_by_alias(MODEL, CHALLENGER)
-    assert str(champion.version) == str(challenger.version) == "1"
-    assert "first model" in champion.tags["leadscore.promotion"]
+    assert store.first_champion == store.first_challenger
+    first = MlflowClient().get_model_version(MODEL, store.first_champion)
+    assert "first model" in first.tags["leadscore.promotion"]
 
 
 def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: Store) -> None:
@@ -155,25 +162,26 @@ def test_champion_loads_as_pyfunc_and_scores_leads_with_reasons(store: Store) ->
 
 
 def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store: Store) -> None:
-    data, uri = store.data, store.uri
+    client = MlflowClient()
+    champion = str(client.get_model_version_by_alias(MODEL, CHAMPION).version)
     runner = CliRunner()
     worse = runner.invoke(
-        app, ["train", "--data", str(data), "--tracking-uri", uri, "--max-rounds", "1", "--num-leaves", "2"]
+        app, ["train", "--data", str(store.data), "--tracking-uri", store.uri, "--max-rounds", "1", "--num-leaves", "2"]
     )
     assert worse.exit_code == 0, worse.output
-    refused = runner.invoke(app, ["promote", "--tracking-uri", uri])
+    challenger = str(client.get_model_version_by_alias(MODEL, CHALLENGER).version)
+    assert challenger != champion  # the crippled model is the new challenger
+    refused = runner.invoke(app, ["promote", "--tracking-uri", store.uri])
     assert refused.exit_code == EXIT_GATE_REFUSED, refused.output
     assert "readiness roc_auc: challenger" in refused.output and "WORSE" in refused.output
-    client = MlflowClient()
-    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == "1"
-    assert str(client.get_model_version_by_alias(MODEL, CHALLENGER).version) == "2"
-    assert client.get_model_version(MODEL, "2").tags["leadscore.promotion"].startswith("refused")
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == champion
+    assert client.get_model_version(MODEL, challenger).tags["leadscore.promotion"].startswith("refused")
 
 
 def test_evaluate_scores_a_registered_model_on_a_holdout(store: Store, tmp_path: Path) -> None:
-    data, uri = store.data, store.uri
     out = tmp_path / "metrics.json"
-    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--tracking-uri", uri, "--out", str(out)])
+    command = ["evaluate", "--data", str(store.data), "--tracking-uri", store.uri, "--out", str(out)]
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert 0.5 < metrics["readiness"]["roc_auc"] <= 1.0
@@ -186,9 +194,8 @@ def _free_port() -> int:
 
 
 def test_mlflow_models_serve_answers_with_scores(store: Store) -> None:
-    uri = store.uri
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri}
     mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}"]
     server = subprocess.Popen(
         [*mlflow_cli, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,11 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.scoring import GRADES, READINESS_STAGES
-from serving.policy import QUEUES
+from serving.policy import QUEUES, RoutingPolicy
 from serving.schemas import EXAMPLE_REQUEST
 from serving.state import ServiceState
 from tests.conftest import Trained
 from tests.serving.conftest import ADMIN, SCORING, Registry
+from tests.serving.test_policy import DEFAULT_ROUTES
 
 RESPONSE_FIELDS = {
     "request_id", "lead_id", "fit", "readiness", "route", "reasons", "model_version", "thresholds_version", "scored_at",
@@ -79,18 +81,28 @@ def test_score_returns_the_documented_shape(client: TestClient, registry: Regist
         assert 1 <= len(reasons) <= 3
         assert all(set(r) == {"group", "impact", "label"} and r["label"] for r in reasons)
     assert body["model_version"] == registry.version
-    assert body["thresholds_version"] == 1  # the model's default policy, stored on first start
+    assert body["thresholds_version"] == service(client).policy().version
+
+
+def test_the_models_default_policy_is_stored_as_version_1(client: TestClient, trained: Trained) -> None:
+    # Read from the store, not from the answers: other tests of the session's service may have saved later versions.
+    first = service(client).policies.get(1)
+    assert first is not None and first.author == "leadscore"
+    assert first.policy == RoutingPolicy.from_cutoffs(trained.result.scorer.cutoffs)
 
 
 def test_route_applies_the_policy_in_force(client: TestClient) -> None:
     body = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
     policy = service(client).policy()
     assert body["thresholds_version"] == policy.version
-    rules = policy.policy
-    grade, stage = rules.grade(body["fit"]["score"]), rules.stage(body["readiness"]["probability"])
-    cell, sla = rules.route(grade, stage)
+    # The expected route worked out from the cut-offs by hand, not with the policy's own grade/stage/route.
+    grades, stages = policy.policy.grades, policy.policy.stages
+    score, probability = body["fit"]["score"], body["readiness"]["probability"]
+    grade = next((g for g, cut in (("A", grades.A), ("B", grades.B), ("C", grades.C)) if score >= cut), "D")
+    stage = "SQL" if probability >= stages.SQL else "MQL" if probability >= stages.MQL else "nurture"
+    [(queue, priority, sla)] = [route for g, s, *route in DEFAULT_ROUTES if (g, s) == (grade, stage)]
     assert (body["fit"]["grade"], body["readiness"]["stage"]) == (grade, stage)
-    assert body["route"] == {"queue": cell.queue, "priority": cell.priority, "sla_hours": sla, "segment": None}
+    assert body["route"] == {"queue": queue, "priority": priority, "sla_hours": sla, "segment": None}
 
 
 def test_score_log_keeps_input_output_and_both_versions(client: TestClient) -> None:
@@ -175,14 +187,25 @@ def test_scoring_key_may_not_reload(client: TestClient) -> None:
     assert "may score but not administer" in response.json()["detail"]
 
 
+def _reloads(client: TestClient, outcome: str) -> float:
+    """The service's count of reloads with this outcome so far."""
+    found = re.search(
+        rf'^leadscore_model_reloads_total{{outcome="{outcome}"}} (\S+)$',
+        client.get("/metrics", headers=ADMIN).text,
+        re.M,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
 def test_admin_key_reloads_and_may_score(client: TestClient, registry: Registry) -> None:
+    before = _reloads(client, "ok")
     response = client.post("/v1/admin/reload", headers=ADMIN)
     assert response.status_code == 200, response.text
     assert response.json() == {
         "reloaded": True, "model_version": registry.version, "previous_version": registry.version, "error": None,
     }  # fmt: skip
     assert client.post("/v1/score", json=EXAMPLE_REQUEST, headers=ADMIN).status_code == 200
-    assert 'leadscore_model_reloads_total{outcome="ok"} 1.0' in client.get("/metrics", headers=ADMIN).text
+    assert _reloads(client, "ok") == before + 1
 
 
 # ---- validation: 422 naming the field ---------------------------------------------------------------------------
@@ -372,7 +395,7 @@ def test_model_info_reports_version_and_metrics(client: TestClient, registry: Re
     assert response.status_code == 200, response.text
     info = response.json()
     assert (info["name"], info["alias"], info["version"]) == ("lead-scorer", "champion", registry.version)
-    assert info["thresholds_version"] == 1
+    assert info["thresholds_version"] == service(client).policy().version
     expected = trained.result.scorer.metadata["metrics"]
     for task in ("readiness", "fit"):
         assert info["holdout_metrics"][task]["roc_auc"] == pytest.approx(expected[task]["roc_auc"])

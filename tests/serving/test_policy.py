@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from features.scoring import GRADES, READINESS_STAGES, CutOffs
-from serving.policy import QUEUES, GradeCutoffs, RoutingPolicy, StageCutoffs, segment_value
+from serving.policy import Cell, GradeCutoffs, RoutingPolicy, StageCutoffs, segment_value
 
 
 def policy_data(**changes: Any) -> dict[str, Any]:
@@ -148,25 +148,59 @@ def test_stage_boundaries_belong_to_the_higher_stage(policy: RoutingPolicy, prob
     assert policy.stage(probability) == stage
 
 
-def test_route_gives_every_cell_a_queue_and_its_sla(policy: RoutingPolicy) -> None:
-    for grade in GRADES:
-        for stage in READINESS_STAGES:
-            cell, sla = policy.route(grade, stage)  # type: ignore[arg-type]
-            assert cell.queue in QUEUES and 1 <= cell.priority <= 5
-            assert sla == policy.sla_hours[cell.queue]
-    assert policy.route("A", "SQL") == (policy.matrix["A"]["SQL"], 4.0)
-    assert policy.route("A", "SQL")[0].queue == "sales" and policy.route("A", "SQL")[0].priority == 1
-    cell, sla = policy.route("D", "nurture")
-    assert cell.queue == "disqualify" and sla is None
+# The standard matrix, cell by cell, as sales ops read it (serving/policy.py `_default_matrix`): high fit and ready
+# goes to sales at once; high fit, not ready, to nurture; poor fit but ready to SDRs; poor fit, not ready, out.
+DEFAULT_ROUTES = [
+    ("A", "SQL", "sales", 1, 4.0),
+    ("A", "MQL", "sales", 2, 4.0),
+    ("A", "nurture", "nurture", 4, None),
+    ("B", "SQL", "sales", 2, 4.0),
+    ("B", "MQL", "sdr", 3, 24.0),
+    ("B", "nurture", "nurture", 4, None),
+    ("C", "SQL", "sdr", 2, 24.0),
+    ("C", "MQL", "sdr", 3, 24.0),
+    ("C", "nurture", "nurture", 5, None),
+    ("D", "SQL", "sdr", 3, 24.0),
+    ("D", "MQL", "nurture", 4, None),
+    ("D", "nurture", "disqualify", 5, None),
+]
 
 
-def test_custom_matrix_and_sla_are_used(policy: RoutingPolicy) -> None:
+def test_the_default_routes_cover_every_grade_and_stage_once() -> None:
+    assert sorted((g, s) for g, s, *_ in DEFAULT_ROUTES) == sorted((g, s) for g in GRADES for s in READINESS_STAGES)
+
+
+@pytest.mark.parametrize(("grade", "stage", "queue", "priority", "sla"), DEFAULT_ROUTES)
+def test_default_matrix_routes_each_grade_and_stage(
+    policy: RoutingPolicy, grade: Any, stage: Any, queue: str, priority: int, sla: float | None
+) -> None:
+    cell, sla_hours = policy.route(grade, stage)
+    assert (cell.queue, cell.priority, sla_hours) == (queue, priority, sla)
+
+
+@pytest.mark.parametrize(
+    ("fit_score", "probability", "queue", "priority"),
+    [(90.0, 0.6, "sales", 1), (60.0, 0.6, "sales", 2), (60.0, 0.3, "sdr", 3), (10.0, 0.1, "disqualify", 5)],
+)
+def test_scores_route_through_grade_and_stage(
+    policy: RoutingPolicy, fit_score: float, probability: float, queue: str, priority: int
+) -> None:
+    cell, _ = policy.route(policy.grade(fit_score), policy.stage(probability))
+    assert (cell.queue, cell.priority) == (queue, priority)
+
+
+def test_custom_matrix_and_sla_are_used() -> None:
     data = policy_data()
     data["matrix"]["B"]["MQL"] = {"queue": "sales", "priority": 2}
     data["sla_hours"]["sales"] = 1.5
     custom = RoutingPolicy.model_validate(data)
-    cell, sla = custom.route(custom.grade(60.0), custom.stage(0.3))
+    assert (custom.grade(60.0), custom.stage(0.3)) == ("B", "MQL")
+    cell, sla = custom.route("B", "MQL")
     assert (cell.queue, cell.priority, sla) == ("sales", 2, 1.5)
+    cell, sla = custom.route("A", "SQL")  # other cells keep the standard route, with the new SLA for sales
+    assert (cell.queue, cell.priority, sla) == ("sales", 1, 1.5)
+    cell, sla = custom.route("B", "nurture")
+    assert (cell.queue, cell.priority, sla) == ("nurture", 4, None)
 
 
 def test_from_cutoffs_takes_the_models_cutoffs_and_the_standard_matrix() -> None:
@@ -174,11 +208,21 @@ def test_from_cutoffs_takes_the_models_cutoffs_and_the_standard_matrix() -> None
     policy = RoutingPolicy.from_cutoffs(cutoffs)
     assert policy.grades == GradeCutoffs(A=85.0, B=55.0, C=25.0)
     assert policy.stages == StageCutoffs(MQL=0.15, SQL=0.45)
-    assert policy.matrix == RoutingPolicy.model_validate(policy_data()).matrix
-    for score in (0.0, 24.9, 25.0, 55.0, 84.9, 85.0, 100.0):
-        assert policy.grade(score) == cutoffs.grade(score)
-    for probability in (0.0, 0.149, 0.15, 0.449, 0.45, 1.0):
-        assert policy.stage(probability) == cutoffs.stage(probability)
+    assert [(g, s, c.queue, c.priority) for g, s, c in _cells(policy)] == [r[:4] for r in DEFAULT_ROUTES]
+    # The service's routing and the model's own grading agree on every boundary.
+    scores = (0.0, 24.9, 25.0, 55.0, 84.9, 85.0, 100.0)
+    assert [policy.grade(s) for s in scores] == ["D", "D", "C", "B", "B", "A", "A"]
+    assert [cutoffs.grade(s) for s in scores] == ["D", "D", "C", "B", "B", "A", "A"]
+    probabilities = (0.0, 0.149, 0.15, 0.449, 0.45, 1.0)
+    assert [policy.stage(p) for p in probabilities] == ["nurture", "nurture", "MQL", "MQL", "SQL", "SQL"]
+    assert [cutoffs.stage(p) for p in probabilities] == ["nurture", "nurture", "MQL", "MQL", "SQL", "SQL"]
+
+
+def _cells(policy: RoutingPolicy) -> list[tuple[str, str, Cell]]:
+    """The matrix's cells in DEFAULT_ROUTES' order."""
+    order = {(g, s): i for i, (g, s, *_) in enumerate(DEFAULT_ROUTES)}
+    cells = [(g, s, cell) for g, row in policy.matrix.items() for s, cell in row.items()]
+    return sorted(cells, key=lambda c: order[(c[0], c[1])])
 
 
 def test_from_cutoffs_refuses_inconsistent_model_cutoffs() -> None:
@@ -219,3 +263,51 @@ def test_the_first_matching_segment_sets_the_cut_offs() -> None:
     assert (big, small, rules.segment_of("emea", "5000+", None)) == (0, 1, None)
     assert rules.grade(88.0, big) == "C" and rules.grade(88.0, small) == "A"  # segment 1 keeps the default grades
     assert rules.stage(0.3, big) == "MQL" and rules.stage(0.3, small) == "nurture"
+
+
+SEGMENTED = policy_data(
+    segments=[
+        {"match": {"region": "EMEA"}, "grades": {"A": 95, "B": 90, "C": 85}},
+        {"match": {"source": "webinar"}, "stages": {"MQL": 0.05, "SQL": 0.1}},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("region", "source", "fit_score", "probability", "segment", "grade", "stage", "queue", "priority"),
+    [
+        # EMEA's own grade cut-offs make 88 a C (a default A) and 96 an A; its stages are the policy's own.
+        ("emea", "organic search", 88.0, 0.15, 0, "C", "nurture", "nurture", 5),
+        ("emea", "webinar", 96.0, 0.6, 0, "A", "SQL", "sales", 1),
+        ("emea", "webinar", 88.0, 0.15, 0, "C", "nurture", "nurture", 5),  # the first matching segment only
+        # Webinar leads elsewhere: their own stage cut-offs make 0.15 an SQL (a default nurture); default grades.
+        ("north america", "webinar", 88.0, 0.15, 1, "A", "SQL", "sales", 1),
+        ("north america", "webinar", 60.0, 0.07, 1, "B", "MQL", "sdr", 3),
+        # Neither segment: the policy's own cut-offs.
+        ("north america", "organic search", 88.0, 0.15, None, "A", "nurture", "nurture", 4),
+        ("north america", "organic search", 60.0, 0.3, None, "B", "MQL", "sdr", 3),
+    ],
+)
+def test_a_segments_own_cut_offs_decide_its_leads_grade_stage_and_route(
+    region: str,
+    source: str,
+    fit_score: float,
+    probability: float,
+    segment: int | None,
+    grade: str,
+    stage: str,
+    queue: str,
+    priority: int,
+) -> None:
+    rules = RoutingPolicy.model_validate(SEGMENTED)
+    assert rules.segment_of(region, "201-1000", source) == segment
+    assert (rules.grade(fit_score, segment), rules.stage(probability, segment)) == (grade, stage)
+    cell, _ = rules.route(rules.grade(fit_score, segment), rules.stage(probability, segment))
+    assert (cell.queue, cell.priority) == (queue, priority)
+
+
+def test_a_segments_cut_offs_are_its_own_and_the_policys_where_it_sets_none() -> None:
+    rules = RoutingPolicy.model_validate(SEGMENTED)
+    assert rules.cutoffs(None) == (GradeCutoffs(A=80, B=50, C=20), StageCutoffs(MQL=0.2, SQL=0.5))
+    assert rules.cutoffs(0) == (GradeCutoffs(A=95, B=90, C=85), StageCutoffs(MQL=0.2, SQL=0.5))
+    assert rules.cutoffs(1) == (GradeCutoffs(A=80, B=50, C=20), StageCutoffs(MQL=0.05, SQL=0.1))
