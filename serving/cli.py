@@ -42,7 +42,7 @@ def serve(
     """
     from pydantic import ValidationError
 
-    from serving.preflight import StartupError, bound_mlflow_retries
+    from serving.preflight import StartupError, bound_mlflow_retries, check_registry, registry_of
     from serving.settings import Settings
 
     # Each worker builds its own app from the environment, so the command line reaches them through it.
@@ -57,6 +57,7 @@ def serve(
             log.error("%s: %s (got %r)", name, problem["msg"], problem.get("input"))
         raise typer.Exit(EXIT_SETTINGS) from None
     try:
+        check_registry(registry_of(settings))  # here first: the child takes seconds to import what it checks with
         start = _checked_in_a_child()
     except StartupError as err:
         log.error("%s", err)
