@@ -17,7 +17,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -92,8 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for chore in chores:
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
-            state.score_log.close()
-            state.score_log.engine.dispose()
+            _close(state)
 
     app = ScoreService(
         title="leadscore",
@@ -175,17 +173,18 @@ def _start(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
     except ModelNotAvailableError as err:
         message = f"{err} (registry from {registry.source})"
         log.error("%s", message)
-        _close(state, engine)
+        _close(state)
         raise StartupError(message) from None
     except BaseException:
-        _close(state, engine)
+        _close(state)
         raise
     return state
 
 
-def _close(state: ServiceState, engine: Engine) -> None:
-    state.score_log.close()  # its writer thread and journal, before the failure ends the worker
-    engine.dispose()
+def _close(state: ServiceState) -> None:
+    """Stop the score log's writer (flushing what it can; the journal keeps the rest) and close the store."""
+    state.score_log.close()
+    state.score_log.engine.dispose()
 
 
 async def _every(seconds: float, chore: Callable[[], object], what: str, *, first: float | None = None) -> None:

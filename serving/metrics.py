@@ -8,6 +8,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -15,7 +16,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.launch import MULTIPROCESS_DIR
-from serving.score_log import ScoreLogStatus
+
+if TYPE_CHECKING:
+    from serving.score_log import ScoreLogStatus
 
 # Latency buckets from 0.5 ms: a single score takes a few milliseconds, a batch of 1,000 up to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
