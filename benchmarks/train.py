@@ -91,6 +91,9 @@ def main(
             scorer, f"{m['roc_auc']:.4f}", f"{m['pr_auc']:.4f}", f"{m['log_loss']:.4f}", f"{m['ece']:.4f}",
             f"{m['lift_top10']:.2f}", f"{result.fit.metrics[scorer]['roc_auc']:.4f}",
         )  # fmt: skip
+    free = result.readiness.unconstrained_roc_auc
+    if free is not None:
+        quality.add_row("model without direction constraints", f"{free:.4f}", "", "", "", "", "")
     quality.add_row("oracle (simulator truth)", f"{oracle_auc:.4f}", "", "", "", "", "")
     console.print(quality)
     share = versus.get("readiness_auc_share_of_oracle_holdout", math.nan)

@@ -10,10 +10,12 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from features.engine import STAGES
+from features.engine import NO_TOUCH_DAYS, OPT_OUT_TYPES, STAGES, FeatureConfig
 from features.spec import ACTIVITY_TYPES
 
-Side = Literal["fit", "behaviour"]
+# Fit: the profile. Behaviour: what the lead and its colleagues did. Context: where the lead stands in the funnel
+# and for how long; it moves readiness, but it is bookkeeping a rep reads as background, never as a merit.
+Side = Literal["fit", "behaviour", "context"]
 Row = np.ndarray | Sequence[float]  # one lead's feature values, in the builder's column order
 
 # What a touch of each kind says in a sentence ("requested a demo 2 days ago").
@@ -60,11 +62,16 @@ _STAGE_NAMES: Mapping[str, str] = {"mql": "MQL", "sal": "SAL", "sql": "SQL"}
 _WINDOWED = re.compile(r"^n_(?P<type>[a-z_]+)_(?P<days>\d+)d$")
 # From this many rows on, reasons are ranked with numpy: for a batch of 1,000 leads, a fifth of phrasing its reasons.
 NUMPY_RANK_MIN_ROWS = 32
+# A concrete touch that helped (a demo request, a trial) comes before volume and buying-group reasons: it is what a
+# rep opens the call with. It must have moved readiness by at least this much (log-odds) to count as helping.
+CONCRETE_MIN_IMPACT = 0.02
 _GROUP_OF_PREFIX: tuple[tuple[str, str], ...] = (
     ("account_", "buying_group"),
+    ("days_since_colleague_", "buying_group"),
     ("n_high_intent_", "high_intent"),
     ("n_touches_", "activity_level"),
     ("touch_rate_ratio_", "activity_level"),
+    ("engagement_", "activity_level"),
 )
 
 
@@ -101,11 +108,11 @@ def reason_group(feature: str, fit_features: Sequence[str]) -> tuple[str, Side]:
     for prefix, group in _GROUP_OF_PREFIX:
         if feature.startswith(prefix):
             return group, "behaviour"
-    if feature in ("days_since_last_touch", "engagement_decayed", "engagement_velocity"):
+    if feature in ("days_since_last_touch", "n_touches_total"):
         return "activity_level", "behaviour"
     if feature == "days_since_created":
-        return "lead_age", "behaviour"
-    return "lifecycle", "behaviour"  # stage, days_in_stage, days_since_mql
+        return "lead_age", "context"
+    return "lifecycle", "context"  # stage, days_in_stage, days_since_mql, days_created_to_mql, days_since_sal
 
 
 def _finite(value: float) -> bool:
@@ -116,16 +123,28 @@ def _ago(days: float) -> str:
     whole = int(days)
     if whole == 0:
         return "today"
-    return "yesterday" if whole == 1 else f"{whole} days ago"
+    return "yesterday" if whole == 1 else f"{whole:,} days ago"
 
 
-def _count(n: float, noun: str) -> str:
+def _count(n: float, noun: str, plural: str | None = None) -> str:
+    """'1 colleague', '3 colleagues', '1 touch', '2 touches' (give `plural` where adding an s is wrong)."""
     k = int(n)
-    return f"{k} {noun}" if k == 1 else f"{k} {noun}s"
+    return f"{k:,} {noun}" if k == 1 else f"{k:,} {plural or noun + 's'}"
 
 
-def _top_k(impacts: np.ndarray, columns: list[int], k: int) -> tuple[list[list[int]], list[list[float]]]:
-    """Per row, the positions in `columns` of the k largest |impact|s, and those impacts; ties keep column order."""
+def _top_k(
+    impacts: np.ndarray, columns: list[int], k: int, first: np.ndarray | None = None
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Per row, the positions in `columns` of the k largest |impact|s, and those impacts; ties keep column order.
+
+    `first` (rows x columns, bool) marks reasons that go before all others (still by |impact| among themselves).
+    """
+    if first is not None:
+        side = impacts[:, columns]
+        # |impact| plus a bonus larger than any impact: marked reasons sort first, by |impact| within each tier.
+        key = np.abs(side) + np.where(first, 1e6, 0.0)
+        order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+        return order.tolist(), np.take_along_axis(side, order, axis=1).tolist()
     if impacts.shape[0] >= NUMPY_RANK_MIN_ROWS:
         side = impacts[:, columns]
         order = np.argsort(-np.abs(side), axis=1, kind="stable")[:, :k]
@@ -143,6 +162,41 @@ def _top_k(impacts: np.ndarray, columns: list[int], k: int) -> tuple[list[list[i
     return ranked_rows, impact_rows
 
 
+class _Aggregate(NamedTuple):
+    """A feature that adds up touches of several kinds: where it sits, and the columns that tell each kind's part."""
+
+    column: int  # the feature
+    home: int  # its own reason group
+    groups: np.ndarray  # reason group of each kind of touch
+    counts: np.ndarray  # column of each kind's count in a window
+    recency: np.ndarray  # column of each kind's "days since last"
+    weights: np.ndarray  # each kind's weight in the sum
+    how: str  # count: the counts; within: touches within `scale` days; decay: halving every `scale` days; latest
+    scale: float
+
+
+def _parts(aggregate: _Aggregate, values: np.ndarray) -> np.ndarray:
+    """(rows x kinds) what each kind of touch put into the aggregate, as well as the row's values tell it.
+
+    Counts are exact; decayed sums are estimated from each kind's count and its latest touch, which is all a row
+    holds, and is only used to share the aggregate's impact out.
+    """
+    counts = values[:, aggregate.counts]
+    since = values[:, aggregate.recency]
+    if aggregate.how == "count":
+        return np.asarray(counts * aggregate.weights, dtype=np.float64)
+    if aggregate.how == "within":
+        return np.where(since < aggregate.scale, np.maximum(counts, 1.0), 0.0)
+    if aggregate.how == "decay":
+        decay = np.exp2(-np.minimum(since, NO_TOUCH_DAYS) / aggregate.scale)
+        return np.asarray(aggregate.weights * counts * decay, dtype=np.float64)
+    latest = np.zeros_like(since)  # the kind of the latest touch gets it all
+    touched = since < NO_TOUCH_DAYS
+    first = np.argmin(np.where(touched, since, np.inf), axis=1)
+    latest[np.arange(len(since)), first] = touched[np.arange(len(since)), first]
+    return latest
+
+
 class ReasonLabeler:
     """Groups feature contributions into reasons and phrases each from the lead's feature values.
 
@@ -157,8 +211,10 @@ class ReasonLabeler:
         vocabularies: Mapping[str, Sequence[str]],
         windows_days: Sequence[int],
         buying_group_window_days: int,
+        config: FeatureConfig | None = None,
     ) -> None:
         self.feature_names = list(feature_names)
+        self.config = config
         self.fit_features = list(fit_features)
         self.vocabularies = {k: list(v) for k, v in vocabularies.items()}
         self.windows_days = list(windows_days)
@@ -182,11 +238,100 @@ class ReasonLabeler:
     @functools.cached_property
     def _side_columns(self) -> dict[Side, list[int]]:
         # Derived on first use, so that labelers pickled before it existed load too.
-        return {side: [g for g, s in enumerate(self.sides) if s == side] for side in ("fit", "behaviour")}
+        return {side: [g for g, s in enumerate(self.sides) if s == side] for side in ("fit", "behaviour", "context")}
+
+    @functools.cached_property
+    def _concrete(self) -> tuple[list[int], list[int], np.ndarray]:
+        """Behaviour positions naming one kind of touch, the column of its "days since last", and the sign that helps.
+
+        A touch helps readiness when its impact is positive, an opt-out (unsubscribe) when it is negative: either is
+        a concrete fact a rep can act on.
+        """
+        positions, columns, signs = [], [], []
+        for position, g in enumerate(self._side_columns["behaviour"]):
+            group = self.groups[g]
+            column = self._index.get(f"days_since_last_{group}")
+            if group in ACTIVITY_PHRASES and column is not None:
+                positions.append(position)
+                columns.append(column)
+                signs.append(-1.0 if group in OPT_OUT_TYPES else 1.0)
+        return positions, columns, np.array(signs)
+
+    def _concrete_first(self, impacts: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+        """(rows x behaviour groups) mask of the reasons to give first: touches the lead made that moved readiness."""
+        positions, columns, signs = self._concrete
+        if not positions:
+            return None
+        behaviour = self._side_columns["behaviour"]
+        mask = np.zeros((impacts.shape[0], len(behaviour)), dtype=bool)
+        happened = values[:, columns] < NO_TOUCH_DAYS
+        helped = impacts[:, [behaviour[p] for p in positions]] * signs >= CONCRETE_MIN_IMPACT
+        mask[:, positions] = happened & helped
+        return mask
 
     def group_impacts(self, contributions: np.ndarray) -> np.ndarray:
         """(rows x groups) log-odds impacts from (rows x features) contributions."""
         return contributions @ self.membership
+
+    @functools.cached_property
+    def _aggregates(self) -> list[_Aggregate]:
+        """The features that add up touches of several kinds, and how much each kind puts in (see `_parts`)."""
+        config = getattr(self, "config", None)  # labelers pickled before it existed attribute nothing
+        if config is None:
+            return []
+        windows = config.windows_days
+        weights = config.engagement_weights
+        engaging = [t for t in ACTIVITY_TYPES if t not in OPT_OUT_TYPES]
+        high = list(config.high_intent_types)
+        group_window = config.buying_group_window_days if config.buying_group_window_days in windows else windows[-1]
+        specs: list[tuple[str, list[str], str, str, float]] = [
+            *((f"n_touches_{w}d", engaging, f"{w}", "count", 0.0) for w in windows),
+            ("n_touches_total", engaging, f"{windows[-1]}", "count", 0.0),
+            (f"n_high_intent_{config.buying_group_window_days}d", high, f"{group_window}", "count", 0.0),
+            (f"n_high_intent_{config.recent_days}d", high, f"{windows[0]}", "within", float(config.recent_days)),
+            ("engagement_decayed", list(ACTIVITY_TYPES), f"{windows[-1]}", "decay", config.half_life_days),
+            ("engagement_recent", list(ACTIVITY_TYPES), f"{windows[0]}", "decay", config.recent_half_life_days),
+            ("days_since_last_touch", engaging, f"{windows[0]}", "latest", 0.0),
+        ]
+        aggregates = []
+        for feature, candidates, window, how, scale in specs:
+            kinds = [t for t in candidates if t in self.groups and f"n_{t}_{window}d" in self._index]
+            if feature not in self._index or not kinds:
+                continue
+            aggregates.append(
+                _Aggregate(
+                    column=self._index[feature],
+                    home=self.groups.index(reason_group(feature, self.fit_features)[0]),
+                    groups=np.array([self.groups.index(t) for t in kinds]),
+                    counts=np.array([self._index[f"n_{t}_{window}d"] for t in kinds]),
+                    recency=np.array([self._index[f"days_since_last_{t}"] for t in kinds]),
+                    weights=np.array([weights.get(t, 0.0) if how == "decay" else 1.0 for t in kinds]),
+                    how=how,
+                    scale=scale,
+                )
+            )
+        return aggregates
+
+    def behaviour_impacts(self, contributions: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """`group_impacts` with each sum of touches handed on to the kinds of touch it adds up.
+
+        "2 touches in the last 30 days" and "recent engagement" are a demo request and a pricing-page view added up:
+        their impact goes to those touches, in proportion to what each put into the sum (the touches that helped
+        when the impact is positive, the opt-outs when it is negative), so the reason names what the lead did.
+        What no touch accounts for (no touches at all, a long silence) stays with the sum's own reason.
+        """
+        impacts = self.group_impacts(contributions)
+        for aggregate in self._aggregates:
+            phi = contributions[:, aggregate.column]
+            parts = _parts(aggregate, values)
+            helping = np.where(phi[:, None] > 0, np.maximum(parts, 0.0), np.maximum(-parts, 0.0))
+            if aggregate.how == "latest":
+                helping = np.where(phi[:, None] > 0, helping, 0.0)  # a long silence is nobody's doing
+            total = helping.sum(axis=1)
+            shares = np.divide(helping, total[:, None], out=np.zeros_like(helping), where=total[:, None] > 0)
+            impacts[:, aggregate.groups] += phi[:, None] * shares  # each kind once per aggregate
+            impacts[:, aggregate.home] -= phi * (total > 0)
+        return impacts
 
     def top_reasons(
         self, impacts: np.ndarray, values: np.ndarray, *, side: Side, k: int, min_impact: float = 0.0
@@ -210,9 +355,12 @@ class ReasonLabeler:
         """
         columns = self._side_columns[side]
         groups = [self.groups[c] for c in columns]
+        first = None
+        if side == "behaviour":
+            first = self._concrete_first(impacts, np.asarray(values, dtype=np.float64))
         rows = values.tolist() if isinstance(values, np.ndarray) else values
         reasons: list[list[Reason]] = []
-        for ranked, ranked_impacts, row_values in zip(*_top_k(impacts, columns, k), rows, strict=True):
+        for ranked, ranked_impacts, row_values in zip(*_top_k(impacts, columns, k, first), rows, strict=True):
             row_reasons = []
             for position, impact in zip(ranked, ranked_impacts, strict=True):
                 if abs(impact) <= min_impact:
@@ -252,7 +400,7 @@ class ReasonLabeler:
         log_employees = self._value(values, "employee_count_log")
         if not _finite(log_employees):
             return "company size unknown"
-        return f"company of {round(math.expm1(log_employees)):,} employees"
+        return f"company of {_count(round(math.expm1(log_employees)), 'employee')}"
 
     def _revenue(self, values: Row) -> str:
         log_revenue = self._value(values, "annual_revenue_log")
@@ -284,7 +432,7 @@ class ReasonLabeler:
     def _activity(self, activity: str, values: Row) -> str:
         phrase = ACTIVITY_PHRASES[activity]
         last = self._value(values, f"days_since_last_{activity}")
-        if not _finite(last):
+        if not _finite(last) or last >= NO_TOUCH_DAYS:
             return f"no {ACTIVITY_NOUNS[activity]} so far"
         window = self._window
         n = self._value(values, f"n_{activity}_{window}d")
@@ -296,18 +444,19 @@ class ReasonLabeler:
     def _activity_level(self, values: Row) -> str:
         window = self._window
         n = self._value(values, f"n_touches_{window}d")
-        velocity = self._value(values, "engagement_velocity")
-        trend = ""
-        if _finite(velocity) and abs(velocity) >= 0.5:
-            trend = ", rising" if velocity > 0 else ", slowing down"
-        return f"{_count(n if _finite(n) else 0, 'touch')} in the last {window} days{trend}".replace(
-            "touchs", "touches"
-        )
+        if not _finite(n) or n == 0:
+            last = self._value(values, "days_since_last_touch")
+            if _finite(last) and last < NO_TOUCH_DAYS:
+                return f"no touch in the last {window} days (the last {_ago(last)})"
+            return "no touches so far"
+        week = self._value(values, f"n_touches_{self.windows_days[0]}d")
+        recent = f", {int(week):,} in the last {self.windows_days[0]} days" if _finite(week) and 0 < week < n else ""
+        return f"{_count(n, 'touch', 'touches')} in the last {window} days{recent}"
 
     def _high_intent(self, values: Row) -> str:
         window = self.buying_group_window_days
         n = self._value(values, f"n_high_intent_{window}d")
-        count = _count(n if _finite(n) else 0, "high-intent touch").replace("touchs", "touches")
+        count = _count(n if _finite(n) else 0, "high-intent touch", "high-intent touches")
         return f"{count} (pricing, demo, trial, meeting) in {window} days"
 
     def _buying_group(self, values: Row) -> str:
@@ -315,8 +464,14 @@ class ReasonLabeler:
         engaged = self._value(values, f"account_engaged_colleagues_{window}d")
         sql = self._value(values, "account_sql_colleagues")
         known = self._value(values, "account_known_colleagues")
+        opportunities = self._value(values, "account_open_opportunities")
+        high = self._value(values, f"account_colleague_high_intent_{window}d")
+        if _finite(opportunities) and opportunities > 0:
+            return f"{_count(opportunities, 'open opportunity', 'open opportunities')} with colleagues at the account"
         if _finite(sql) and sql > 0:
             return f"{_count(sql, 'colleague')} at the account already sales-qualified"
+        if _finite(high) and high > 0:
+            return f"colleagues made {_count(high, 'high-intent touch', 'high-intent touches')} in {window} days"
         if _finite(engaged) and engaged > 0:
             return f"{_count(engaged, 'colleague')} at the account active in the last {window} days"
         if _finite(known) and known > 0:
@@ -328,7 +483,9 @@ class ReasonLabeler:
         days = self._value(values, "days_in_stage")
         name = STAGES[int(stage)] if _finite(stage) and 0 <= stage < len(STAGES) else "unknown"
         name = _STAGE_NAMES.get(name, name)
-        return f"in stage {name} for {int(days)} days" if _finite(days) else f"in stage {name}"
+        if not _finite(days):
+            return f"stage: {name}"
+        return f"{name} since today" if int(days) == 0 else f"{name} for {_count(days, 'day')}"
 
 
 # Reason groups phrased by a method of their own (the rest: activity types and plain categories).

@@ -146,6 +146,8 @@ class LeadScore:
     readiness_stage: str
     fit_reasons: list[Reason]
     behaviour_reasons: list[Reason]
+    # Where the lead stands in the funnel and for how long, with its impact: background to the reasons, not one.
+    context_reasons: list[Reason] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -207,10 +209,11 @@ class LeadScorer:
         padded = np.zeros((features.shape[0], features.shape[1]))
         padded[:, : self.n_fit] = fit_contrib
         fit_impacts = self.labeler.group_impacts(padded)
-        ready_impacts = self.labeler.group_impacts(ready_contrib)
+        ready_impacts = self.labeler.behaviour_impacts(ready_contrib, features)
         rows = features.tolist()  # once for both sides: reasons are phrased from single values
         fit_reasons = self.labeler.top_reasons_of_rows(fit_impacts, rows, side="fit", k=top_k)
         behaviour_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="behaviour", k=top_k)
+        context_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="context", k=2)
         figures = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
         return [
             LeadScore(
@@ -223,6 +226,7 @@ class LeadScorer:
                 readiness_stage=self.cutoffs.stage(rp),
                 fit_reasons=fit_reasons[i],
                 behaviour_reasons=behaviour_reasons[i],
+                context_reasons=context_reasons[i],
             )
             for i, (lead_id, fp, fs, rp, rs) in enumerate(figures)
         ]

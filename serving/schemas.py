@@ -521,10 +521,14 @@ class ReasonOut(BaseModel):
 
 
 class Reasons(BaseModel):
-    """Top reasons, split into fit (profile) and behaviour (touches, lifecycle, buying group)."""
+    """Top reasons, split into fit (profile) and behaviour (touches, buying group), with the lifecycle as context."""
 
     fit: list[ReasonOut]
     behaviour: list[ReasonOut]
+    context: list[ReasonOut] = Field(
+        default_factory=list,
+        description="Where the lead stands in the funnel and for how long: background to the reasons, not a merit.",
+    )
 
 
 class ScoreResponse(BaseModel):

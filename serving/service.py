@@ -103,7 +103,11 @@ def to_response(
             "sla_hours": sla,
             "segment": None if segment is None else rules.segments[segment].match.label(),
         },
-        "reasons": {"fit": _reasons(score.fit_reasons), "behaviour": _reasons(score.behaviour_reasons)},
+        "reasons": {
+            "fit": _reasons(score.fit_reasons),
+            "behaviour": _reasons(score.behaviour_reasons),
+            "context": _reasons(score.context_reasons),
+        },
         "model_version": model.version,
         "thresholds_version": policy.version,
         "scored_at": scored_at,

@@ -271,6 +271,9 @@ class TrainConfig:
     # table gains little from more, and the logistic model's one-hot matrix costs ~1.7 KB per row (minutes and
     # gigabytes at a million rows).
     baseline_max_rows: int = 300_000
+    # Also train readiness without the domain's direction constraints, on the same split, to report what they cost
+    # in holdout AUC (the evaluation says it; the constrained model is the one kept).
+    measure_constraint_cost: bool = True
     seed: int = 0
 
     def as_params(self) -> dict[str, object]:
@@ -281,6 +284,7 @@ class TrainConfig:
             "rules_path": str(self.rules_path or _default_rules_path()),
             "top_reasons": self.top_reasons,
             "baseline_max_rows": self.baseline_max_rows,
+            "measure_constraint_cost": self.measure_constraint_cost,
             "seed": self.seed,
         }
         params.update(self.readiness.as_params("readiness"))

@@ -92,7 +92,7 @@ def _row(score: LeadScore) -> dict[str, Any]:
         "reasons": json.dumps(
             [
                 {"side": r.side, "group": r.group, "impact": r.impact, "label": r.label}
-                for r in (*score.fit_reasons, *score.behaviour_reasons)
+                for r in (*score.fit_reasons, *score.behaviour_reasons, *score.context_reasons)
             ]
         ),
     }

@@ -85,6 +85,14 @@ def write_model_card(
             f" ({oracle_metrics['readiness_auc_share_of_oracle_holdout']:.1%} of the oracle).",
             "",
         ]
+    if ready.unconstrained_roc_auc is not None:
+        constrained = ready.metrics["model"]["roc_auc"]
+        lines += [
+            "Direction constraints (an engaging touch never lowers readiness, an unsubscribe never raises it;"
+            f" `features/directions.py`): holdout AUC {constrained:.4f} with them, {ready.unconstrained_roc_auc:.4f}"
+            f" for the same booster without ({constrained - ready.unconstrained_roc_auc:+.4f}).",
+            "",
+        ]
     lines += [
         "## ICP fit, out-of-time holdout",
         *_table(fit),

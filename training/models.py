@@ -68,13 +68,12 @@ def train_booster(
     feature_names: list[str],
     categorical: list[str],
     config: BoosterConfig,
-    increasing: Sequence[str] = (),
-    decreasing: Sequence[str] = (),
+    monotone: Sequence[int] | None = None,
 ) -> lgb.Booster:
     """A binary LightGBM booster, stopped early on the validation log loss.
 
-    Features in `increasing` (`decreasing`) get a monotone constraint: more of them never lowers (raises) the score.
-    Users rightly distrust a model in which one more demo request makes a lead look less ready.
+    `monotone` holds +1 (the score never falls as the feature grows), -1 (never rises) or 0 per feature, in order:
+    users rightly distrust a model in which one more demo request makes a lead look less ready.
     """
     for name, y in (("training", y_train), ("validation", y_valid)):
         if len(np.unique(y)) < 2:
@@ -85,10 +84,10 @@ def train_booster(
     )
     valid = lgb.Dataset(x_valid, label=y_valid, reference=train)
     params = config.params()
-    if increasing or decreasing:
-        params["monotone_constraints"] = [
-            1 if name in increasing else -1 if name in decreasing else 0 for name in feature_names
-        ]
+    if monotone is not None and any(monotone):
+        if len(monotone) != len(feature_names):
+            raise ValueError(f"{len(monotone)} monotone constraints for {len(feature_names)} features")
+        params["monotone_constraints"] = list(monotone)
         params["monotone_constraints_method"] = "intermediate"
     booster = lgb.train(
         params,

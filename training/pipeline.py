@@ -10,8 +10,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from features.builder import FeatureBuilder, series_ns
+from features.directions import monotone_constraints
 from features.fit import SIZE_BAND_LABELS
 from features.reasons import ReasonLabeler
 from features.scoring import CutOffs, LeadScorer, ScoreScale
@@ -50,6 +52,8 @@ class TaskResult:
     segments: dict[str, pd.DataFrame]  # scorer -> segment metrics
     calibration_losses: dict[str, float]
     best_iteration: int
+    # What the domain's direction constraints cost: holdout ROC AUC of the same booster trained without them.
+    unconstrained_roc_auc: float | None = None
 
 
 @dataclass(slots=True)
@@ -91,27 +95,6 @@ def _baseline_frame(frame: pd.DataFrame, leads: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, raw], axis=1)
 
 
-def increasing_features(features: list[str], builder: FeatureBuilder) -> list[str]:
-    """Features readiness may only rise with: high-intent counts (own, colleagues'), decayed engagement, rate ratios.
-
-    So a demo request, a pricing-page view or a booked meeting never lowers a score.
-    """
-    high = builder.config_.high_intent_types
-    counts = [f"n_{t}_{w}d" for t in high for w in builder.config_.windows_days]
-    window = builder.config_.buying_group_window_days
-    ratios = [f"touch_rate_ratio_{w}d" for w in builder.config_.windows_days[:2]]
-    touches = [f"n_touches_{w}d" for w in builder.config_.windows_days]
-    wanted = {*counts, *ratios, *touches, f"n_high_intent_{window}d", f"account_colleague_high_intent_{window}d",
-              "engagement_decayed", "engagement_velocity"}  # fmt: skip
-    return [f for f in features if f in wanted]
-
-
-def decreasing_features(features: list[str], builder: FeatureBuilder) -> list[str]:
-    """Features readiness may only fall with: days since the last touch, and since the last high-intent touch."""
-    wanted = {"days_since_last_touch", *(f"days_since_last_{t}" for t in builder.config_.high_intent_types)}
-    return [f for f in features if f in wanted]
-
-
 def _baselines(task: str, builder: FeatureBuilder, features: list[str], rules_path: Path) -> dict[str, Classifier]:
     categorical = [c for c in builder.categorical_features_ if c in features]
     numeric = [c for c in features if c not in categorical]
@@ -147,10 +130,11 @@ def _train_task(
         task, split.train.sum(), split.valid.sum(), split.holdout.sum(), split.holdout_start,
     )  # fmt: skip
     progress(f"{task}: training LightGBM")
+    constraints = monotone_constraints(features, builder.config_) if task == "readiness" else None
     booster = train_booster(
         x[split.train], y[split.train], x[split.valid], y[split.valid],
         feature_names=features, categorical=builder.categorical_features_, config=booster_config,
-        increasing=increasing_features(features, builder), decreasing=decreasing_features(features, builder),
+        monotone=constraints,
     )  # fmt: skip
     valid_times = series_ns(frame["as_of"])[split.valid]
     raw_valid = np.asarray(booster.predict(x[split.valid], raw_score=True), dtype=np.float64)
@@ -185,9 +169,19 @@ def _train_task(
         metrics[scorer] = binary_metrics(y_holdout, holdout[scorer].to_numpy())
         segments[scorer] = segment_metrics(y_holdout, holdout[scorer].to_numpy(), holdout[list(SEGMENTS)])
     log.info("%s holdout ROC AUC: %s", task, {k: round(v["roc_auc"], 4) for k, v in metrics.items()})
+    unconstrained = None
+    if constraints is not None and any(constraints) and config.measure_constraint_cost:
+        progress(f"{task}: the same booster without direction constraints (what they cost)")
+        free = train_booster(
+            x[split.train], y[split.train], x[split.valid], y[split.valid],
+            feature_names=features, categorical=builder.categorical_features_, config=booster_config,
+        )  # fmt: skip
+        raw_free = np.asarray(free.predict(x[split.holdout], raw_score=True), dtype=np.float64)
+        unconstrained = float(roc_auc_score(y_holdout, raw_free))  # AUC reads ranks only: raw scores will do
+        log.info("%s holdout ROC AUC without direction constraints: %.4f", task, unconstrained)
     result = TaskResult(
         task=task, holdout=holdout, split=split, metrics=metrics, segments=segments,
-        calibration_losses=losses, best_iteration=booster.current_iteration(),
+        calibration_losses=losses, best_iteration=booster.current_iteration(), unconstrained_roc_auc=unconstrained,
     )  # fmt: skip
     return result, booster, calibrator
 
@@ -229,6 +223,7 @@ def train_models(
         vocabularies=builder.fit_encoder_.vocabularies_,
         windows_days=builder.config_.windows_days,
         buying_group_window_days=builder.config_.buying_group_window_days,
+        config=builder.config_,
     )
     scorer = LeadScorer(
         builder=builder,

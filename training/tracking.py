@@ -298,6 +298,8 @@ def log_training(
         for task in (result.readiness, result.fit):
             for kind, loss in task.calibration_losses.items():
                 metrics[f"{task.task}_calibration_{kind}_log_loss_valid"] = loss
+        if result.readiness.unconstrained_roc_auc is not None:
+            metrics["readiness_roc_auc_holdout_unconstrained"] = result.readiness.unconstrained_roc_auc
         oracle_metrics = oracle_comparison(result.readiness, oracle) if oracle is not None else {}
         metrics.update(oracle_metrics)
         mlflow.log_metrics(metrics)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.builder import FeatureBuilder, RequestLead
-from features.engine import NOT_YET_CREATED, STAGE_CODE, FeatureConfig
+from features.engine import NO_TOUCH_DAYS, NOT_YET_CREATED, STAGE_CODE, FeatureConfig
 from features.spec import ACTIVITY_TYPES
 from features.validation import validate_activities, validate_leads
 from tests.factories import activities_frame, lead, leads_frame, ts
@@ -47,10 +47,23 @@ def test_counts_recency_and_stage_use_only_the_past() -> None:
     assert row["n_demo_request_7d"] == 1 and row["n_pricing_page_view_7d"] == 1
     assert row["n_touches_7d"] == 2 and row["n_touches_30d"] == 3 and row["n_touches_total"] == 3
     assert row["days_since_last_demo_request"] == pytest.approx(1.0)
-    assert np.isnan(row["days_since_last_free_trial_signup"])
+    # "Never" reads as longer ago than any touch, so that no touch can never look better than an old one.
+    assert row["days_since_last_free_trial_signup"] == NO_TOUCH_DAYS
     assert row["stage"] == STAGE_CODE["mql"] and row["days_in_stage"] == pytest.approx(11.0)
     assert row["days_since_created"] == pytest.approx(30.0)
-    assert row["n_high_intent_30d"] == 2
+    assert row["days_created_to_mql"] == pytest.approx(19.0) and np.isnan(row["days_since_sal"])
+    assert row["n_high_intent_30d"] == 2 and row["n_high_intent_3d"] == 1
+
+
+def test_an_unsubscribe_is_no_touch() -> None:
+    builder, leads, acts = _build(
+        leads_frame(lead("L1")),
+        activities_frame(("L1", "2024-01-10", "page_view"), ("L1", "2024-01-20", "unsubscribe")),
+    )
+    row = _row(builder, leads, acts, "L1", "2024-01-21")
+    assert row["n_touches_30d"] == 1 and row["n_touches_total"] == 1 and row["n_unsubscribe_30d"] == 1
+    assert row["days_since_last_touch"] == pytest.approx(11.0) and row["unsubscribed"] == 1
+    assert row["days_since_last_unsubscribe"] == pytest.approx(1.0)
 
 
 def test_decayed_engagement_halves_every_half_life() -> None:
@@ -64,14 +77,14 @@ def test_decayed_engagement_halves_every_half_life() -> None:
     assert at_10 == pytest.approx(weight / 2) and at_20 == pytest.approx(weight / 4)
 
 
-def test_velocity_sign_follows_recent_versus_earlier_activity() -> None:
-    rising = [("L1", f"2024-02-{d:02d}", "page_view") for d in (26, 27, 28)]
-    falling = [("L2", f"2024-02-{d:02d}", "page_view") for d in (5, 8, 12)]
-    builder, leads, acts = _build(
-        leads_frame(lead("L1"), lead("L2", account_id="acc-2")), activities_frame(*rising, *falling)
-    )
-    assert _row(builder, leads, acts, "L1", "2024-03-01")["engagement_velocity"] > 0.5
-    assert _row(builder, leads, acts, "L2", "2024-03-01")["engagement_velocity"] == -1.0
+def test_recent_engagement_sees_this_weeks_streak_and_fades_within_days() -> None:
+    builder, leads, acts = _build(leads_frame(lead("L1")), activities_frame(("L1", "2024-02-26", "demo_request")))
+    weight = FeatureConfig().engagement_weights["demo_request"]
+    at_3 = _row(builder, leads, acts, "L1", "2024-02-29")
+    at_9 = _row(builder, leads, acts, "L1", "2024-03-06")
+    assert at_3["engagement_recent"] == pytest.approx(weight / 2)  # one 3-day half-life
+    assert at_9["engagement_recent"] == pytest.approx(weight / 8)
+    assert at_9["engagement_decayed"] > 4 * at_9["engagement_recent"]  # the 14-day half-life still remembers it
 
 
 def test_buying_group_counts_known_and_engaged_colleagues() -> None:
@@ -98,6 +111,29 @@ def test_buying_group_counts_known_and_engaged_colleagues() -> None:
     assert row["account_colleague_touches_30d"] == 2
     assert row["account_colleague_high_intent_30d"] == 2
     assert row["account_sql_colleagues"] == 1
+    assert row["account_open_opportunities"] == 1  # boss is SQL, neither won nor lost
+    assert row["account_colleague_touches_7d"] == 0  # boss's touches are 9 and 10 days old
+    assert row["days_since_colleague_touch"] == pytest.approx(9.0)
+    assert row["account_age_days"] == pytest.approx(60.0)  # "me", created 2024-01-01, is the account's first lead
+
+
+def test_buying_group_reads_colleagues_funnel_stages() -> None:
+    builder, leads, acts = _build(
+        leads_frame(
+            lead("me"),
+            lead("mql", mql_at="2024-01-10"),
+            lead("sal", mql_at="2024-01-10", sal_at="2024-01-12"),
+            lead("lost", mql_at="2024-01-10", sql_at="2024-01-15", lost_at="2024-02-01"),
+            lead("won", sql_at="2024-01-15", won_at="2024-02-01"),
+            lead("late", mql_at="2024-03-10"),  # MQL after as_of
+        ),
+        activities_frame(("lost", "2024-02-20", "unsubscribe")),  # an opt-out is no colleague touch
+    )
+    row = _row(builder, leads, acts, "me", "2024-03-01")
+    assert row["account_mql_colleagues"] == 3 and row["account_sal_colleagues"] == 1
+    assert row["account_lost_colleagues"] == 1 and row["account_sql_colleagues"] == 2
+    assert row["account_open_opportunities"] == 0  # one lost, one won
+    assert row["account_colleague_touches_30d"] == 0 and row["days_since_colleague_touch"] == NO_TOUCH_DAYS
 
 
 def test_unseen_and_misspelt_categories_are_scored_as_other() -> None:
@@ -116,7 +152,7 @@ def test_unseen_and_misspelt_categories_are_scored_as_other() -> None:
 HORIZON_S = 120 * 86_400
 _times = st.integers(min_value=0, max_value=HORIZON_S)
 _acts = st.lists(st.tuples(st.integers(0, 3), _times, st.sampled_from(ACTIVITY_TYPES)), max_size=30)
-_stamps = st.lists(st.one_of(st.none(), _times), min_size=6, max_size=6)
+_stamps = st.lists(st.one_of(st.none(), _times), min_size=7, max_size=7)
 
 
 def _at(seconds: int) -> pd.Timestamp:
@@ -126,7 +162,9 @@ def _at(seconds: int) -> pd.Timestamp:
 def _people(created: list[int], stamps: list[list[int | None]]) -> pd.DataFrame:
     rows = []
     for i, (c, s) in enumerate(zip(created, stamps, strict=True)):
-        mql, sal, sql, lost, recycled, won = s
+        mql, sal, sql, lost, recycled, requalified, won = s
+        recycled = recycled if lost is not None else None
+        requalified = requalified if recycled is not None else None
         chain: dict[str, Any] = {}
         # Build a lifecycle that respects the contract's ordering from random draws.
         t = c
@@ -135,10 +173,11 @@ def _people(created: list[int], stamps: list[list[int | None]]) -> pd.DataFrame:
             ("sal_at", sal),
             ("sql_at", sql),
             ("lost_at", lost),
-            ("recycled_at", recycled if lost is not None else None),
+            ("recycled_at", recycled),
+            ("requalified_at", requalified),
             ("won_at", won),
         ):
-            if value is not None and not (name == "won_at" and lost is not None):
+            if value is not None and not (name == "won_at" and lost is not None and requalified is None):
                 t = max(t, value)
                 chain[name] = _at(t)
         rows.append(lead(f"L{i}", account_id="acc-1" if i < 3 else "acc-2", created_at=_at(c), **chain))
@@ -229,7 +268,7 @@ def test_activities_and_stamps_at_or_after_as_of_never_change_features(
     _assert_same(reference, _features(builder, leads, before + after_changed, as_of, BASE_IDS), "other future touches")
     # Neither does what happens to the lifecycle at or after as_of.
     cut = leads.copy()
-    for name in ("mql_at", "sal_at", "sql_at", "lost_at", "recycled_at", "won_at"):
+    for name in ("mql_at", "sal_at", "sql_at", "lost_at", "recycled_at", "requalified_at", "won_at"):
         cut.loc[cut[name] >= _at(as_of), name] = pd.NaT
     _assert_same(reference, _features(builder, cut, before + after, as_of, BASE_IDS), "future lifecycle stamps")
 

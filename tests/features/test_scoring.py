@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from features.engine import NO_TOUCH_DAYS
 from features.reasons import NUMPY_RANK_MIN_ROWS, ReasonLabeler, reason_group
 from features.scoring import PROBABILITY_FLOOR, Calibrator, CutOffs, ScoreScale
 
@@ -84,7 +85,7 @@ def test_cutoffs_grade_and_stage() -> None:
 FEATURES = [
     "industry", "employee_count_log", "size_band", "email_free_domain",
     "n_demo_request_7d", "n_demo_request_30d", "days_since_last_demo_request",
-    "n_touches_30d", "engagement_velocity", "account_engaged_colleagues_30d", "account_sql_colleagues", "stage",
+    "n_touches_30d", "n_touches_7d", "account_engaged_colleagues_30d", "account_sql_colleagues", "stage",
     "days_in_stage",
 ]  # fmt: skip
 FIT = ["industry", "employee_count_log", "size_band", "email_free_domain"]
@@ -109,7 +110,10 @@ def _labeler() -> ReasonLabeler:
         ("days_since_last_demo_request", "demo_request", "behaviour"),
         ("account_sql_colleagues", "buying_group", "behaviour"),
         ("n_touches_30d", "activity_level", "behaviour"),
-        ("stage", "lifecycle", "behaviour"),
+        ("stage", "lifecycle", "context"),
+        ("days_since_created", "lead_age", "context"),
+        ("days_since_colleague_touch", "buying_group", "behaviour"),
+        ("engagement_recent", "activity_level", "behaviour"),
     ],
 )
 def test_features_fall_into_reason_groups(feature: str, group: str, side: str) -> None:
@@ -118,7 +122,7 @@ def test_features_fall_into_reason_groups(feature: str, group: str, side: str) -
 
 def test_reasons_sum_their_features_and_read_like_sentences() -> None:
     labeler = _labeler()
-    values = np.array([1.0, np.log1p(250.0), 3.0, 1.0, 1.0, 3.0, 2.4, 12.0, 0.8, 2.0, 0.0, 1.0, 9.0])
+    values = np.array([1.0, np.log1p(250.0), 3.0, 1.0, 1.0, 3.0, 2.4, 12.0, 5.0, 2.0, 0.0, 1.0, 9.0])
     contributions = np.zeros((1, len(FEATURES)))
     contributions[0, FEATURES.index("n_demo_request_30d")] = 0.5
     contributions[0, FEATURES.index("days_since_last_demo_request")] = 0.3
@@ -129,7 +133,7 @@ def test_reasons_sum_their_features_and_read_like_sentences() -> None:
     behaviour = labeler.top_reasons(impacts, values, side="behaviour", k=2)
     assert [(r.group, r.impact) for r in behaviour] == [("demo_request", 0.8), ("activity_level", -0.2)]
     assert behaviour[0].label == "requested a demo 2 days ago (3 times in 30 days)"
-    assert behaviour[1].label == "12 touches in the last 30 days, rising"
+    assert behaviour[1].label == "12 touches in the last 30 days, 5 in the last 7 days"
     fit = labeler.top_reasons(impacts, values, side="fit", k=3)
     assert [r.label for r in fit] == ["uses a free e-mail address", "industry: software"]
 
@@ -150,7 +154,8 @@ def test_reasons_are_the_largest_impacts_of_their_side_ties_in_group_order(
 ) -> None:
     labeler = _labeler()
     values = np.zeros((impacts.shape[0], len(FEATURES)))
-    for side in ("fit", "behaviour"):
+    values[:, FEATURES.index("days_since_last_demo_request")] = NO_TOUCH_DAYS  # no touch to put first
+    for side in ("fit", "behaviour", "context"):
         columns = [g for g, s in enumerate(labeler.sides) if s == side]
         got = labeler.top_reasons_of_rows(impacts, values, side=side, k=k, min_impact=min_impact)
         for row, reasons in zip(impacts, got, strict=True):
@@ -159,6 +164,28 @@ def test_reasons_are_the_largest_impacts_of_their_side_ties_in_group_order(
             assert [r.group for r in reasons] == expected
             assert all(r.side == side for r in reasons)
             assert [r.impact for r in reasons] == [round(float(row[labeler.groups.index(g)]), 4) for g in expected]
+
+
+def test_a_touch_that_helped_comes_first_and_the_lifecycle_is_context() -> None:
+    labeler = _labeler()
+    values = np.array([1.0, np.log1p(1.0), 0.0, 0.0, 1.0, 1.0, 2.0, 40.0, 20.0, 0.0, 0.0, 1.0, 1.0])
+    contributions = np.zeros((1, len(FEATURES)))
+    contributions[0, FEATURES.index("days_since_last_demo_request")] = 0.3
+    contributions[0, FEATURES.index("n_touches_30d")] = 0.9  # larger, but volume: a rep cannot open a call with it
+    contributions[0, FEATURES.index("days_in_stage")] = -1.5
+    impacts = labeler.group_impacts(contributions)[0]
+    behaviour = labeler.top_reasons(impacts, values, side="behaviour", k=3)
+    assert [r.label for r in behaviour] == [
+        "requested a demo 2 days ago",
+        "40 touches in the last 30 days, 20 in the last 7 days",
+    ]
+    context = labeler.top_reasons(impacts, values, side="context", k=2)
+    assert [(r.label, r.impact) for r in context] == [("MQL for 1 day", -1.5)]
+    assert labeler.describe("company_size", values) == "company of 1 employee"
+    # A demo request that hurt (a model can say so) is not put first: only touches that helped are.
+    contributions[0, FEATURES.index("days_since_last_demo_request")] = -0.3
+    impacts = labeler.group_impacts(contributions)[0]
+    assert labeler.top_reasons(impacts, values, side="behaviour", k=1)[0].group == "activity_level"
 
 
 def test_reason_sentences_for_absent_values() -> None:
