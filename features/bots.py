@@ -29,18 +29,23 @@ class BotLimits:
     """
 
     # A burst: more than `burst_touches` touches of one type by one lead within `burst_seconds`. A person clicking
-    # through a site or re-sending a form does a handful a minute; link scanners that follow every link of an e-mail,
-    # crawlers and retrying integrations do dozens. The first `burst_touches` of a burst are kept (when they happened
-    # nothing told them from a person's), every touch beyond the limit is left out.
+    # through a site or re-sending a form does a handful a minute (simulated people: at most 3); link scanners that
+    # follow every link of an e-mail, crawlers and retrying integrations do dozens. The first `burst_touches` of a
+    # burst are kept (when they happened nothing told them from a person's), every touch beyond the limit is left out.
     burst_touches: int = 10
     burst_seconds: int = 60
+    # After a burst, the lead's touches of that type are not trusted for `burst_memory_seconds` (a week): bots come
+    # back on a schedule (crawlers, uptime monitors, the link scanner that opens every newsletter), and the first
+    # `burst_touches` of every return would otherwise add up to what reads as a very engaged lead. Touches of other
+    # types still count: a scanner's clicks do not silence the person's own demo request.
+    burst_memory_seconds: int = 7 * SECONDS_PER_DAY
     # A day: more than `daily_touches` touches by one lead in one calendar day (UTC), counting those the burst rule
     # kept. No person visits 150 pages and opens 150 e-mails a day; a bot that paces itself below the burst limit does.
     # Touches past the limit that day are left out (earlier ones are kept).
     daily_touches: int = 150
 
     def __post_init__(self) -> None:
-        for name in ("burst_touches", "burst_seconds", "daily_touches"):
+        for name in ("burst_touches", "burst_seconds", "burst_memory_seconds", "daily_touches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BotLimits.{name} must be at least 1, got {getattr(self, name)}")
 
@@ -130,7 +135,8 @@ def keep_touches(
         return keep
     c_lead, c_sec, c_type = lead[candidates], seconds[candidates], types[candidates]
 
-    # Bursts: per (person, type), in time order, count the touches in (t - burst_seconds, t]: beyond the limit, out.
+    # Bursts: per (person, type), in time order, count the touches in (t - burst_seconds, t]: beyond the limit, the
+    # touch trips the rule. Out: every touch with a trip of its person and type in [t - burst_memory_seconds, t].
     order = np.lexsort((c_sec, c_type, c_lead))
     s_lead, s_type, s_sec = c_lead[order], c_type[order], c_sec[order]
     new_group = np.r_[True, (s_lead[1:] != s_lead[:-1]) | (s_type[1:] != s_type[:-1])]
@@ -138,9 +144,12 @@ def keep_touches(
     key = (group << 32) | s_sec
     window_start = (group << 32) | np.maximum(s_sec - (limits.burst_seconds - 1), 0)
     # Touches of the same second all count for each other: none of them is later than another.
-    in_window = np.searchsorted(key, key, side="right") - np.searchsorted(key, window_start, side="left")
+    last = np.searchsorted(key, key, side="right") - 1  # the last touch of the same second
+    in_window = last + 1 - np.searchsorted(key, window_start, side="left")
+    trip_key = np.maximum.accumulate(np.where(in_window > limits.burst_touches, key, -1))[last]
+    memory_start = (group << 32) | np.maximum(s_sec - limits.burst_memory_seconds, 0)
     burst_ok = np.empty(candidates.size, dtype=np.bool_)
-    burst_ok[order] = in_window <= limits.burst_touches
+    burst_ok[order] = trip_key < memory_start
 
     # Days: per (person, UTC day), in time order, what the burst rule kept; past the day's limit, out. Touches of one
     # second are ranked by type code, so the result does not depend on the order they were given in.
