@@ -12,6 +12,7 @@ from typing import NoReturn, Self, cast
 import numpy as np
 import pandas as pd
 
+from features.bots import DEFAULT_BOT_LIMITS, BotLimits, bot_marked_column, keep_touches, touches_are_bots
 from features.engine import (
     MAX_LEADS_PER_BLOCK,
     MAX_TIMESTAMP,
@@ -155,7 +156,8 @@ class RequestLead:
     """One lead to score at request time: its profile, its colleagues at the same account, and their touches.
 
     Touches are given as columns (one entry per touch): whose touch it is (the lead's or a colleague's lead_id),
-    when it happened and its activity type, with the same accepted values as `transform_records` takes.
+    when it happened and its activity type, with the same accepted values as `transform_records` takes; and, if any
+    touch has them, their properties (a mapping, JSON text or None each), read for bot marks (features/bots.py).
     """
 
     lead: Mapping[str, object]
@@ -164,6 +166,15 @@ class RequestLead:
     touch_times: Sequence[object]
     touch_types: Sequence[object]
     as_of: dt.datetime
+    touch_properties: Sequence[object] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """Feature rows of request-time leads, and how many of each lead's own touches before as_of were left out."""
+
+    rows: np.ndarray  # float64 (requests, features)
+    ignored_touches: np.ndarray  # int64 (requests,): touches that look automated (features/bots.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,15 +203,23 @@ class FeatureBuilder:
         config: FeatureConfig | None = None,
         contract: LeadContract = DEFAULT_CONTRACT,
         min_category_count: int = DEFAULT_MIN_CATEGORY_COUNT,
+        bot_limits: BotLimits = DEFAULT_BOT_LIMITS,
     ) -> None:
         self.config = config
         self.contract = contract
         self.min_category_count = min_category_count
+        self.bot_limits = bot_limits
 
     @property
     def config_(self) -> FeatureConfig:
         """The engagement configuration in force (the default when none was given)."""
         return self.config if self.config is not None else FeatureConfig()
+
+    @property
+    def bot_limits_(self) -> BotLimits:
+        """The bot limits in force (the defaults for a builder pickled before they existed)."""
+        limits: BotLimits = getattr(self, "bot_limits", DEFAULT_BOT_LIMITS)
+        return limits
 
     def fit(self, leads: pd.DataFrame) -> Self:
         """Learn category vocabularies from canonical (validated) training leads."""
@@ -250,6 +269,13 @@ class FeatureBuilder:
         ts = stamps_to_seconds(series_ns(activities["occurred_at"]))
         _check_range(ts, "activities")
         act_type = activities["activity_type"].cat.codes.to_numpy().astype(np.int64)
+        flagged = (
+            bot_marked_column(activities["properties"])
+            if "properties" in activities.columns
+            else np.zeros(len(activities), dtype=np.bool_)
+        )
+        human = keep_touches(codes, np.minimum(ts, MAX_TIMESTAMP), act_type, flagged, self.bot_limits_)
+        codes, ts, act_type = codes[human], ts[human], act_type[human]
         key = (codes.astype(np.int64) << TS_BITS) | ts
         act_order = np.lexsort((act_type, key))
         return _Tables(
@@ -328,8 +354,20 @@ class FeatureBuilder:
         """Feature row of one lead at as_of, from its profile, its touches and its colleagues at the same account.
 
         `activities` holds the touches of the lead and of the colleagues (each with lead_id, occurred_at,
-        activity_type); touches at or after as_of are ignored, like in batch.
+        activity_type, optionally properties); touches at or after as_of are ignored, like in batch, and so are
+        touches that look automated.
         """
+        row: np.ndarray = self.record_features(lead, activities, as_of, colleagues).rows[0]
+        return row
+
+    def record_features(
+        self,
+        lead: Mapping[str, object],
+        activities: Sequence[Mapping[str, object]],
+        as_of: dt.datetime,
+        colleagues: Sequence[Mapping[str, object]] = (),
+    ) -> RequestFeatures:
+        """`transform_records` as one row, with the number of the lead's own touches before as_of left out."""
         people = [lead, *colleagues]
         index = {str(p["lead_id"]): i for i, p in enumerate(people)}
         lifecycle = np.array(
@@ -344,6 +382,11 @@ class FeatureBuilder:
         types = np.array([_type_code(a["activity_type"]) for a in activities], dtype=np.int64)
         _check_range(ts, "activities")
         _check_range(lifecycle, "leads")
+        at = np.array([record_seconds(as_of, round_up=False)], dtype=np.int64)
+        human = keep_touches(codes, ts, types, touches_are_bots([a.get("properties") for a in activities]),
+                             self.bot_limits_)  # fmt: skip
+        ignored = int(np.count_nonzero(~human & (codes == 0) & (ts < at[0])))
+        codes, ts, types = codes[human], ts[human], types[human]
         key = (codes << TS_BITS) | ts
         order = np.lexsort((types, key))
         block = FunnelBlock(
@@ -353,9 +396,9 @@ class FeatureBuilder:
             act_key=key[order],
             act_type=types[order],
         )
-        at = np.array([record_seconds(as_of, round_up=False)], dtype=np.int64)
         engagement = compute_engagement(block, np.zeros(1, dtype=np.int64), at, self.plan_)[0]
-        return np.concatenate([self.fit_encoder_.transform_record(lead), engagement])
+        row = np.concatenate([self.fit_encoder_.transform_record(lead), engagement])
+        return RequestFeatures(rows=row[None, :], ignored_touches=np.array([ignored], dtype=np.int64))
 
     def transform_requests(self, requests: Sequence[RequestLead]) -> np.ndarray:
         """Feature rows of many leads at request time (one row per request, in order), in one engine pass.
@@ -364,9 +407,13 @@ class FeatureBuilder:
         account of their own in one block, and the engine reads every pair's own rows only. One pass over all
         touches costs a few numpy calls instead of a hundred per lead.
         """
+        return self.request_features(requests).rows
+
+    def request_features(self, requests: Sequence[RequestLead]) -> RequestFeatures:
+        """`transform_requests`, with the number of each lead's own touches before as_of left out as automated."""
         n_features = len(self.feature_names_)
         if not requests:
-            return np.empty((0, n_features), dtype=np.float64)
+            return RequestFeatures(np.empty((0, n_features), dtype=np.float64), np.zeros(0, dtype=np.int64))
         lifecycle_rows: list[list[int]] = []
         account_start: list[int] = []
         account_end: list[int] = []
@@ -394,7 +441,15 @@ class FeatureBuilder:
             _refuse_timeless(ts, [(str(r.lead["lead_id"]), len(r.touch_times)) for r in requests])
         _check_range(ts, "activities")
         _check_range(lifecycle, "leads")
-        key = (np.array(codes, dtype=np.int64) << TS_BITS) | ts
+        owner = np.array(codes, dtype=np.int64)
+        at = np.array([record_seconds(r.as_of, round_up=False) for r in requests], dtype=np.int64)
+        human = keep_touches(owner, ts, types, self._request_bot_marks(requests), self.bot_limits_)
+        # Left out and counted: the lead's own touches that the features would otherwise read (before as_of).
+        request_of = np.repeat(np.arange(len(requests)), [len(r.touch_times) for r in requests])
+        pair = np.array(pair_lead, dtype=np.int64)
+        ignored = ~human & (owner == pair[request_of]) & (ts < at[request_of])
+        owner, ts, types = owner[human], ts[human], types[human]
+        key = (owner << TS_BITS) | ts
         order = np.lexsort((types, key))
         block = FunnelBlock(
             lifecycle=lifecycle,
@@ -403,7 +458,24 @@ class FeatureBuilder:
             act_key=key[order],
             act_type=types[order],
         )
-        at = np.array([record_seconds(r.as_of, round_up=False) for r in requests], dtype=np.int64)
-        engagement = compute_engagement(block, np.array(pair_lead, dtype=np.int64), at, self.plan_)
+        engagement = compute_engagement(block, pair, at, self.plan_)
         fit = np.array([self.fit_encoder_.record_values(r.lead) for r in requests], dtype=np.float64)
-        return np.hstack([fit.reshape(len(requests), -1), engagement])
+        return RequestFeatures(
+            rows=np.hstack([fit.reshape(len(requests), -1), engagement]),
+            ignored_touches=np.bincount(request_of[ignored], minlength=len(requests)).astype(np.int64),
+        )
+
+    @staticmethod
+    def _request_bot_marks(requests: Sequence[RequestLead]) -> np.ndarray:
+        """The bot marks of all requests' touches, in order; requests without properties cost nothing."""
+        marks = [
+            touches_are_bots(r.touch_properties) if r.touch_properties else np.zeros(len(r.touch_times), np.bool_)
+            for r in requests
+        ]
+        for r, m in zip(requests, marks, strict=True):
+            if len(m) != len(r.touch_times):
+                raise ValueError(
+                    f"lead {r.lead['lead_id']!r}: {len(r.touch_properties)} touch properties for "
+                    f"{len(r.touch_times)} touches; give one per touch (None: no properties), or none at all"
+                )
+        return np.concatenate(marks) if marks else np.zeros(0, dtype=np.bool_)

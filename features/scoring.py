@@ -148,6 +148,8 @@ class LeadScore:
     behaviour_reasons: list[Reason]
     # Where the lead stands in the funnel and for how long, with its impact: background to the reasons, not one.
     context_reasons: list[Reason] = field(default_factory=list)
+    # The lead's own touches before as_of that look automated (features/bots.py), left out of its features.
+    ignored_touches: int = 0
 
 
 @dataclass(slots=True)
@@ -195,9 +197,15 @@ class LeadScorer:
         return self._contributions_with_bias(model, features, threads=threads)[:, :-1]
 
     def score_features(
-        self, lead_ids: Sequence[str], features: np.ndarray, *, top_k: int = 3, threads: int = 0
+        self,
+        lead_ids: Sequence[str],
+        features: np.ndarray,
+        *,
+        top_k: int = 3,
+        threads: int = 0,
+        ignored_touches: Sequence[int] | np.ndarray | None = None,
     ) -> list[LeadScore]:
-        """Scores, grades and reasons for rows of features."""
+        """Scores, grades and reasons for rows of features (and the touches each lead's features left out)."""
         # TreeSHAP contributions plus the bias add up to the raw score, so one call per booster gives both.
         fit_full = self._contributions_with_bias("fit", features, threads=threads)
         ready_full = self._contributions_with_bias("readiness", features, threads=threads)
@@ -215,6 +223,7 @@ class LeadScorer:
         behaviour_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="behaviour", k=top_k)
         context_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="context", k=2)
         figures = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
+        ignored = [0] * len(lead_ids) if ignored_touches is None else [int(n) for n in ignored_touches]
         return [
             LeadScore(
                 lead_id=str(lead_id),
@@ -227,6 +236,7 @@ class LeadScorer:
                 fit_reasons=fit_reasons[i],
                 behaviour_reasons=behaviour_reasons[i],
                 context_reasons=context_reasons[i],
+                ignored_touches=ignored[i],
             )
             for i, (lead_id, fp, fs, rp, rs) in enumerate(figures)
         ]
@@ -241,17 +251,22 @@ class LeadScorer:
         top_k: int = 3,
     ) -> LeadScore:
         """One lead at request time, through the same feature engine as training (one thread: fastest for a row)."""
-        row = self.builder.transform_records(lead, activities, as_of, colleagues)
-        return self.score_features([str(lead["lead_id"])], row[None, :], top_k=top_k, threads=1)[0]
+        found = self.builder.record_features(lead, activities, as_of, colleagues)
+        return self.score_features(
+            [str(lead["lead_id"])], found.rows, top_k=top_k, threads=1, ignored_touches=found.ignored_touches
+        )[0]
 
     def score_requests(self, requests: Sequence[RequestLead], *, top_k: int = 3) -> list[LeadScore]:
         """Many leads at request time, in order: one feature-engine pass for all rows, then one call per booster.
 
         Each lead's scores and reasons equal `score_record` of that lead: the engine reads every lead's own rows only.
         """
-        rows = self.builder.transform_requests(requests)
+        found = self.builder.request_features(requests)
         threads = 1 if len(requests) < THREADED_ROWS else 0
-        return self.score_features([str(r.lead["lead_id"]) for r in requests], rows, top_k=top_k, threads=threads)
+        lead_ids = [str(r.lead["lead_id"]) for r in requests]
+        return self.score_features(
+            lead_ids, found.rows, top_k=top_k, threads=threads, ignored_touches=found.ignored_touches
+        )
 
     def score_frame(self, leads: pd.DataFrame, activities: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
         """Batch probabilities and scores for (lead_id, as_of) pairs of canonical tables (no reasons: fast)."""

@@ -196,6 +196,7 @@ class ScoreResponse(BaseModel):
     model_version: str
     thresholds_version: int
     scored_at: dt.datetime
+    notes: list[str] = []  # e.g. touches that look automated and were ignored; none from an older service
 
 
 class BatchResponse(BaseModel):

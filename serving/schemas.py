@@ -276,6 +276,8 @@ class Touch(Protocol):
     def activity_type(self) -> str: ...
     @property
     def lead_id(self) -> str | None: ...
+    @property
+    def properties(self) -> Mapping[str, Any] | None: ...
 
 
 class Person(Protocol):
@@ -543,6 +545,10 @@ class ScoreResponse(BaseModel):
     model_version: str
     thresholds_version: int
     scored_at: dt.datetime
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the reader should know about this answer, e.g. touches that look automated and were ignored.",
+    )
 
 
 class BatchResponse(BaseModel):

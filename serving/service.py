@@ -46,7 +46,18 @@ def request_lead(request: LeadToScore, now: dt.datetime) -> RequestLead:
         touch_times=[a.occurred_at for a in touches],
         touch_types=[a.activity_type for a in touches],
         as_of=request.as_of or now,
+        touch_properties=[a.properties for a in touches],
     )
+
+
+def notes(score: LeadScore) -> list[str]:
+    """What a reader of the answer should know beyond the scores (empty when nothing)."""
+    n = score.ignored_touches
+    if n == 0:
+        return []
+    return [
+        f"{n:,} touch looks automated and was ignored" if n == 1 else f"{n:,} touches look automated and were ignored"
+    ]
 
 
 def _reasons(reasons: Sequence[Reason]) -> list[dict[str, object]]:
@@ -111,6 +122,7 @@ def to_response(
         "model_version": model.version,
         "thresholds_version": policy.version,
         "scored_at": scored_at,
+        "notes": notes(score),
     }
     return ScoredLead(
         request_id=request_id,

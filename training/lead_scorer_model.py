@@ -77,6 +77,7 @@ def _request_lead(record: Mapping[Hashable, Any]) -> RequestLead:
         touch_times=[a["occurred_at"] for a in activities],
         touch_types=[a["activity_type"] for a in activities],
         as_of=_as_of(record.get(AS_OF)),
+        touch_properties=[a.get("properties") for a in activities],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import re
 import time
@@ -14,9 +15,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from features.bots import BotLimits
 from features.scoring import GRADES, READINESS_STAGES
 from serving.policy import QUEUES, RoutingPolicy
-from serving.schemas import EXAMPLE_REQUEST
+from serving.schemas import EXAMPLE_REQUEST, ScoreRequest
+from serving.service import request_lead
 from serving.state import ServiceState
 from tests.conftest import Trained
 from tests.serving.conftest import ADMIN, SCORING, Registry
@@ -24,6 +27,7 @@ from tests.serving.test_policy import DEFAULT_ROUTES
 
 RESPONSE_FIELDS = {
     "request_id", "lead_id", "fit", "readiness", "route", "reasons", "model_version", "thresholds_version", "scored_at",
+    "notes",
 }  # fmt: skip
 # Routes that need a key, each with a valid body so that only the key decides the answer.
 PROTECTED = [
@@ -166,6 +170,63 @@ def test_activity_types_are_accepted_in_crm_spellings(client: TestClient) -> Non
     assert response.status_code == 200, response.text
     reference = client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()
     assert response.json()["readiness"] == reference["readiness"]
+
+
+PAGES = ("page_view", "pricing_page_view")
+
+
+def bot_lead(lead_id: str) -> dict[str, Any]:
+    """A lead with 2,000 touches, 650 of them in the 30 days before as_of: bursts of 50 page views, 1 s apart.
+
+    Every two or three days a burst alternates between the pricing page and others; 9 days pass between the older
+    bursts and the recent ones.
+    """
+    as_of = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    starts = [as_of - dt.timedelta(days=2 + 2 * k, hours=3) for k in range(13)]  # in the last 30 days
+    starts += [as_of - dt.timedelta(days=35 + 3 * k, hours=5) for k in range(27)]  # before
+    touches = [
+        {"occurred_at": (start + dt.timedelta(seconds=s)).isoformat(), "activity_type": PAGES[s % 2]}
+        for start in starts
+        for s in range(50)
+    ]
+    body = minimal(lead_id, industry="Software", employee_count=800, seniority="director", department="it")
+    body["activities"] = touches
+    return body
+
+
+def test_a_bot_like_lead_is_answered_with_a_note_and_not_sql_ready(client: TestClient, trained: Trained) -> None:
+    body = bot_lead("L-bot")
+    as_of = dt.datetime.fromisoformat(body["as_of"])
+    recent = [t for t in body["activities"] if as_of - dt.datetime.fromisoformat(t["occurred_at"]) <= dt.timedelta(30)]
+    assert (len(body["activities"]), len(recent)) == (2000, 650)
+    response = client.post("/v1/score", json=body, headers=SCORING)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    # The first 10 views of each kind in the first burst of each series are kept (a person could have made them);
+    # after that, page views of either kind are not trusted while the bursts keep coming back within a week.
+    assert answer["notes"] == ["1,960 touches look automated and were ignored"]
+    assert answer["readiness"]["stage"] != "SQL"
+    batch = client.post("/v1/score/batch", json={"leads": [body, minimal("L-quiet")]}, headers=SCORING).json()
+    assert [s["notes"] for s in batch["scores"]] == [answer["notes"], []]
+    assert batch["scores"][0]["readiness"] == answer["readiness"]
+    # The same touches, all counted, would send the lead to sales as SQL-ready: the filter is what keeps it out.
+    scorer = copy.copy(trained.result.scorer)
+    scorer.builder = copy.copy(scorer.builder)
+    scorer.builder.bot_limits = BotLimits(burst_touches=10**6, daily_touches=10**6)
+    [unfiltered] = scorer.score_requests([request_lead(ScoreRequest.model_validate(body), as_of)])
+    assert unfiltered.ignored_touches == 0
+    assert unfiltered.readiness_stage == "SQL" and unfiltered.readiness_probability > answer["readiness"]["probability"]
+
+
+def test_touches_marked_as_bots_are_ignored_and_noted(client: TestClient) -> None:
+    body = example(lead_id="L-marked")
+    marks = [{"bot": True}, {"is_bot": "true"}, {"Is Bot Activity": True}, {"isBot": False}]
+    for touch, properties in zip(body["activities"], marks, strict=True):
+        touch["properties"] = properties
+    answer = client.post("/v1/score", json=body, headers=SCORING).json()
+    # The fourth touch is a colleague's (and not marked): only the lead's own touches are counted in the note.
+    assert answer["notes"] == ["3 touches look automated and were ignored"]
+    assert client.post("/v1/score", json=EXAMPLE_REQUEST, headers=SCORING).json()["notes"] == []
 
 
 # ---- auth -------------------------------------------------------------------------------------------------------
