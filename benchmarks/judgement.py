@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 from pathlib import Path
@@ -79,8 +80,6 @@ def _answer(scorer: LeadScorer, policy: RoutingPolicy, body: dict[str, Any]) -> 
     version = PolicyVersion(version=1, created_at=now, author="benchmark", reason="", policy=policy)
     model = cast(LoadedModel, SimpleNamespace(version="benchmark", scorer=scorer))
     scored = to_response(score, request.lead, version, model, "r", now)
-    import json
-
     return cast(dict[str, Any], json.loads(scored.response))
 
 
@@ -125,8 +124,10 @@ def cases(scorer: LeadScorer) -> list[tuple[str, str]]:
 
 
 def concrete_share(result: TrainResult, features: pd.DataFrame) -> tuple[float, int]:
-    """Among holdout snapshots the default policy routes to sales: the share whose first behaviour reason names a
-    concrete high-intent touch, and how many were routed to sales."""
+    """The share of sales-routed holdout snapshots whose first behaviour reason names a high-intent touch, and how many.
+
+    Routed to sales by the model's default policy.
+    """
     scorer = result.scorer
     policy = RoutingPolicy.from_cutoffs(scorer.cutoffs)
     holdout = result.readiness.holdout
@@ -145,23 +146,27 @@ def concrete_share(result: TrainResult, features: pd.DataFrame) -> tuple[float, 
 def colleague_ratio(result: TrainResult, features: pd.DataFrame, oracle: pd.DataFrame) -> dict[str, float]:
     """Mean readiness of open snapshots with a colleague already SQL over those without: model and simulator truth.
 
-    Also the model's own counterfactual: the same rows with one more SQL colleague, against themselves.
+    Also the model's own counterfactual: rows with a known colleague and none qualified, scored again as if one of
+    those colleagues had become SQL (features that can tell: SQL colleagues, open opportunities; where present).
     """
     holdout = result.readiness.holdout.reset_index(drop=True)
     sql = features["account_sql_colleagues"].to_numpy() > 0
     joined = join_oracle(holdout.assign(sql=sql, row=np.arange(len(holdout))), oracle)
     with_sql, without = joined[joined["sql"]], joined[~joined["sql"]]
     out = {
-        "rows with a SQL colleague": float(len(with_sql)),
+        "rows with a SQL colleague (oracle-covered)": float(len(with_sql)),
         "truth (oracle) ratio": with_sql["p_ready"].mean() / without["p_ready"].mean(),
         "model ratio": with_sql["readiness_probability"].mean() / without["readiness_probability"].mean(),
         "observed label ratio": with_sql["label"].mean() / without["label"].mean(),
     }
-    matrix = features.to_numpy(dtype=np.float64)[~sql]
+    alone = (~sql) & (features["account_known_colleagues"].to_numpy() > 0)
+    matrix = features.to_numpy(dtype=np.float64)[alone]
     before = result.scorer.probabilities(matrix)[1]
-    column = list(features.columns).index("account_sql_colleagues")
-    matrix[:, column] += 1
-    out["model counterfactual (+1 SQL colleague)"] = float(result.scorer.probabilities(matrix)[1].mean() / before.mean())
+    for name in ("account_sql_colleagues", "account_open_opportunities"):
+        if name in features.columns:
+            matrix[:, list(features.columns).index(name)] += 1
+    after = result.scorer.probabilities(matrix)[1]
+    out["model counterfactual: a known colleague becomes SQL"] = float(after.mean() / before.mean())
     return out
 
 
