@@ -23,7 +23,8 @@ from tests.serving.conftest import ADMIN, SCORING, Registry
 from tests.serving.test_policy import DEFAULT_ROUTES
 
 RESPONSE_FIELDS = {
-    "request_id", "lead_id", "fit", "readiness", "route", "reasons", "model_version", "thresholds_version", "scored_at",
+    "request_id", "lead_id", "fit", "readiness", "lifecycle", "route", "reasons", "model_version", "thresholds_version",
+    "scored_at",
 }  # fmt: skip
 # Routes that need a key, each with a valid body so that only the key decides the answer.
 PROTECTED = [

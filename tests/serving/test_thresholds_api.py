@@ -267,4 +267,4 @@ def test_recent_data_needs_scores_in_the_log(registry: Registry, tmp_path_factor
         assert auto.json()["data"]["kind"] == "holdout"  # 3 recent leads are too few to judge volumes by
         assert auto.json()["data"]["requested"] == "auto"
         assert "auto chose the champion's holdout" in auto.json()["data"]["reason"]
-        assert "hold 3 lead(s)" in auto.json()["data"]["reason"]
+        assert "hold 3 open lead(s)" in auto.json()["data"]["reason"]

@@ -475,11 +475,11 @@ def test_every_replay_says_which_data_it_is_and_why() -> None:
 
     few = choose_sample("auto", lambda since, limit: _log(3, now), lambda: holdout, now=now).describe()
     assert (few["kind"], few["requested"]) == ("holdout", "auto")
-    assert "auto chose the champion's holdout" in few["reason"] and "hold 3 lead(s)" in few["reason"]
+    assert "auto chose the champion's holdout" in few["reason"] and "hold 3 open lead(s)" in few["reason"]
     many = choose_sample("auto", lambda since, limit: _log(MIN_RECENT_LEADS, now), lambda: holdout, now=now)
     assert many.kind == "recent" and many.leads == MIN_RECENT_LEADS
     reason = many.describe()["reason"]
-    assert f"hold {MIN_RECENT_LEADS} lead(s)" in reason and "test traffic" in reason and "choose holdout" in reason
+    assert f"hold {MIN_RECENT_LEADS} open lead(s)" in reason and "test traffic" in reason and "choose holdout" in reason
     asked = choose_sample("holdout", lambda since, limit: never(), lambda: holdout, now=now).describe()
     assert (asked["kind"], asked["requested"]) == ("holdout", "holdout")
     recent = choose_sample("recent", lambda since, limit: _log(3, now), lambda: holdout, now=now).describe()
