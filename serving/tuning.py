@@ -167,8 +167,18 @@ def holdout_sample(holdout: pd.DataFrame, **kwargs: Any) -> ScoreSample:
     names each snapshot's stage is held to that here, so that no closed lead is ever replayed through the matrix.
     """
     if "stage" in holdout.columns:
-        holdout = holdout[holdout["stage"].astype(str).isin(READINESS_STAGES).to_numpy()]
+        holdout = holdout[np.isin(_stage_names(holdout["stage"]), READINESS_STAGES)]
     return ScoreSample.from_frame(holdout, "holdout", **kwargs)
+
+
+def _stage_names(stage: pd.Series) -> np.ndarray:
+    """Lifecycle stage names of a holdout's `stage` column: the feature's codes (features.engine.STAGES), or names."""
+    if not pd.api.types.is_numeric_dtype(stage):
+        return stage.astype(str).to_numpy()
+    codes = stage.to_numpy(dtype=np.float64)
+    known = np.isfinite(codes) & (codes >= 0) & (codes < len(STAGES))
+    # No stamp before as_of (code -1) is a new lead, as the scorer reads it.
+    return np.where(known, np.array(STAGES)[np.where(known, codes, 0).astype(np.int64)], STAGES[0])
 
 
 def _as_dict(value: Mapping[str, Any] | str) -> Mapping[str, Any]:
