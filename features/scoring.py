@@ -13,6 +13,7 @@ import pandas as pd
 from scipy.special import expit
 
 from features.builder import FeatureBuilder, RequestLead
+from features.engine import NOT_YET_CREATED, STAGES
 from features.reasons import Reason, ReasonLabeler
 from features.treeshap import booster_contributions
 
@@ -133,6 +134,15 @@ class CutOffs:
         return "MQL" if readiness_probability >= self.readiness_mql else "nurture"
 
 
+def lifecycle_stages(codes: np.ndarray) -> list[str]:
+    """Stage names (features.engine.STAGES) of the feature rows' `stage` codes.
+
+    A lead with no stamp before as_of (created in the very second it is scored: stamps round up, as_of down) is a
+    new lead, stage "lead".
+    """
+    return [STAGES[int(code)] if code != NOT_YET_CREATED else STAGES[0] for code in codes.tolist()]
+
+
 @dataclass(frozen=True, slots=True)
 class LeadScore:
     """One lead's scores and reasons."""
@@ -146,6 +156,7 @@ class LeadScore:
     readiness_stage: str
     fit_reasons: list[Reason]
     behaviour_reasons: list[Reason]
+    lifecycle_stage: str  # lifecycle stage at as_of (features.engine.STAGES): readiness applies to open stages only
     # Where the lead stands in the funnel and for how long, with its impact: background to the reasons, not one.
     context_reasons: list[Reason] = field(default_factory=list)
     # The lead's own touches before as_of that look automated (features/bots.py), left out of its features.
@@ -224,6 +235,7 @@ class LeadScorer:
         context_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="context", k=2)
         figures = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
         ignored = [0] * len(lead_ids) if ignored_touches is None else [int(n) for n in ignored_touches]
+        stages = lifecycle_stages(features[:, self.builder.feature_names_.index("stage")])
         return [
             LeadScore(
                 lead_id=str(lead_id),
@@ -235,6 +247,7 @@ class LeadScorer:
                 readiness_stage=self.cutoffs.stage(rp),
                 fit_reasons=fit_reasons[i],
                 behaviour_reasons=behaviour_reasons[i],
+                lifecycle_stage=stages[i],
                 context_reasons=context_reasons[i],
                 ignored_touches=ignored[i],
             )

@@ -127,7 +127,8 @@ class ScoreRequestBody(TypedDict):
 
 Grade = Literal["A", "B", "C", "D"]
 Stage = Literal["nurture", "MQL", "SQL"]
-Queue = Literal["sales", "sdr", "nurture", "disqualify"]
+Queue = Literal["sales", "sdr", "nurture", "disqualify", "owner", "customer"]
+LifecycleStage = Literal["lead", "mql", "sal", "sql", "lost", "recycled", "requalified", "won"]
 # Fields the service adds later are ignored, so an older client keeps reading a newer service's answers.
 _ANSWER = ConfigDict(frozen=True, extra="ignore")
 
@@ -152,6 +153,17 @@ class ReadinessScore(BaseModel):
     stage: Stage
 
 
+class Lifecycle(BaseModel):
+    """The lead's lifecycle stage at as_of; readiness applies to open leads only (lead, mql, sal, recycled)."""
+
+    model_config = _ANSWER
+
+    stage: LifecycleStage
+    since: dt.datetime | None
+    readiness_applies: bool
+    note: str | None = None
+
+
 class Route(BaseModel):
     """Where the lead goes, how urgently (1 = call first), and within how many hours (None: no SLA)."""
 
@@ -174,12 +186,13 @@ class Reason(BaseModel):
 
 
 class Reasons(BaseModel):
-    """Top reasons: fit (profile) and behaviour (touches, lifecycle, buying group)."""
+    """Top reasons: fit (profile) and behaviour (touches, buying group), with the lifecycle as context."""
 
     model_config = _ANSWER
 
     fit: list[Reason]
     behaviour: list[Reason]
+    context: list[Reason] = []  # where the lead stands in the funnel; none from an older service
 
 
 class ScoreResponse(BaseModel):
@@ -190,7 +203,8 @@ class ScoreResponse(BaseModel):
     request_id: str
     lead_id: str
     fit: FitScore
-    readiness: ReadinessScore
+    readiness: ReadinessScore | None  # None: readiness does not apply to the lead's lifecycle stage
+    lifecycle: Lifecycle
     route: Route
     reasons: Reasons
     model_version: str

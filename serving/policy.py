@@ -12,8 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from features.fit import SIZE_BAND_LABELS, size_band
 from features.scoring import GRADES, READINESS_STAGES, CutOffs
 
-Queue = Literal["sales", "sdr", "nurture", "disqualify"]
-QUEUES: tuple[str, ...] = ("sales", "sdr", "nurture", "disqualify")
+Queue = Literal["sales", "sdr", "nurture", "disqualify", "owner", "customer"]
+# owner: the lead's own rep keeps it (an open opportunity); customer: account management (expansion), no sales hand-off.
+QUEUES: tuple[str, ...] = ("sales", "sdr", "nurture", "disqualify", "owner", "customer")
+# The queues of open leads (the grade x stage matrix routes them, threshold tuning counts them); the other two take
+# only leads past the readiness question, routed by lifecycle stage.
+OPEN_QUEUES: tuple[str, ...] = ("sales", "sdr", "nurture", "disqualify")
+LIFECYCLE_QUEUES: tuple[str, ...] = ("owner", "customer")
+# Lifecycle stages (features.engine.STAGES) where readiness does not apply: they are routed by stage, not by scores.
+ClosedStage = Literal["sql", "requalified", "lost", "won"]
+CLOSED_STAGES: tuple[ClosedStage, ...] = ("sql", "requalified", "lost", "won")
 Grade = Literal["A", "B", "C", "D"]
 Stage = Literal["nurture", "MQL", "SQL"]
 SizeBand = Literal["1-10", "11-50", "51-200", "201-1000", "1001-5000", "5000+"]
@@ -79,8 +87,26 @@ def _default_matrix() -> dict[Grade, dict[Stage, Cell]]:
 
 
 def _default_sla() -> dict[Queue, float | None]:
-    # Speed-to-lead: a hot lead must hear from sales within hours; nurture and disqualify have no call to make.
-    return {"sales": 4.0, "sdr": 24.0, "nurture": None, "disqualify": None}
+    # Speed-to-lead: a hot lead must hear from sales within hours; nurture and disqualify have no call to make, and
+    # neither have owner (the rep already works the opportunity) nor customer (no sales hand-off).
+    return {"sales": 4.0, "sdr": 24.0, "nurture": None, "disqualify": None, "owner": None, "customer": None}
+
+
+# Queues added after policies were first stored: a stored sla_hours that does not name them means no SLA for them.
+_LATER_QUEUES = LIFECYCLE_QUEUES
+
+
+def _default_lifecycle_routes() -> dict[ClosedStage, Cell]:
+    # Readiness is the chance that an open lead becomes an SQL: for a lead past that question, its stage decides.
+    # An opportunity (SQL, or requalified after a recycle) stays with the rep who owns it, a won lead goes to the
+    # customer team (its fit still speaks for expansion), a lost lead that nobody recycled goes back to nurture. None
+    # of them is a new priority-1 hand-off to sales.
+    return {
+        "sql": Cell(queue="owner", priority=3),
+        "requalified": Cell(queue="owner", priority=3),
+        "lost": Cell(queue="nurture", priority=5),
+        "won": Cell(queue="customer", priority=5),
+    }
 
 
 # Dots and apostrophes sit inside abbreviations and names ("E.M.E.A.", "Int'l"): dropped, they join the word.
@@ -223,13 +249,47 @@ class RoutingPolicy(BaseModel):
     capacities: Capacities | None = Field(
         default=None, description="The team capacities these thresholds were tuned for (kept for the record)."
     )
+    lifecycle_routes: dict[ClosedStage, Cell] = Field(
+        default_factory=_default_lifecycle_routes,
+        description="Queue and priority of leads that readiness does not apply to, by lifecycle stage: sql and "
+        "requalified (an open opportunity), lost (and not recycled), won. Their grade is still given; their readiness "
+        "is null and the grade x stage matrix does not route them.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_queues_without_sla(cls, data: object) -> object:
+        # Policies stored before the owner and customer queues existed name no SLA for them: they have none.
+        if isinstance(data, dict) and isinstance(data.get("sla_hours"), dict):
+            sla = data["sla_hours"]
+            missing = {q: None for q in _LATER_QUEUES if q not in sla}
+            if missing:
+                data = {**data, "sla_hours": {**sla, **missing}}
+        return data
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
         missing = [f"{g} x {s}" for g in GRADES for s in READINESS_STAGES if s not in self.matrix.get(g, {})]  # type: ignore[call-overload]
         if missing:
             raise ValueError(f"the grade x stage matrix has no queue for {', '.join(missing)}")
+        closed_only = sorted(
+            {f"{g} x {s} -> {c.queue}" for g, row in self.matrix.items() for s, c in row.items()
+             if c.queue in LIFECYCLE_QUEUES}
+        )  # fmt: skip
+        if closed_only:
+            raise ValueError(
+                f"the grade x stage matrix routes open leads, to {', '.join(OPEN_QUEUES)}; "
+                f"{' and '.join(LIFECYCLE_QUEUES)} take leads by lifecycle stage only (lifecycle_routes), "
+                f"got {', '.join(closed_only)}"
+            )
+        unrouted = [s for s in CLOSED_STAGES if s not in self.lifecycle_routes]
+        if unrouted:
+            raise ValueError(
+                f"lifecycle_routes has no queue for lifecycle stage(s) {', '.join(unrouted)} "
+                f"(it routes each of {', '.join(CLOSED_STAGES)})"
+            )
         used = {cell.queue for row in self.matrix.values() for cell in row.values()}
+        used |= {cell.queue for cell in self.lifecycle_routes.values()}
         no_sla = sorted(q for q in used if q not in self.sla_hours)
         if no_sla:
             raise ValueError(f"sla_hours names no value (hours or null) for queue(s) {', '.join(no_sla)}")
@@ -288,3 +348,8 @@ class RoutingPolicy(BaseModel):
         """Queue and priority of a grade and stage, and the queue's SLA in hours."""
         cell = self.matrix[grade][stage]
         return cell, self.sla_hours.get(cell.queue)
+
+    def lifecycle_route(self, lifecycle_stage: str) -> tuple[Cell, float | None] | None:
+        """Queue, priority and SLA of a lead at a lifecycle stage readiness does not apply to; None for open leads."""
+        cell = self.lifecycle_routes.get(lifecycle_stage)  # type: ignore[call-overload]
+        return None if cell is None else (cell, self.sla_hours.get(cell.queue))

@@ -503,14 +503,41 @@ class ReadinessScore(BaseModel):
     stage: Stage
 
 
+LifecycleStage = Literal["lead", "mql", "sal", "sql", "lost", "recycled", "requalified", "won"]
+
+
+class Lifecycle(BaseModel):
+    """The lead's lifecycle stage at as_of (its latest lifecycle stamp before as_of), and whether readiness applies.
+
+    Readiness is the chance that an open lead (lead, mql, sal, recycled) becomes an SQL: for a lead already an
+    opportunity (sql, requalified), lost (and not recycled) or won it is not defined, and the policy's lifecycle
+    routes decide where the lead goes.
+    """
+
+    stage: LifecycleStage
+    since: dt.datetime | None = Field(description="When the lead reached the stage (its lifecycle stamp).")
+    readiness_applies: bool = Field(description="false: readiness is null and the lifecycle stage routed the lead.")
+    note: str | None = Field(
+        default=None,
+        description="Why readiness does not apply, e.g. 'won on 2025-06-01: readiness applies to open "
+        "leads only'; null for open leads.",
+    )
+
+
 class Route(BaseModel):
     """Where the lead goes, how urgently, and how soon it must be worked."""
 
-    queue: Queue
+    queue: Queue = Field(
+        description="sales, sdr, nurture, disqualify: open leads, by grade and readiness stage; owner (an open "
+        "opportunity stays with its rep), customer (won: no sales hand-off), or nurture (lost, not recycled): by "
+        "lifecycle stage (the policy's lifecycle_routes)."
+    )
     priority: int = Field(description="1 = call first.")
     sla_hours: float | None = Field(description="Hours within which the queue must act; null: no SLA.")
     segment: str | None = Field(
-        default=None, description="The thresholds segment whose cut-offs routed the lead; null: the default cut-offs."
+        default=None,
+        description="The thresholds segment whose cut-offs routed the lead; null: the default cut-offs, or a lead "
+        "routed by its lifecycle stage.",
     )
 
 
@@ -526,10 +553,13 @@ class Reasons(BaseModel):
     """Top reasons, split into fit (profile) and behaviour (touches, buying group), with the lifecycle as context."""
 
     fit: list[ReasonOut]
-    behaviour: list[ReasonOut]
+    behaviour: list[ReasonOut] = Field(
+        description="Reasons behind readiness; empty when readiness does not apply (lifecycle.readiness_applies false)."
+    )
     context: list[ReasonOut] = Field(
         default_factory=list,
-        description="Where the lead stands in the funnel and for how long: background to the reasons, not a merit.",
+        description="Where the lead stands in the funnel and for how long: background to the reasons, not a merit;"
+        " empty when readiness does not apply.",
     )
 
 
@@ -539,7 +569,10 @@ class ScoreResponse(BaseModel):
     request_id: str
     lead_id: str
     fit: FitScore
-    readiness: ReadinessScore
+    readiness: ReadinessScore | None = Field(
+        description="null when readiness does not apply to the lead's lifecycle stage (see lifecycle)."
+    )
+    lifecycle: Lifecycle
     route: Route
     reasons: Reasons
     model_version: str

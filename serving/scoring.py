@@ -157,5 +157,9 @@ def count(state: ServiceState, scored: Sequence[ScoredLead]) -> None:
     """The metrics of scored leads: their queues, and their scores by model."""
     state.metrics.count_scores(
         [s.queue for s in scored],
-        {"fit": [s.fit_score for s in scored], "readiness": [s.readiness_score for s in scored]},
+        {
+            "fit": [s.fit_score for s in scored],
+            # Readiness is handed out for open leads only (None for the others).
+            "readiness": [s.readiness_score for s in scored if s.readiness_score is not None],
+        },
     )

@@ -15,8 +15,10 @@ from typing import Generic, TypeVar
 import msgspec
 
 from features.builder import RequestLead
+from features.engine import STAGE_CODE
 from features.reasons import Reason
 from features.scoring import LeadScore
+from features.spec import LIFECYCLE_CHAIN
 from serving.model import LoadedModel
 from serving.policy import RoutingPolicy, lead_size_band, segment_value
 from serving.schemas import LeadToScore, Person
@@ -82,7 +84,7 @@ class ScoredLead:
     thresholds_version: int
     queue: str
     fit_score: float
-    readiness_score: float
+    readiness_score: float | None  # None: readiness does not apply to the lead's lifecycle stage
     response: bytes
 
 
@@ -90,35 +92,57 @@ class ScoredLead:
 _ENCODER = msgspec.json.Encoder()
 
 
+# Why readiness says nothing of a lead at a stage past the question "will it become an SQL?", as a sentence after
+# "<stage> on <date>".
+_CLOSED_WORDS: dict[str, str] = {
+    "sql": "sales-qualified (SQL)",
+    "requalified": "requalified (an opportunity again)",
+    "lost": "lost and not recycled",
+    "won": "won",
+}
+
+
+def lifecycle_answer(lead: Person, stage: str, *, readiness_applies: bool) -> dict[str, object]:
+    """The answer's `lifecycle`: the lead's stage at as_of, since when, and whether readiness applies to it."""
+    since: dt.datetime | None = getattr(lead, LIFECYCLE_CHAIN[STAGE_CODE[stage]], None)
+    note = None
+    if not readiness_applies:
+        when = "" if since is None else f" on {since.date().isoformat()}"
+        note = f"{_CLOSED_WORDS.get(stage, stage)}{when}: readiness applies to open leads only"
+    return {"stage": stage, "since": since, "readiness_applies": readiness_applies, "note": note}
+
+
 def to_response(
     score: LeadScore, lead: Person, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
 ) -> ScoredLead:
-    """Apply the routing policy (the cut-offs of the lead's segment) to a lead's scores."""
+    """Apply the routing policy to a lead's scores and lifecycle stage.
+
+    A lead readiness does not apply to (SQL, requalified, lost, won) takes its stage's lifecycle route; an open lead
+    the grade x stage matrix, with the cut-offs of its segment.
+    """
     rules: RoutingPolicy = policy.policy
     segment = lead_segment(rules, lead)
     grade = rules.grade(score.fit_score, segment)
-    stage = rules.stage(score.readiness_probability, segment)
-    cell, sla = rules.route(grade, stage)
+    closed = rules.lifecycle_route(score.lifecycle_stage)
+    readiness: dict[str, object] | None
+    if closed is None:
+        stage = rules.stage(score.readiness_probability, segment)
+        cell, sla = rules.route(grade, stage)
+        readiness = {"probability": round(score.readiness_probability, 6), "score": score.readiness_score,
+                     "stage": stage}  # fmt: skip
+        behaviour, context = _reasons(score.behaviour_reasons), _reasons(score.context_reasons)
+        route_segment = None if segment is None else rules.segments[segment].match.label()
+    else:
+        # Behaviour reasons explain readiness, which says nothing here; fit still serves (expansion, win-back).
+        (cell, sla), readiness, behaviour, context, route_segment = closed, None, [], [], None
     answer = {
         "request_id": request_id,
         "lead_id": score.lead_id,
         "fit": {"probability": round(score.fit_probability, 6), "score": score.fit_score, "grade": grade},
-        "readiness": {
-            "probability": round(score.readiness_probability, 6),
-            "score": score.readiness_score,
-            "stage": stage,
-        },
-        "route": {
-            "queue": cell.queue,
-            "priority": cell.priority,
-            "sla_hours": sla,
-            "segment": None if segment is None else rules.segments[segment].match.label(),
-        },
-        "reasons": {
-            "fit": _reasons(score.fit_reasons),
-            "behaviour": _reasons(score.behaviour_reasons),
-            "context": _reasons(score.context_reasons),
-        },
+        "readiness": readiness,
+        "lifecycle": lifecycle_answer(lead, score.lifecycle_stage, readiness_applies=closed is None),
+        "route": {"queue": cell.queue, "priority": cell.priority, "sla_hours": sla, "segment": route_segment},
+        "reasons": {"fit": _reasons(score.fit_reasons), "behaviour": behaviour, "context": context},
         "model_version": model.version,
         "thresholds_version": policy.version,
         "scored_at": scored_at,
@@ -132,7 +156,7 @@ def to_response(
         thresholds_version=policy.version,
         queue=cell.queue,
         fit_score=score.fit_score,
-        readiness_score=score.readiness_score,
+        readiness_score=score.readiness_score if closed is None else None,
         response=_ENCODER.encode(answer),
     )
 

@@ -177,6 +177,8 @@ def _policy_table(policy: RoutingPolicy, title: str) -> Table:
         f"grades: A >= {g.A:g}, B >= {g.B:g}, C >= {g.C:g} (fit score); stages: MQL >= {format_cutoff(s.MQL)}, "
         f"SQL >= {format_cutoff(s.SQL)} (readiness); SLA hours: "
         + ", ".join(f"{q} {h:g}" if h is not None else f"{q} none" for q, h in policy.sla_hours.items())
+        + "\nby lifecycle stage (readiness does not apply): "
+        + ", ".join(f"{stage} -> {c.queue} (p{c.priority})" for stage, c in policy.lifecycle_routes.items())
         + "".join(f"\nsegment {i}: {seg.match.label()}" for i, seg in enumerate(policy.segments))
     )
     return table

@@ -42,7 +42,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.engine import READINESS_STAGES, STAGES
+from features.spec import LIFECYCLE_CHAIN
 from serving.policy import (
+    OPEN_QUEUES,
     QUEUES,
     SEGMENT_DIMENSIONS,
     WORKED_QUEUES,
@@ -158,18 +161,68 @@ class ScoreSample:
 
 
 def holdout_sample(holdout: pd.DataFrame, **kwargs: Any) -> ScoreSample:
-    """The champion's readiness holdout (as logged at training) as a sample to replay."""
+    """The champion's readiness holdout (as logged at training) as a sample to replay: its open leads only.
+
+    Training takes readiness snapshots of open leads only (stage lead, MQL, SAL or recycled at as_of); a holdout that
+    names each snapshot's stage is held to that here, so that no closed lead is ever replayed through the matrix.
+    """
+    if "stage" in holdout.columns:
+        holdout = holdout[np.isin(_stage_names(holdout["stage"]), READINESS_STAGES)]
     return ScoreSample.from_frame(holdout, "holdout", **kwargs)
+
+
+def _stage_names(stage: pd.Series) -> np.ndarray:
+    """Lifecycle stage names of a holdout's `stage` column: the feature's codes (features.engine.STAGES), or names."""
+    if not pd.api.types.is_numeric_dtype(stage):
+        return stage.astype(str).to_numpy()
+    codes = stage.to_numpy(dtype=np.float64)
+    known = np.isfinite(codes) & (codes >= 0) & (codes < len(STAGES))
+    # No stamp before as_of (code -1) is a new lead, as the scorer reads it.
+    return np.where(known, np.array(STAGES)[np.where(known, codes, 0).astype(np.int64)], STAGES[0])
 
 
 def _as_dict(value: Mapping[str, Any] | str) -> Mapping[str, Any]:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _stamp(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return value if isinstance(value, dt.datetime) else None
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=dt.UTC)
+
+
+def readiness_applied(record: ScoreRecord) -> bool:
+    """Whether a logged score is that of an open lead, whose readiness routed it (closed leads are not replayed).
+
+    Answers say so in `lifecycle`; older answers did not, and then the lead's latest lifecycle stamp before as_of
+    (in the logged request) tells its stage.
+    """
+    out = _as_dict(record.outputs)
+    lifecycle = out.get("lifecycle")
+    if isinstance(lifecycle, Mapping):
+        return bool(lifecycle.get("readiness_applies"))
+    if out.get("readiness") is None:
+        return False
+    inputs = _as_dict(record.inputs)
+    lead = inputs.get("lead") or {}
+    as_of = _stamp(inputs.get("as_of")) or record.scored_at
+    for column, stage in zip(reversed(LIFECYCLE_CHAIN), reversed(STAGES), strict=True):
+        stamp = _stamp(lead.get(column))
+        if stamp is not None and stamp < as_of:
+            return stage in READINESS_STAGES
+    return True  # no stamp before as_of: a new lead
+
+
 def recent_sample(records: Iterable[ScoreRecord], **kwargs: Any) -> ScoreSample:
     """Score-log records as a sample to replay; no labels yet."""
     rows = []
     for record in records:
+        if not readiness_applied(record):
+            continue
         lead = _as_dict(record.inputs).get("lead", {})
         out = _as_dict(record.outputs)
         rows.append(
@@ -186,7 +239,7 @@ def recent_sample(records: Iterable[ScoreRecord], **kwargs: Any) -> ScoreSample:
             }
         )
     if not rows:
-        raise SampleError("the score log holds no scores in the period asked for")
+        raise SampleError("the score log holds no scores of open leads in the period asked for")
     return ScoreSample.from_frame(pd.DataFrame(rows), "recent", **kwargs)
 
 
@@ -210,13 +263,15 @@ def choose_sample(
     if data == "holdout":
         return replace(read_holdout(), requested=data, reason="the champion's out-of-time holdout, as asked")
     since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(weeks=RECENT_WEEKS)
-    records = read_recent(since, RECENT_MAX_RECORDS)
+    logged = read_recent(since, RECENT_MAX_RECORDS)
+    records = [r for r in logged if readiness_applied(r)]  # open leads only: readiness routed them
     leads = len({r.lead_id for r in records})
-    capped = f" in its latest {RECENT_MAX_RECORDS:,} scores" if len(records) >= RECENT_MAX_RECORDS else ""
-    held = f"the score log's last {RECENT_WEEKS} weeks hold {leads:,} lead(s){capped}"
+    capped = f" in its latest {RECENT_MAX_RECORDS:,} scores" if len(logged) >= RECENT_MAX_RECORDS else ""
+    held = f"the score log's last {RECENT_WEEKS} weeks hold {leads:,} open lead(s){capped}"
     if data == "recent":
         if not records:
-            raise SampleError(f"the score log holds no scores from the last {RECENT_WEEKS} weeks")
+            closed = " of open leads" if logged else ""
+            raise SampleError(f"the score log holds no scores{closed} from the last {RECENT_WEEKS} weeks")
         return replace(recent_sample(records), requested=data, reason=f"recent scores, as asked: {held}")
     if leads >= MIN_RECENT_LEADS:
         reason = (
@@ -395,7 +450,8 @@ def _queue_figures(sample: ScoreSample, routed: Routed, policy: RoutingPolicy, c
     ready = sample.frame["readiness_probability"].to_numpy()
     captured_in = routed.queue[capture.rows]
     out = []
-    for q, queue in enumerate(QUEUES):
+    for queue in OPEN_QUEUES:  # the matrix routes open leads to these only (owner, customer: lifecycle routes)
+        q = QUEUES.index(queue)
         rows = _first_rows(sample, routed.queue == q)
         entered = float(outcome[sample.lead_of_row[rows]].sum())
         capacity = capacities.weekly(queue)

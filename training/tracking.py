@@ -17,6 +17,7 @@ from typing import Any
 
 import joblib
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
@@ -28,8 +29,10 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from sklearn.metrics import roc_auc_score
 
+from features.builder import as_of_to_seconds, series_ns, stamps_to_seconds
+from features.engine import READINESS_STAGES, STAGE_CODE, stage_at
 from features.scoring import LeadScorer
-from features.spec import DEFAULT_CONTRACT, LeadContract
+from features.spec import DEFAULT_CONTRACT, LIFECYCLE_CHAIN, LeadContract
 from training import plots
 from training.config import CHALLENGER, DEFAULT_EXPERIMENT, MODEL_NAME, TrainConfig
 from training.dataset import TrainingSet
@@ -171,13 +174,23 @@ def model_signature(contract: LeadContract = DEFAULT_CONTRACT) -> ModelSignature
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
+def open_at(leads: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
+    """Which leads are open at as_of: created before it, and their latest lifecycle stamp before it an open stage."""
+    lifecycle = np.column_stack([stamps_to_seconds(series_ns(leads[c])) for c in LIFECYCLE_CHAIN])
+    at = as_of_to_seconds(np.full(len(leads), pd.Timestamp(as_of).value, dtype=np.int64))
+    return np.isin(stage_at(lifecycle, at), [STAGE_CODE[s] for s in READINESS_STAGES])
+
+
 def input_example(
     leads: pd.DataFrame, activities: pd.DataFrame, as_of: pd.Timestamp, contract: LeadContract = DEFAULT_CONTRACT
 ) -> pd.DataFrame:
-    """Two real leads as the pyfunc takes them: the most active before as_of, and one with no touches."""
-    before = activities[activities["occurred_at"] < as_of]
+    """Two real open leads as the pyfunc takes them: the most active before as_of, and one with no touches.
+
+    Open: at stage lead, MQL, SAL or recycled at as_of, the leads readiness speaks of (not one already won).
+    """
+    known = leads[open_at(leads, as_of)]
+    before = activities[(activities["occurred_at"] < as_of) & activities["lead_id"].isin(known["lead_id"])]
     counts = before["lead_id"].value_counts()
-    known = leads[leads["created_at"] < as_of]
     quiet = known.loc[~known["lead_id"].isin(counts.index), "lead_id"]
     chosen = [str(counts.index[0])] if len(counts) else []
     chosen += [str(quiet.iloc[0])] if len(quiet) else []

@@ -10,6 +10,8 @@
 //   #propose-note                       what the last proposal changed
 //   #status, #save-status               messages; data-kind = "info" | "ok" | "error"; #save-status data-version
 //   #policy-summary                     the version in force; data-version
+//   #lifecycle-table                    tbody tr[data-stage] (sql, requalified, lost, won) with td[data-field] queue,
+//                                       priority, sla_hours: the routes of leads readiness does not apply to
 //   #data-basis                         which data the simulation ran on and why; data-kind = "holdout" | "recent",
 //                                       data-requested = what #data-source asked for
 //   #queue-table                        tbody tr[data-queue] with td[data-field]; tr.overloaded when load > 100 %
@@ -41,10 +43,19 @@
     },
     working_hours_per_week: 40,
   };
-  const QUEUE_ORDER = ["sales", "sdr", "nurture", "disqualify"];
+  const QUEUE_ORDER = ["sales", "sdr", "nurture", "disqualify", "owner", "customer"];
   const GRADES = ["A", "B", "C", "D"];
   const STAGES = ["SQL", "MQL", "nurture"];
-  const QUEUE_COLOURS = { sales: "#1f6feb", sdr: "#8250df", nurture: "#2da44e", disqualify: "#8c959f" };
+  const QUEUE_COLOURS = {
+    sales: "#1f6feb", sdr: "#8250df", nurture: "#2da44e", disqualify: "#8c959f", owner: "#bf8700", customer: "#0969da",
+  };
+  // Lifecycle stages routed by stage, not by readiness, as sales ops name them.
+  const LIFECYCLE_STAGES = [
+    ["sql", "SQL (opportunity)"],
+    ["requalified", "Requalified (opportunity)"],
+    ["lost", "Lost, not recycled"],
+    ["won", "Won (customer)"],
+  ];
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -252,6 +263,26 @@
     fillCutoffs(current.policy);
     if (!keepCapacities) fillCapacities(current.policy.capacities);
     drawSummary(current);
+    drawLifecycleRoutes(current.policy);
+  }
+
+  function drawLifecycleRoutes(policy) {
+    const routes = policy.lifecycle_routes || {};
+    const sla = policy.sla_hours || {};
+    $("lifecycle-table").tBodies[0].replaceChildren(
+      ...LIFECYCLE_STAGES.filter(([stage]) => routes[stage]).map(([stage, label]) => {
+        const route = routes[stage];
+        const hours = sla[route.queue];
+        return el(
+          "tr",
+          { "data-stage": stage },
+          el("th", { scope: "row" }, label),
+          el("td", { "data-field": "queue" }, el("span", { className: `queue-chip queue-${route.queue}` }), route.queue),
+          el("td", { "data-field": "priority" }, String(route.priority)),
+          el("td", { "data-field": "sla_hours" }, hours === null || hours === undefined ? "none" : String(hours)),
+        );
+      }),
+    );
   }
 
   // After a save or rollback: the version the service stored is in force. It is shown as answered (another worker

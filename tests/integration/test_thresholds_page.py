@@ -190,6 +190,12 @@ def test_sales_ops_propose_save_and_roll_back_thresholds_in_the_browser(session:
     mql = before["policy"]["stages"]["MQL"]
     assert _percent(page, "#stage-MQL") == pytest.approx(mql, abs=0.0005) and float(page.input_value("#stage-MQL")) > 1
     assert f"MQL ≥ {_shown(mql)}" in page.inner_text("#policy-summary")
+    # Leads past the readiness question: routed by lifecycle stage, shown as the policy in force holds them.
+    routes = before["policy"]["lifecycle_routes"]
+    for stage in ("sql", "requalified", "lost", "won"):
+        row = page.locator(f"#lifecycle-table tbody tr[data-stage='{stage}']")
+        assert row.locator("td[data-field='queue']").inner_text().strip() == routes[stage]["queue"]
+        assert row.locator("td[data-field='priority']").inner_text() == str(routes[stage]["priority"])
     # Nothing touched yet: the service replays the version in force itself, and says so.
     assert "policy" not in session.simulations[-1]
     assert f"Simulated version {before['version']}, in force" in page.inner_text("#status")

@@ -169,6 +169,7 @@ ANSWER: dict[str, Any] = {
     "lead_id": "L1",
     "fit": {"probability": 0.31, "score": 88.0, "grade": "A"},
     "readiness": {"probability": 0.12, "score": 71.5, "stage": "MQL"},
+    "lifecycle": {"stage": "mql", "since": "2025-05-20T10:00:00Z", "readiness_applies": True, "note": None},
     "route": {"queue": "sdr", "priority": 2, "sla_hours": 24.0, "segment": None},
     "reasons": {"fit": [{"group": "company_size", "impact": 0.4, "label": "company of 850 employees"}],
                 "behaviour": [{"group": "demo_request", "impact": 1.2, "label": "requested a demo 2 days ago"}]},

@@ -26,8 +26,8 @@ from tests.serving.conftest import ADMIN, SCORING, Registry
 from tests.serving.test_policy import DEFAULT_ROUTES
 
 RESPONSE_FIELDS = {
-    "request_id", "lead_id", "fit", "readiness", "route", "reasons", "model_version", "thresholds_version", "scored_at",
-    "notes",
+    "request_id", "lead_id", "fit", "readiness", "lifecycle", "route", "reasons", "model_version", "thresholds_version",
+    "scored_at", "notes",
 }  # fmt: skip
 # Routes that need a key, each with a valid body so that only the key decides the answer.
 PROTECTED = [
@@ -107,6 +107,51 @@ def test_route_applies_the_policy_in_force(client: TestClient) -> None:
     [(queue, priority, sla)] = [route for g, s, *route in DEFAULT_ROUTES if (g, s) == (grade, stage)]
     assert (body["fit"]["grade"], body["readiness"]["stage"]) == (grade, stage)
     assert body["route"] == {"queue": queue, "priority": priority, "sla_hours": sla, "segment": None}
+
+
+# Leads past the readiness question, as of the example's 2025-06-03: routed by lifecycle stage, readiness null.
+CLOSED_LEADS = [
+    ({"sql_at": "2025-05-25T10:00:00Z", "won_at": "2025-06-01T12:00:00Z"}, "won", "customer", "won on 2025-06-01"),
+    ({"sql_at": "2025-05-25T10:00:00Z"}, "sql", "owner", "sales-qualified (SQL) on 2025-05-25"),
+    ({"sql_at": "2025-05-21T10:00:00Z", "lost_at": "2025-05-25T10:00:00Z"}, "lost", "nurture",
+     "lost and not recycled on 2025-05-25"),
+    ({"sql_at": "2025-05-21T10:00:00Z", "lost_at": "2025-05-22T10:00:00Z", "recycled_at": "2025-05-23T10:00:00Z",
+      "requalified_at": "2025-06-02T10:00:00Z"}, "requalified", "owner", "requalified (an opportunity again)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stamps", "stage", "queue", "note"), CLOSED_LEADS)
+def test_a_closed_lead_gets_no_readiness_and_its_lifecycle_route(
+    client: TestClient, stamps: dict[str, str], stage: str, queue: str, note: str
+) -> None:
+    body = client.post("/v1/score", json=example(**stamps), headers=SCORING).json()
+    assert set(body) == RESPONSE_FIELDS
+    assert body["readiness"] is None
+    lifecycle = body["lifecycle"]
+    assert (lifecycle["stage"], lifecycle["readiness_applies"]) == (stage, False)
+    assert lifecycle["since"] == stamps[f"{stage}_at"]
+    assert lifecycle["note"].startswith(note) and lifecycle["note"].endswith("readiness applies to open leads only")
+    rules = service(client).policy().policy
+    cell, sla = rules.lifecycle_routes[stage], rules.sla_hours[queue]  # type: ignore[index]
+    assert body["route"] == {"queue": queue, "priority": cell.priority, "sla_hours": sla, "segment": None}
+    assert body["route"]["priority"] > 1  # no new priority-1 hand-off to sales
+    assert body["fit"]["grade"] in GRADES and body["reasons"]["fit"] and body["reasons"]["behaviour"] == []
+
+
+def test_a_lost_then_recycled_lead_and_an_open_lead_are_scored_by_readiness(client: TestClient) -> None:
+    recycled = example(
+        sql_at="2025-05-21T10:00:00Z", lost_at="2025-05-22T10:00:00Z", recycled_at="2025-05-23T10:00:00Z"
+    )
+    for body, stage, since in (
+        (recycled, "recycled", "2025-05-23T10:00:00Z"),
+        (example(), "mql", "2025-05-20T10:00:00Z"),
+    ):
+        answer = client.post("/v1/score", json=body, headers=SCORING).json()
+        assert answer["lifecycle"] == {"stage": stage, "since": since, "readiness_applies": True, "note": None}
+        assert 0.0 <= answer["readiness"]["probability"] <= 1.0 and answer["reasons"]["behaviour"]
+        rules = service(client).policy().policy
+        grade, ready = rules.grade(answer["fit"]["score"]), rules.stage(answer["readiness"]["probability"])
+        assert answer["route"]["queue"] == rules.route(grade, ready)[0].queue
 
 
 def test_score_log_keeps_input_output_and_both_versions(client: TestClient) -> None:

@@ -143,7 +143,11 @@ def test_the_documented_example_takes_the_fast_path_and_crm_spellings_do_not() -
 def test_answers_are_exactly_the_documented_response_models(client: TestClient) -> None:
     spelt = copy.deepcopy(EXAMPLE_REQUEST)
     spelt["activities"][0]["activity_type"] = "Content Download"  # the reference way
-    for body in (EXAMPLE_REQUEST, spelt):
+    won = copy.deepcopy(EXAMPLE_REQUEST)
+    won["lead"].update(sql_at="2025-05-25T10:00:00Z", won_at="2025-06-01T12:00:00Z")  # readiness null
+    won_spelt = copy.deepcopy(won)
+    won_spelt["activities"][0]["activity_type"] = "Content Download"
+    for body in (EXAMPLE_REQUEST, spelt, won, won_spelt):
         for path, payload, model in (
             ("/v1/score", body, ScoreResponse),
             ("/v1/score/batch", {"leads": [body, EXAMPLE_REQUEST]}, BatchResponse),

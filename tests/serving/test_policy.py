@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -83,7 +84,7 @@ def test_unknown_queue_is_refused_with_the_accepted_queues() -> None:
     data["matrix"]["A"]["SQL"] = {"queue": "marketing", "priority": 1}
     message = refusal(data)
     assert "matrix.A.SQL.queue" in message
-    assert "'sales', 'sdr', 'nurture' or 'disqualify'" in message
+    assert "'sales', 'sdr', 'nurture', 'disqualify', 'owner' or 'customer'" in message
 
 
 def test_unknown_grade_or_stage_in_the_matrix_is_refused() -> None:
@@ -311,3 +312,59 @@ def test_a_segments_cut_offs_are_its_own_and_the_policys_where_it_sets_none() ->
     assert rules.cutoffs(None) == (GradeCutoffs(A=80, B=50, C=20), StageCutoffs(MQL=0.2, SQL=0.5))
     assert rules.cutoffs(0) == (GradeCutoffs(A=95, B=90, C=85), StageCutoffs(MQL=0.2, SQL=0.5))
     assert rules.cutoffs(1) == (GradeCutoffs(A=80, B=50, C=20), StageCutoffs(MQL=0.05, SQL=0.1))
+
+
+# ---- lifecycle routes: leads readiness does not apply to ------------------------------------------------------------
+
+
+def test_default_lifecycle_routes_hand_no_closed_lead_to_sales(policy: RoutingPolicy) -> None:
+    routes = {stage: policy.lifecycle_route(stage) for stage in ("sql", "requalified", "lost", "won")}
+    assert {s: None if r is None else (r[0].queue, r[0].priority, r[1]) for s, r in routes.items()} == {
+        "sql": ("owner", 3, None),
+        "requalified": ("owner", 3, None),
+        "lost": ("nurture", 5, None),
+        "won": ("customer", 5, None),
+    }
+    # Open stages have no lifecycle route: their scores route them.
+    assert [policy.lifecycle_route(s) for s in ("lead", "mql", "sal", "recycled")] == [None] * 4
+
+
+def test_a_policy_stored_before_lifecycle_routes_loads_with_the_defaults() -> None:
+    # A version as stored before lifecycle routes and the owner and customer queues existed.
+    old = policy_data()
+    del old["lifecycle_routes"]
+    old["sla_hours"] = {"sales": 4.0, "sdr": 24.0, "nurture": None, "disqualify": None}
+    loaded = RoutingPolicy.model_validate_json(json.dumps(old))
+    assert loaded == RoutingPolicy.model_validate(policy_data())
+    assert loaded.sla_hours["owner"] is None and loaded.sla_hours["customer"] is None
+
+
+def test_lifecycle_routes_are_editable_and_need_an_sla_entry() -> None:
+    data = policy_data()
+    data["lifecycle_routes"]["lost"] = {"queue": "sdr", "priority": 4}
+    data["sla_hours"]["owner"] = 48.0
+    edited = RoutingPolicy.model_validate(data)
+    assert edited.lifecycle_route("lost") == (Cell(queue="sdr", priority=4), 24.0)
+    assert edited.lifecycle_route("sql") == (Cell(queue="owner", priority=3), 48.0)
+    assert RoutingPolicy.model_validate_json(edited.model_dump_json()) == edited
+    del data["sla_hours"]["sdr"]  # used by lost leads' route now (and by the matrix)
+    assert "sla_hours names no value (hours or null) for queue(s) sdr" in refusal(data)
+
+
+def test_lifecycle_routes_must_cover_every_closed_stage_and_nothing_else() -> None:
+    data = policy_data()
+    del data["lifecycle_routes"]["won"]
+    assert "lifecycle_routes has no queue for lifecycle stage(s) won" in refusal(data)
+    data = policy_data()
+    data["lifecycle_routes"]["mql"] = {"queue": "owner", "priority": 3}
+    assert "lifecycle_routes.mql" in refusal(data)  # an open stage is routed by its scores
+    data = policy_data()
+    data["lifecycle_routes"]["won"] = {"queue": "customer", "priority": 9}
+    assert "lifecycle_routes.won.priority" in refusal(data)
+
+
+def test_the_matrix_routes_open_leads_to_open_queues_only() -> None:
+    data = policy_data()
+    data["matrix"]["A"]["SQL"] = {"queue": "customer", "priority": 1}
+    message = refusal(data)
+    assert "owner and customer take leads by lifecycle stage only" in message and "A x SQL -> customer" in message

@@ -15,7 +15,15 @@ from sqlalchemy import Engine, event
 
 from serving.policy import GradeCutoffs, RoutingPolicy, StageCutoffs
 from serving.score_log import ScoreLog, record_row
-from serving.store import PolicyStore, PolicyVersion, ScoreRecord, make_engine, metadata, score_log
+from serving.store import (
+    PolicyStore,
+    PolicyVersion,
+    ScoreRecord,
+    make_engine,
+    metadata,
+    score_log,
+    threshold_versions,
+)
 
 SCORED_AT = dt.datetime(2025, 6, 3, 9, 0, tzinfo=dt.UTC)
 
@@ -158,6 +166,21 @@ def test_concurrent_saves_from_threads_lose_no_version(tmp_path: Path) -> None:
     stored = {v.version: (v.author, v.reason, v.policy) for v in history}
     for saved in returned:
         assert stored[saved.version] == (saved.author, saved.reason, saved.policy)
+
+
+def test_a_version_stored_before_lifecycle_routes_loads_with_the_default_ones(engine: Engine) -> None:
+    store = PolicyStore(engine)
+    # As stored before lifecycle routes and the owner and customer queues: neither the routes nor their SLA entries.
+    old = json.loads(policy(80).model_dump_json())
+    del old["lifecycle_routes"]
+    old["sla_hours"] = {"sales": 4.0, "sdr": 24.0, "nurture": None, "disqualify": None}
+    with engine.begin() as conn:
+        conn.execute(threshold_versions.insert(), [{"version": 1, "created_at": SCORED_AT, "author": "ops",
+                                                    "reason": "old", "policy": json.dumps(old)}])  # fmt: skip
+    loaded = store.get(1)
+    assert loaded is not None and loaded.policy == policy(80)
+    assert loaded.policy.lifecycle_route("won") is not None
+    assert store.save(loaded.policy, author="ops", reason="edit").version == 2
 
 
 def test_ensure_default_stores_only_once(engine: Engine) -> None:

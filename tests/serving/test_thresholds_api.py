@@ -178,6 +178,33 @@ def test_concurrent_saves_all_get_their_own_version(app_client: TestClient) -> N
     assert {f"save {i}" for i in range(16)} <= {v["reason"] for v in history}
 
 
+def test_lifecycle_routes_are_versioned_and_edited_through_the_thresholds_api(app_client: TestClient) -> None:
+    before = in_force(app_client)
+    assert before["policy"]["lifecycle_routes"]["won"] == {"queue": "customer", "priority": 5}
+    won = copy.deepcopy(EXAMPLE_REQUEST)
+    won["lead"].update(sql_at="2025-05-25T10:00:00Z", won_at="2025-06-01T12:00:00Z")
+    assert score(app_client, won)["route"] == {"queue": "customer", "priority": 5, "sla_hours": None, "segment": None}
+    policy = copy.deepcopy(before["policy"])
+    policy["lifecycle_routes"]["won"] = {"queue": "owner", "priority": 2}  # the rep who closed it handles expansion
+    policy["sla_hours"]["owner"] = 72.0
+    saved = put(app_client, policy, reason="reps own their customers")
+    assert saved.status_code == 200, saved.text
+    try:
+        version = saved.json()["version"]
+        after = score(app_client, won)
+        assert after["thresholds_version"] == version and after["readiness"] is None
+        assert after["route"] == {"queue": "owner", "priority": 2, "sla_hours": 72.0, "segment": None}
+        history = app_client.get("/v1/thresholds/history", headers=SCORING).json()["versions"]
+        assert history[0]["policy"]["lifecycle_routes"]["won"]["queue"] == "owner"
+        assert history[1]["policy"]["lifecycle_routes"]["won"]["queue"] == "customer"
+        missing = copy.deepcopy(policy)
+        del missing["lifecycle_routes"]["lost"]
+        refused = put(app_client, missing, base_version=version)
+        assert refused.status_code == 422 and "no queue for lifecycle stage(s) lost" in refused.text
+    finally:
+        assert put(app_client, before["policy"], reason="lifecycle test done").status_code == 200
+
+
 def test_segment_cut_offs_route_the_leads_of_their_segment(app_client: TestClient) -> None:
     before = in_force(app_client)
     policy = copy.deepcopy(before["policy"])
@@ -267,4 +294,4 @@ def test_recent_data_needs_scores_in_the_log(registry: Registry, tmp_path_factor
         assert auto.json()["data"]["kind"] == "holdout"  # 3 recent leads are too few to judge volumes by
         assert auto.json()["data"]["requested"] == "auto"
         assert "auto chose the champion's holdout" in auto.json()["data"]["reason"]
-        assert "hold 3 lead(s)" in auto.json()["data"]["reason"]
+        assert "hold 3 open lead(s)" in auto.json()["data"]["reason"]

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from features.engine import STAGES
 from serving.policy import (
     QUEUES,
     Capacities,
@@ -475,13 +476,64 @@ def test_every_replay_says_which_data_it_is_and_why() -> None:
 
     few = choose_sample("auto", lambda since, limit: _log(3, now), lambda: holdout, now=now).describe()
     assert (few["kind"], few["requested"]) == ("holdout", "auto")
-    assert "auto chose the champion's holdout" in few["reason"] and "hold 3 lead(s)" in few["reason"]
+    assert "auto chose the champion's holdout" in few["reason"] and "hold 3 open lead(s)" in few["reason"]
     many = choose_sample("auto", lambda since, limit: _log(MIN_RECENT_LEADS, now), lambda: holdout, now=now)
     assert many.kind == "recent" and many.leads == MIN_RECENT_LEADS
     reason = many.describe()["reason"]
-    assert f"hold {MIN_RECENT_LEADS} lead(s)" in reason and "test traffic" in reason and "choose holdout" in reason
+    assert f"hold {MIN_RECENT_LEADS} open lead(s)" in reason and "test traffic" in reason and "choose holdout" in reason
     asked = choose_sample("holdout", lambda since, limit: never(), lambda: holdout, now=now).describe()
     assert (asked["kind"], asked["requested"]) == ("holdout", "holdout")
     recent = choose_sample("recent", lambda since, limit: _log(3, now), lambda: holdout, now=now).describe()
     assert (recent["kind"], recent["requested"], recent["leads"]) == ("recent", "recent", 3)
     assert holdout.describe()["reason"] == ""  # the cached holdout itself is left as it was
+
+
+def test_the_holdout_replays_open_leads_only() -> None:
+    # Training's readiness snapshots are open leads only; a holdout naming a closed stage is held to that all the same.
+    frame = snapshots(60)
+    frame["stage"] = np.where(np.arange(len(frame)) % 3 == 0, "won", np.where(np.arange(len(frame)) % 3 == 1, "mql",
+                                                                             "recycled"))  # fmt: skip
+    sample = holdout_sample(frame)
+    assert len(sample.frame) == int((frame["stage"] != "won").sum())
+    kept = frame.loc[frame["stage"] != "won", ["lead_id", "as_of"]].sort_values(["lead_id", "as_of"])
+    assert sample.frame[["lead_id", "as_of"]].to_numpy().tolist() == kept.to_numpy().tolist()
+    with pytest.raises(SampleError, match="no scored leads"):
+        holdout_sample(frame.assign(stage="sql"))
+
+
+def test_the_holdout_training_logs_is_open_leads_only_and_replayed_whole(trained: Any) -> None:
+    holdout = trained.result.readiness.holdout  # its stage column holds the feature's codes
+    assert set(holdout["stage"].astype(int)) <= {STAGES.index(s) for s in ("lead", "mql", "sal", "recycled")}
+    assert len(holdout_sample(holdout, max_leads=10**9).frame) == len(holdout)
+    won = holdout.assign(stage=float(STAGES.index("won")))
+    with pytest.raises(SampleError, match="no scored leads"):
+        holdout_sample(won)
+
+
+def _logged(i: int, lead: dict[str, Any], outputs: dict[str, Any], **extra: Any) -> ScoreRecord:
+    return ScoreRecord(
+        request_id=f"r{i}", lead_id=f"L{i}", scored_at=dt.datetime(2025, 3, 1, tzinfo=dt.UTC), model_version="3",
+        thresholds_version=1, inputs={"lead": lead, **extra},
+        outputs={"fit": {"score": 80.0, "probability": 0.3}, **outputs},
+    )  # fmt: skip
+
+
+def test_recent_scores_of_closed_leads_are_not_replayed() -> None:
+    ready = {"readiness": {"probability": 0.4}}
+    records = [
+        # Answers that say the lifecycle stage.
+        _logged(0, {}, {**ready, "lifecycle": {"stage": "mql", "readiness_applies": True}}),
+        _logged(1, {}, {"readiness": None, "lifecycle": {"stage": "won", "readiness_applies": False}}),
+        # Older answers: the logged lead's latest stamp before as_of tells.
+        _logged(2, {"created_at": "2025-01-01T00:00:00Z", "mql_at": "2025-02-01T00:00:00Z"}, ready),
+        _logged(3, {"sql_at": "2025-02-01T00:00:00Z", "won_at": "2025-02-20T00:00:00Z"}, ready),
+        _logged(4, {"sql_at": "2025-02-01T00:00:00Z"}, ready),
+        _logged(5, {"lost_at": "2025-02-01T00:00:00Z"}, ready),
+        _logged(6, {"lost_at": "2025-02-01T00:00:00Z", "recycled_at": "2025-02-10T00:00:00Z"}, ready),  # open again
+        _logged(7, {"sql_at": "2025-02-01T00:00:00Z", "won_at": "2025-03-05T00:00:00Z"}, ready),  # won after as_of
+        _logged(8, {"sql_at": "2025-02-01T00:00:00Z"}, ready, as_of="2025-01-15T00:00:00Z"),  # SQL after as_of
+    ]
+    sample = recent_sample(records)
+    assert sorted(sample.frame["lead_id"]) == ["L0", "L2", "L6", "L8"]
+    with pytest.raises(SampleError, match="no scores of open leads"):
+        recent_sample(records[1:2] + records[3:6])

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import Trained
+from tests.factories import activities_frame, leads_frame, ts
+from tests.factories import lead as new_lead
 from training.lead_scorer_model import ACTIVITIES, AS_OF, COLLEAGUES, OUTPUT_COLUMNS, LeadScorerModel, _row
-from training.tracking import model_signature
+from training.tracking import input_example, model_signature
 
 
 def _model(trained: Trained) -> LeadScorerModel:
@@ -97,3 +99,25 @@ def test_a_colleague_without_a_lead_id_is_refused_naming_the_lead(trained: Train
     frame.loc[0, COLLEAGUES] = json.dumps([{"lead_id": "C1"}, {"account_id": "acme"}])
     with pytest.raises(ValueError, match=r"lead '.+': colleagues\[1\] has no lead_id"):
         _model(trained).predict(None, frame)  # type: ignore[arg-type]
+
+
+def test_the_logged_input_example_is_open_leads_scored_as_open_leads(trained: Trained) -> None:
+    # The busiest lead before as_of was won in 2024: readiness says nothing of it, so it is no example of the model.
+    leads = leads_frame(
+        new_lead("won", created_at="2024-01-02", sql_at="2024-03-01", won_at="2024-06-01"),
+        new_lead("lost", created_at="2024-01-02", sql_at="2024-03-01", lost_at="2024-04-01"),
+        new_lead("mql", created_at="2024-02-01", mql_at="2024-05-01", sql_at="2025-02-01"),  # SQL after as_of: open
+        new_lead("quiet", created_at="2024-02-01"),
+        new_lead("later", created_at="2025-02-01"),  # not created yet at as_of
+    )
+    touches = [("won", f"2024-0{m}-10", "page_view") for m in range(1, 10)]
+    touches += [
+        ("lost", "2024-02-10", "page_view"),
+        ("lost", "2024-02-11", "page_view"),
+        ("mql", "2024-05-02", "demo_request"),
+    ]
+    example = input_example(leads, activities_frame(*touches), ts("2025-01-06"))
+    assert example["lead_id"].tolist() == ["mql", "quiet"]
+    assert example["sql_at"].isna().all()  # stamps after as_of are not known yet
+    scores = _model(trained).predict(None, example)  # type: ignore[arg-type]
+    assert scores["lead_id"].tolist() == ["mql", "quiet"]
