@@ -260,7 +260,7 @@ class ReasonLabeler:
     def _concrete_first(self, impacts: np.ndarray, values: np.ndarray) -> np.ndarray | None:
         """(rows x behaviour groups) mask of the reasons to give first: touches the lead made that moved readiness."""
         positions, columns, signs = self._concrete
-        if not positions:
+        if not positions or not len(impacts):
             return None
         behaviour = self._side_columns["behaviour"]
         mask = np.zeros((impacts.shape[0], len(behaviour)), dtype=bool)
