@@ -27,7 +27,7 @@ from training.config import (
     TrainConfig,
 )
 from training.crm_cli import crm_app
-from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT
+from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT, EXIT_QUALITY_WARNINGS
 
 # Everything heavy (pandas, MLflow, LightGBM) is imported inside the commands: `leadscore --help` starts at once, and
 # so does every service worker, which uvicorn starts by importing the console script again.
@@ -236,8 +236,24 @@ def _train(
                 result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
             )
     console.print(_training_table(result, logged))
+    _print_quality_warnings(logged)
     console.print(f"run {logged.run_id}; model {logged.model_uri}")
     return logged
+
+
+def _print_quality_warnings(logged: LoggedModel) -> None:
+    """Say under the metrics table whether the figures above can be trusted, and what promote will do about it."""
+    if not logged.quality_warnings:
+        console.print("quality: no warnings (enough holdout positives, and no baseline ranks better)", highlight=False)
+        return
+    console.print(f"[yellow]quality warnings[/yellow] for version {logged.version}:", highlight=False)
+    for warning in logged.quality_warnings:
+        console.print(f"  - {warning.message}", highlight=False)
+    console.print(
+        "  leadscore promote refuses this model unless given --accept-warnings; its fit grades and readiness stages"
+        " would still drive routing",
+        highlight=False,
+    )
 
 
 # Scorer headers of the training report, broken over two lines: its figure columns then fit in 80 columns whole.
@@ -298,7 +314,7 @@ def train(
     _train(data, snapshots, config, experiment, data_end)
 
 
-def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float) -> Decision:
+def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float, accept_warnings: bool = False) -> Decision:
     from mlflow import MlflowClient
 
     from training.config import CHALLENGER
@@ -309,12 +325,16 @@ def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float) -> De
     challenger = version_by_alias(client, CHALLENGER)
     champion = version_by_alias(client, CHAMPION)
     leads = activities = None
-    if challenger is not None and champion is not None and champion.version != challenger.version:
+    from training.promotion import logged_warnings
+
+    blocked = challenger is not None and bool(logged_warnings(challenger)) and not accept_warnings
+    if challenger is not None and champion is not None and champion.version != challenger.version and not blocked:
         if data is None:
             run = client.get_run(challenger.tags.get("leadscore.run_id") or str(challenger.run_id))
             data = Path(run.data.params.get("data_dir", ""))
         leads, activities = _load(data)
-    return promote(client, leads, activities, rules=default_gate(auc_tolerance, ece_tolerance))
+    rules = default_gate(auc_tolerance, ece_tolerance)
+    return promote(client, leads, activities, rules=rules, accept_warnings=accept_warnings)
 
 
 @app.command("promote")
@@ -325,16 +345,24 @@ def promote_command(
     ] = None,
     auc_tolerance: Annotated[float, typer.Option(min=0.0, help="How much lower a challenger's AUC may be.")] = 0.005,
     ece_tolerance: Annotated[float, typer.Option(min=0.0, help="How much higher its calibration error may be.")] = 0.01,
+    accept_warnings: Annotated[
+        bool, typer.Option(help="Promote a challenger despite the quality warnings training logged with it.")
+    ] = False,
 ) -> None:
-    """Move @champion to @challenger if the challenger is not worse on the same holdout (exit 4 when refused)."""
+    """Move @champion to @challenger if it has no quality warnings and is not worse on the same holdout.
+
+    Exit 4 when the gate refuses it, 5 when it carries quality warnings and --accept-warnings is not given.
+    """
     from training.tracking import configure_tracking
 
     configure_tracking(tracking_uri)
-    decision = _decide(data, auc_tolerance, ece_tolerance)
+    decision = _decide(data, auc_tolerance, ece_tolerance, accept_warnings)
     for line in decision.lines:
-        console.print(f"  {line}")
+        console.print(f"  {line}", highlight=False)
     if not decision.promoted:
         console.print(f"[yellow]not promoted[/yellow]: champion stays version {decision.champion_before}")
+        if decision.refused_for_warnings:
+            raise typer.Exit(EXIT_QUALITY_WARNINGS)
         raise typer.Exit(EXIT_GATE_REFUSED if decision.champion_before else EXIT_MISSING_INPUT)
     console.print(f"[green]promoted[/green] version {decision.challenger} to @{CHAMPION}")
 
@@ -433,6 +461,8 @@ def quickstart(
     console.print("[4/4] the promotion gate: challenger against champion", highlight=False)
     decision = _decide(workdir / "data", 0.005, 0.01)
     for line in decision.lines:
-        console.print(f"  {line}")
+        console.print(f"  {line}", highlight=False)
     state = "promoted to @champion" if decision.promoted else "not promoted"
+    if decision.refused_for_warnings:
+        state += " (quality warnings; leadscore promote --accept-warnings overrides them)"
     console.print(f"lead-scorer version {decision.challenger}: {state}; tracking store {mlflow.get_tracking_uri()}")
