@@ -49,6 +49,7 @@ class Store:
     first_champion: str
     first_challenger: str
     unaccepted: Any  # the first promote, without --accept-warnings (a CliRunner result)
+    trained_said: str  # what the first `leadscore train` printed
 
 
 def _clocked(fn: Callable[..., Any], clock: dict[str, float], began: str, ended: str) -> Callable[..., Any]:
@@ -85,7 +86,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     client = MlflowClient()
     champion = client.get_model_version_by_alias(MODEL, CHAMPION).version
     challenger = client.get_model_version_by_alias(MODEL, CHALLENGER).version
-    yield Store(data, uri, clock["load"], clock["trained"], str(champion), str(challenger), unaccepted)
+    yield Store(data, uri, clock["load"], clock["trained"], str(champion), str(challenger), unaccepted, trained.output)
     mlflow.set_tracking_uri(None)
 
 
@@ -106,6 +107,9 @@ def test_a_warned_model_is_refused_until_its_warnings_are_accepted(store: Store)
     warned = json.loads(version.tags[QUALITY_TAG])
     assert any(w["model"] == "fit" and w["rule"] == "too_few_positives" for w in warned)
     assert json.loads(client.get_run(version.tags["leadscore.run_id"]).data.tags[QUALITY_TAG]) == warned
+    trained = " ".join(store.trained_said.split())
+    assert f"quality warnings for version {store.first_challenger}: - " in trained and "- fit model: " in trained
+    assert "refuses this model unless given --accept-warnings" in trained
     said = " ".join(store.unaccepted.output.split())
     assert store.unaccepted.exit_code == EXIT_QUALITY_WARNINGS, said
     assert "quality warning: fit model:" in said and "--accept-warnings" in said
