@@ -630,6 +630,11 @@ class ModelInfo(BaseModel):
     holdout_metrics: dict[str, dict[str, float | None]]
     features: dict[str, Any]
     thresholds_version: int
+    quality_warnings: list[str] = Field(
+        default_factory=list,
+        description="What training found wrong with the holdout evidence (too few positives to judge a model, a"
+        " baseline ranking better); empty when it found nothing, or for a model logged before these checks.",
+    )
 
 
 class ScoreLogHealth(BaseModel):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from training.dataset import TrainingSet
 from training.pipeline import BASELINES, TaskResult, TrainResult
+from training.quality import MIN_HOLDOUT_POSITIVES, QualityWarning
 
 CARD_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_top10", "capture_top10")
 # Segments whose AUC trails the overall one by more than this are listed as weak spots.
@@ -44,10 +45,34 @@ def _top_features(values: np.ndarray, names: list[str], k: int = 8) -> str:
     return ", ".join(f"{names[i]} ({mean_abs[i]:.3f})" for i in order)
 
 
+def _warnings_section(warned: Sequence[QualityWarning]) -> list[str]:
+    if not warned:
+        return [
+            "## Quality warnings",
+            f"None: both holdouts hold at least {MIN_HOLDOUT_POSITIVES} positives, and no baseline ranks better than"
+            " the model.",
+            "",
+        ]
+    return [
+        "## Quality warnings",
+        "**Do not route on these scores before reading this.** Training found:",
+        "",
+        *(f"- {w.message}" for w in warned),
+        "",
+        "`leadscore promote` refuses this model unless given `--accept-warnings`.",
+        "",
+    ]
+
+
 def write_model_card(
-    result: TrainResult, training_set: TrainingSet, path: Path, *, oracle_metrics: Mapping[str, float]
+    result: TrainResult,
+    training_set: TrainingSet,
+    path: Path,
+    *,
+    oracle_metrics: Mapping[str, float],
+    quality_warnings: Sequence[QualityWarning] = (),
 ) -> Path:
-    """Write the card to `path` and return it."""
+    """Write the card to `path` and return it; quality warnings come first, where a reader cannot miss them."""
     builder = training_set.builder
     ready, fit = result.readiness, result.fit
     n_fit = len(builder.fit_feature_names_)
@@ -55,6 +80,7 @@ def write_model_card(
     lines = [
         "# lead-scorer model card",
         "",
+        *_warnings_section(quality_warnings),
         "## Intended use",
         f"Scores B2B leads twice: **ICP fit** (probability the lead is ever won, from its profile) and **readiness**"
         f" (probability the lead becomes sales-qualified within {horizon} days, from its profile, its touches and its"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -11,6 +13,7 @@ from mlflow import MlflowClient
 from features.scoring import LeadScorer
 from training.config import CHALLENGER, CHAMPION, MODEL_NAME, SnapshotConfig
 from training.metrics import binary_metrics
+from training.quality import QUALITY_TAG
 from training.snapshots import build_fit_examples, build_readiness_snapshots
 from training.tracking import load_scorer, version_by_alias
 
@@ -83,6 +86,8 @@ class Decision:
     challenger: str | None
     champion_before: str | None
     lines: list[str] = field(default_factory=list)
+    quality_warnings: list[str] = field(default_factory=list)  # the challenger's, as training logged them
+    refused_for_warnings: bool = False  # refused before any comparison: warnings, and not accepted
 
 
 def _compare(
@@ -103,6 +108,18 @@ def _compare(
     return ok, lines
 
 
+def logged_warnings(version: Any) -> list[str]:
+    """The quality warnings training tagged a model version with (none for a version logged before the tag existed)."""
+    raw = (getattr(version, "tags", None) or {}).get(QUALITY_TAG)
+    if not raw:
+        return []
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        return [f"unreadable {QUALITY_TAG} tag: {raw[:200]}"]
+    return [str(item.get("message", item)) if isinstance(item, dict) else str(item) for item in parsed]
+
+
 def promote(
     client: MlflowClient,
     leads: pd.DataFrame | None,
@@ -110,22 +127,38 @@ def promote(
     *,
     rules: tuple[GateRule, ...] | None = None,
     name: str = MODEL_NAME,
+    accept_warnings: bool = False,
 ) -> Decision:
     """Point `champion` at the challenger if it is not worse than the champion on the challenger's holdout.
 
-    Both models are re-scored on the same rows with their own feature code; the first model becomes champion.
+    A challenger that training tagged with quality warnings (too few holdout positives, a baseline ranking better) is
+    refused before any comparison, first model included, unless `accept_warnings`. Both models are re-scored on the
+    same rows with their own feature code; the first model becomes champion.
     """
     rules = rules or default_gate()
     challenger = version_by_alias(client, CHALLENGER, name)
     if challenger is None:
         return Decision(False, None, None, [f"no model has the alias @{CHALLENGER}: train one first"])
     champion = version_by_alias(client, CHAMPION, name)
+    before = champion.version if champion is not None else None
+    if champion is not None and champion.version == challenger.version:
+        return Decision(False, challenger.version, champion.version, ["the challenger already is the champion"])
+    warned = logged_warnings(challenger)
+    warning_lines = [f"quality warning: {message}" for message in warned]
+    if warned and not accept_warnings:
+        summary = f"refused: {len(warned)} quality warning(s) not accepted"
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", summary)
+        lines = [*warning_lines, f"version {challenger.version} has quality warnings: promote it anyway only with"
+                 " --accept-warnings, once you have read them"]  # fmt: skip
+        log.info("promotion of version %s refused: %d quality warnings", challenger.version, len(warned))
+        return Decision(False, challenger.version, before, lines, warned, refused_for_warnings=True)
+    accepted = f" ({len(warned)} quality warning(s) accepted)" if warned else ""
     if champion is None:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", "first model: promoted")
-        return Decision(True, challenger.version, None, [f"no champion yet: version {challenger.version} promoted"])
-    if champion.version == challenger.version:
-        return Decision(False, challenger.version, champion.version, ["the challenger already is the champion"])
+        tag = f"first model: promoted{accepted}"
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", tag)
+        lines = [*warning_lines, f"no champion yet: version {challenger.version} promoted{accepted}"]
+        return Decision(True, challenger.version, None, lines, warned)
     if leads is None or activities is None:
         raise ValueError("comparing against a champion needs the holdout data")
     new_scorer = load_scorer(f"models:/{name}/{challenger.version}")
@@ -137,8 +170,8 @@ def promote(
     summary = "; ".join(lines)
     if passed:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", f"promoted: {summary}")
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", f"promoted{accepted}: {summary}")
     else:
         client.set_model_version_tag(name, challenger.version, "leadscore.promotion", f"refused: {summary}")
     log.info("promotion of version %s %s: %s", challenger.version, "done" if passed else "refused", summary)
-    return Decision(passed, challenger.version, champion.version, lines)
+    return Decision(passed, challenger.version, champion.version, [*warning_lines, *lines], warned)

@@ -41,6 +41,7 @@ from training.metrics import to_mlflow_metrics
 from training.model_card import write_model_card
 from training.models import TimeSplit
 from training.pipeline import BASELINES, SEGMENTS, TaskResult, TrainResult
+from training.quality import METADATA_KEY, QUALITY_TAG, QualityWarning, quality_warnings
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class LoggedModel:
     version: str
     model_uri: str
     experiment_id: str
+    quality_warnings: tuple[QualityWarning, ...] = ()
 
 
 def log_training(
@@ -277,9 +279,15 @@ def log_training(
     plots, holdout scores, the model card and the pyfunc model. It is the active run when there is one (the job's
     `training_run`, whose experiment then wins over `experiment`), else a run opened here, which then only lasts as
     long as the logging.
+
+    The quality warnings (training.quality) go into the scorer's metadata, which the service reports, and into a tag
+    of the run and of the model version, which `leadscore promote` reads.
     """
     client = MlflowClient()
     builder = training_set.builder
+    warned = quality_warnings(result)
+    warnings_json = json.dumps([w.as_dict() for w in warned])
+    result.scorer.metadata[METADATA_KEY] = [w.as_dict() for w in warned]
     active = mlflow.active_run()
     with (
         nullcontext(str(active.info.run_id)) if active else training_run(experiment) as run_id,
@@ -287,7 +295,7 @@ def log_training(
     ):
         out = Path(tmp)
         experiment_id = str(client.get_run(run_id).info.experiment_id)
-        mlflow.set_tags(dict(MODEL_RUN_TAGS))
+        mlflow.set_tags({**MODEL_RUN_TAGS, QUALITY_TAG: warnings_json})
         params: dict[str, object] = {
             **config.as_params(),
             **{f"snapshots.{k}": v for k, v in asdict(training_set.snapshot_config).items()},
@@ -325,7 +333,9 @@ def log_training(
         for task in (result.readiness, result.fit):
             frames = [seg.assign(scorer=name) for name, seg in task.segments.items()]
             pd.concat(frames).to_csv(out / f"{task.task}_segment_metrics.csv", index=False)
-        write_model_card(result, training_set, out / "model_card.md", oracle_metrics=oracle_metrics)
+        write_model_card(
+            result, training_set, out / "model_card.md", oracle_metrics=oracle_metrics, quality_warnings=warned
+        )
         (out / "feature_spec.json").write_text(json.dumps(feature_spec(result.scorer), indent=2))
         mlflow.log_artifacts(str(out))
 
@@ -345,6 +355,7 @@ def log_training(
         version = str(info.registered_model_version)
         client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
         client.set_model_version_tag(MODEL_NAME, version, "leadscore.run_id", run_id)
+        client.set_model_version_tag(MODEL_NAME, version, QUALITY_TAG, warnings_json)
 
         for name in BASELINES:
             _log_side_run(client, experiment_id, f"baseline: {BASELINE_TITLES[name]}", "baseline", run_id,
@@ -354,7 +365,7 @@ def log_training(
             _log_side_run(client, experiment_id, "oracle: simulator truth", "oracle", run_id, oracle_run)
     log.info("logged run %s, registered %s version %s as @%s", run_id, MODEL_NAME, version, CHALLENGER)
     return LoggedModel(run_id=run_id, version=version, model_uri=f"models:/{MODEL_NAME}/{version}",
-                       experiment_id=experiment_id)  # fmt: skip
+                       experiment_id=experiment_id, quality_warnings=tuple(warned))  # fmt: skip
 
 
 def _log_side_run(

@@ -90,6 +90,9 @@ async def model_info(state: StateDep, model: ModelDep) -> ModelInfo:
             "data_end": scorer.metadata.get("data_end"),
         },
         thresholds_version=state.policy().version,
+        quality_warnings=[
+            str(w["message"]) if isinstance(w, dict) else str(w) for w in scorer.metadata.get("quality_warnings", [])
+        ],
     )
 
 

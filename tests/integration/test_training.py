@@ -26,7 +26,8 @@ import training.data
 from training import pipeline
 from training.cli import app
 from training.config import CHALLENGER, CHAMPION, SimulationConfig
-from training.exits import EXIT_GATE_REFUSED
+from training.exits import EXIT_GATE_REFUSED, EXIT_QUALITY_WARNINGS
+from training.quality import QUALITY_TAG
 from training.simulator import write_simulation
 from training.tracking import configure_tracking
 
@@ -47,6 +48,8 @@ class Store:
     training_ended: float
     first_champion: str
     first_challenger: str
+    unaccepted: Any  # the first promote, without --accept-warnings (a CliRunner result)
+    trained_said: str  # what the first `leadscore train` printed
 
 
 def _clocked(fn: Callable[..., Any], clock: dict[str, float], began: str, ended: str) -> Callable[..., Any]:
@@ -74,14 +77,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         patch.setattr(pipeline, "train_models", _clocked(pipeline.train_models, clock, "train", "trained"))
         trained = runner.invoke(app, ["train", "--data", str(data), "--tracking-uri", uri])
     assert trained.exit_code == 0, trained.output
-    promoted = runner.invoke(app, ["promote", "--tracking-uri", uri])
+    # 5,000 leads hold too few wins to judge the fit model: training warns, and promote wants the warnings accepted.
+    unaccepted = runner.invoke(app, ["promote", "--tracking-uri", uri])
+    promoted = runner.invoke(app, ["promote", "--tracking-uri", uri, "--accept-warnings"])
     assert promoted.exit_code == 0, promoted.output
     configure_tracking(uri)
     # Read now: later tests train and register more versions (in whatever order they run).
     client = MlflowClient()
     champion = client.get_model_version_by_alias(MODEL, CHAMPION).version
     challenger = client.get_model_version_by_alias(MODEL, CHALLENGER).version
-    yield Store(data, uri, clock["load"], clock["trained"], str(champion), str(challenger))
+    yield Store(data, uri, clock["load"], clock["trained"], str(champion), str(challenger), unaccepted, trained.output)
     mlflow.set_tracking_uri(None)
 
 
@@ -94,6 +99,24 @@ def test_first_model_is_registered_as_challenger_and_promoted_to_champion(store:
     assert store.first_champion == store.first_challenger
     first = MlflowClient().get_model_version(MODEL, store.first_champion)
     assert "first model" in first.tags["leadscore.promotion"]
+
+
+def test_a_warned_model_is_refused_until_its_warnings_are_accepted(store: Store) -> None:
+    client = MlflowClient()
+    version = client.get_model_version(MODEL, store.first_champion)
+    warned = json.loads(version.tags[QUALITY_TAG])
+    assert any(w["model"] == "fit" and w["rule"] == "too_few_positives" for w in warned)
+    assert json.loads(client.get_run(version.tags["leadscore.run_id"]).data.tags[QUALITY_TAG]) == warned
+    trained = " ".join(store.trained_said.split())
+    assert f"quality warnings for version {store.first_challenger}: - " in trained and "- fit model: " in trained
+    assert "refuses this model unless given --accept-warnings" in trained
+    said = " ".join(store.unaccepted.output.split())
+    assert store.unaccepted.exit_code == EXIT_QUALITY_WARNINGS, said
+    assert "quality warning: fit model:" in said and "--accept-warnings" in said
+    assert "quality warning(s) accepted" in version.tags["leadscore.promotion"]
+    path = mlflow.artifacts.download_artifacts(run_id=version.tags["leadscore.run_id"], artifact_path="model_card.md")
+    card = Path(path).read_text()
+    assert card.index("## Quality warnings") < card.index("## Intended use") and warned[0]["message"] in card
 
 
 def test_run_logs_metrics_artifacts_and_baselines_side_by_side(store: Store) -> None:
@@ -171,7 +194,7 @@ def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store:
     assert worse.exit_code == 0, worse.output
     challenger = str(client.get_model_version_by_alias(MODEL, CHALLENGER).version)
     assert challenger != champion  # the crippled model is the new challenger
-    refused = runner.invoke(app, ["promote", "--tracking-uri", store.uri])
+    refused = runner.invoke(app, ["promote", "--tracking-uri", store.uri, "--accept-warnings"])
     assert refused.exit_code == EXIT_GATE_REFUSED, refused.output
     assert "readiness roc_auc: challenger" in refused.output and "WORSE" in refused.output
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == champion

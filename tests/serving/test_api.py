@@ -24,6 +24,7 @@ from serving.state import ServiceState
 from tests.conftest import Trained
 from tests.serving.conftest import ADMIN, SCORING, Registry
 from tests.serving.test_policy import DEFAULT_ROUTES
+from training.quality import MIN_HOLDOUT_POSITIVES, quality_warnings
 
 RESPONSE_FIELDS = {
     "request_id", "lead_id", "fit", "readiness", "lifecycle", "route", "reasons", "model_version", "thresholds_version",
@@ -507,3 +508,12 @@ def test_model_info_reports_version_and_metrics(client: TestClient, registry: Re
         assert info["holdout_metrics"][task]["roc_auc"] == pytest.approx(expected[task]["roc_auc"])
         assert info["holdout_metrics"][task]["n"] > 0
     assert info["features"]["fit"] and info["features"]["engagement"]
+
+
+def test_model_info_lists_the_quality_warnings_training_logged(client: TestClient, trained: Trained) -> None:
+    info = client.get("/v1/model", headers=SCORING).json()
+    expected = [w.message for w in quality_warnings(trained.result)]
+    assert info["quality_warnings"] == expected
+    # The session's small funnel holds too few wins to judge its fit model: the service must say so.
+    if trained.result.fit.metrics["model"]["positives"] < MIN_HOLDOUT_POSITIVES:
+        assert any(message.startswith("fit model: ") for message in info["quality_warnings"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -11,7 +12,8 @@ from mlflow.exceptions import MlflowException
 
 from training import promotion
 from training.config import CHALLENGER, CHAMPION, MODEL_NAME
-from training.promotion import GateRule, Holdout, _compare, default_gate, promote
+from training.promotion import GateRule, Holdout, _compare, default_gate, logged_warnings, promote
+from training.quality import QUALITY_TAG, QualityWarning
 
 Metrics = dict[str, dict[str, float]]
 
@@ -118,6 +120,7 @@ def test_each_decision_line_names_the_rule_both_figures_the_tolerance_and_the_ve
 @dataclass
 class _Version:
     version: str
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +134,8 @@ class FakeRegistry:
         assert name == MODEL_NAME
         if alias not in self.aliases:
             raise MlflowException(f"no alias {alias}")
-        return _Version(self.aliases[alias])
+        version = self.aliases[alias]
+        return _Version(version, dict(self.tags.get(version, {})))
 
     def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
         assert name == MODEL_NAME
@@ -143,7 +147,7 @@ class FakeRegistry:
 
 
 def _promote(
-    registry: FakeRegistry, by_version: dict[str, Metrics], monkeypatch: pytest.MonkeyPatch
+    registry: FakeRegistry, by_version: dict[str, Metrics], monkeypatch: pytest.MonkeyPatch, *, accept: bool = False
 ) -> promotion.Decision:
     """promote() on the fake registry, each version's holdout metrics given (no model is loaded or scored)."""
     monkeypatch.setattr(promotion, "load_scorer", lambda uri: uri.rsplit("/", 1)[1])
@@ -154,7 +158,7 @@ def _promote(
 
     monkeypatch.setattr(promotion, "evaluate_scorer", evaluate)
     no_data: Any = object()  # the fake evaluation reads no data; promote only checks that some was given
-    return promote(cast(MlflowClient, registry), no_data, no_data, rules=EXACT_GATE)
+    return promote(cast(MlflowClient, registry), no_data, no_data, rules=EXACT_GATE, accept_warnings=accept)
 
 
 def test_a_better_challenger_becomes_champion(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,3 +203,56 @@ def test_nothing_happens_without_a_challenger_or_when_it_already_is_champion(mon
     decision = _promote(same, {}, monkeypatch)
     assert not decision.promoted and decision.lines == ["the challenger already is the champion"]
     assert same.tags == {}
+
+
+# ---- quality warnings: a warned challenger needs --accept-warnings ---------------------------------------------
+
+FEW_WINS = QualityWarning("fit", "too_few_positives", "fit model: 20 positives in the holdout, fewer than 50")
+RULES_WIN = QualityWarning("fit", "baseline_beats_model", "fit model: the point rules baseline ranks better")
+
+
+def _warned(*warnings: QualityWarning) -> dict[str, str]:
+    """The model-version tags training writes for a model with these warnings."""
+    return {QUALITY_TAG: json.dumps([w.as_dict() for w in warnings])}
+
+
+def test_a_warned_first_model_is_refused_with_its_warnings_and_nothing_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = FakeRegistry({CHALLENGER: "1"}, tags={"1": _warned(FEW_WINS, RULES_WIN)})
+    decision = _promote(registry, {}, monkeypatch)
+    assert (decision.promoted, decision.refused_for_warnings, decision.champion_before) == (False, True, None)
+    assert decision.quality_warnings == [FEW_WINS.message, RULES_WIN.message]
+    assert decision.lines[:2] == [f"quality warning: {FEW_WINS.message}", f"quality warning: {RULES_WIN.message}"]
+    assert "--accept-warnings" in decision.lines[-1]
+    assert CHAMPION not in registry.aliases
+    assert registry.tags["1"]["leadscore.promotion"] == "refused: 2 quality warning(s) not accepted"
+
+
+def test_a_warned_challenger_is_refused_before_any_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = FakeRegistry({CHAMPION: "3", CHALLENGER: "4"}, tags={"4": _warned(RULES_WIN)})
+    decision = _promote(registry, {}, monkeypatch)  # no metrics: nothing may be evaluated
+    assert decision.refused_for_warnings and registry.aliases[CHAMPION] == "3"
+
+
+def test_accepted_warnings_promote_the_first_model_and_are_kept_on_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = FakeRegistry({CHALLENGER: "1"}, tags={"1": _warned(FEW_WINS)})
+    decision = _promote(registry, {}, monkeypatch, accept=True)
+    assert (decision.promoted, decision.refused_for_warnings) == (True, False)
+    assert registry.aliases[CHAMPION] == "1"
+    assert decision.lines[0] == f"quality warning: {FEW_WINS.message}"
+    assert registry.tags["1"]["leadscore.promotion"] == "first model: promoted (1 quality warning(s) accepted)"
+
+
+def test_accepted_warnings_still_leave_the_gate_to_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = FakeRegistry({CHAMPION: "3", CHALLENGER: "4"}, tags={"4": _warned(FEW_WINS)})
+    decision = _promote(registry, {"3": CHAMPION_METRICS, "4": metrics(ece=0.125)}, monkeypatch, accept=True)
+    assert not decision.promoted and not decision.refused_for_warnings and registry.aliases[CHAMPION] == "3"
+    better = FakeRegistry({CHAMPION: "3", CHALLENGER: "4"}, tags={"4": _warned(FEW_WINS)})
+    decision = _promote(better, {"3": CHAMPION_METRICS, "4": metrics(readiness_auc=0.875)}, monkeypatch, accept=True)
+    assert decision.promoted and better.aliases[CHAMPION] == "4"
+    assert better.tags["4"]["leadscore.promotion"].startswith("promoted (1 quality warning(s) accepted): readiness")
+
+
+def test_a_version_logged_without_the_tag_has_no_warnings() -> None:
+    assert logged_warnings(_Version("1")) == []
+    assert logged_warnings(_Version("1", _warned())) == []
+    assert logged_warnings(_Version("1", _warned(FEW_WINS))) == [FEW_WINS.message]
