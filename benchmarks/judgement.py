@@ -123,8 +123,9 @@ def cases(scorer: LeadScorer) -> list[tuple[str, str]]:
     return rows
 
 
-def concrete_share(result: TrainResult, features: pd.DataFrame) -> tuple[float, int]:
-    """The share of sales-routed holdout snapshots whose first behaviour reason names a high-intent touch, and how many.
+def concrete_share(result: TrainResult, features: pd.DataFrame) -> tuple[float, int, float]:
+    """The share of sales-routed holdout snapshots whose first behaviour reason names a high-intent touch, how many
+    were routed to sales, and the share of them with a high-intent touch in the last 30 days (the most it can be).
 
     Routed to sales by the model's default policy.
     """
@@ -136,11 +137,12 @@ def concrete_share(result: TrainResult, features: pd.DataFrame) -> tuple[float, 
         if policy.route(policy.grade(fs), policy.stage(rp))[0].queue == "sales"
     ]  # fmt: skip
     if not sales:
-        return math.nan, 0
+        return math.nan, 0, math.nan
     matrix = features.to_numpy(dtype=np.float64)[sales]
     scores = scorer.score_features([str(i) for i in sales], matrix, top_k=3)
     concrete = sum(1 for s in scores if s.behaviour_reasons and s.behaviour_reasons[0].group in CONCRETE_GROUPS)
-    return concrete / len(sales), len(sales)
+    with_touch = float((features["n_high_intent_30d"].to_numpy()[sales] > 0).mean())
+    return concrete / len(sales), len(sales), with_touch
 
 
 def colleague_ratio(result: TrainResult, features: pd.DataFrame, oracle: pd.DataFrame) -> dict[str, float]:
@@ -191,9 +193,9 @@ def main(
     table.add_column("answer")
     for case, answer in cases(result.scorer):
         table.add_row(case, answer)
-    share, n_sales = concrete_share(result, features)
+    share, n_sales, bound = concrete_share(result, features)
     table.add_row("first behaviour reason names a demo/trial/pricing/meeting (holdout routed to sales)",
-                  f"{share:.1%} of {n_sales:,}")  # fmt: skip
+                  f"{share:.1%} of {n_sales:,} ({bound:.1%} made such a touch in the last 30 days)")  # fmt: skip
     for name, value in colleague_ratio(result, features, read_table(data / "oracle")).items():
         table.add_row(f"colleague already SQL: {name}", f"{value:,.3f}")
     for task in ("readiness", "fit"):

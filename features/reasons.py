@@ -10,7 +10,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from features.engine import NO_TOUCH_DAYS, OPT_OUT_TYPES, STAGES, FeatureConfig
+from features.engine import DEFAULT_HIGH_INTENT, NO_TOUCH_DAYS, OPT_OUT_TYPES, STAGES, FeatureConfig
 from features.spec import ACTIVITY_TYPES
 
 # Fit: the profile. Behaviour: what the lead and its colleagues did. Context: where the lead stands in the funnel
@@ -137,12 +137,13 @@ def _top_k(
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Per row, the positions in `columns` of the k largest |impact|s, and those impacts; ties keep column order.
 
-    `first` (rows x columns, bool) marks reasons that go before all others (still by |impact| among themselves).
+    `first` (rows x columns, 0, 1, 2, ...) ranks reasons in tiers before |impact|: higher tiers go first, and within
+    a tier the larger |impact|.
     """
     if first is not None:
         side = impacts[:, columns]
-        # |impact| plus a bonus larger than any impact: marked reasons sort first, by |impact| within each tier.
-        key = np.abs(side) + np.where(first, 1e6, 0.0)
+        # |impact| plus a bonus per tier larger than any impact: tiers sort first, by |impact| within each tier.
+        key = np.abs(side) + first * 1e6
         order = np.argsort(-key, axis=1, kind="stable")[:, :k]
         return order.tolist(), np.take_along_axis(side, order, axis=1).tolist()
     if impacts.shape[0] >= NUMPY_RANK_MIN_ROWS:
@@ -241,13 +242,16 @@ class ReasonLabeler:
         return {side: [g for g, s in enumerate(self.sides) if s == side] for side in ("fit", "behaviour", "context")}
 
     @functools.cached_property
-    def _concrete(self) -> tuple[list[int], list[int], np.ndarray]:
-        """Behaviour positions naming one kind of touch, the column of its "days since last", and the sign that helps.
+    def _concrete(self) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+        """Behaviour positions naming a kind of touch: its "days since last" column, the sign that helps, its tier.
 
-        A touch helps readiness when its impact is positive, an opt-out (unsubscribe) when it is negative: either is
-        a concrete fact a rep can act on.
+        The tier is where a reason goes when the touch helped: 2 for a high-intent touch, 1 for any other. A touch
+        helps readiness when its impact is positive, an opt-out (unsubscribe) when it is negative: either is
+        a concrete fact a rep can act on; a demo request, a trial, the pricing page or a meeting most of all.
         """
-        positions, columns, signs = [], [], []
+        config = getattr(self, "config", None)
+        high = set(config.high_intent_types if config is not None else DEFAULT_HIGH_INTENT)
+        positions, columns, signs, tiers = [], [], [], []
         for position, g in enumerate(self._side_columns["behaviour"]):
             group = self.groups[g]
             column = self._index.get(f"days_since_last_{group}")
@@ -255,19 +259,23 @@ class ReasonLabeler:
                 positions.append(position)
                 columns.append(column)
                 signs.append(-1.0 if group in OPT_OUT_TYPES else 1.0)
-        return positions, columns, np.array(signs)
+                tiers.append(2.0 if group in high else 1.0)
+        return positions, columns, np.array(signs), np.array(tiers)
 
     def _concrete_first(self, impacts: np.ndarray, values: np.ndarray) -> np.ndarray | None:
-        """(rows x behaviour groups) mask of the reasons to give first: touches the lead made that moved readiness."""
-        positions, columns, signs = self._concrete
+        """(rows x behaviour groups) tiers of the reasons to give first, 0 for the rest.
+
+        First come the touches the lead made that helped readiness, high-intent ones before the others.
+        """
+        positions, columns, signs, tiers = self._concrete
         if not positions or not len(impacts):
             return None
         behaviour = self._side_columns["behaviour"]
-        mask = np.zeros((impacts.shape[0], len(behaviour)), dtype=bool)
+        tier = np.zeros((impacts.shape[0], len(behaviour)))
         happened = values[:, columns] < NO_TOUCH_DAYS
         helped = impacts[:, [behaviour[p] for p in positions]] * signs >= CONCRETE_MIN_IMPACT
-        mask[:, positions] = happened & helped
-        return mask
+        tier[:, positions] = np.where(happened & helped, tiers, 0.0)
+        return tier
 
     def group_impacts(self, contributions: np.ndarray) -> np.ndarray:
         """(rows x groups) log-odds impacts from (rows x features) contributions."""

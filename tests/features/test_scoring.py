@@ -196,3 +196,19 @@ def test_reason_sentences_for_absent_values() -> None:
     assert labeler.describe("industry", values) == "industry: other"
     assert labeler.describe("company_size", values) == "company size unknown"
     assert labeler.describe("buying_group", values) == "no colleagues known at the account"
+
+
+def test_a_high_intent_touch_that_helped_comes_before_other_touches_that_helped_more() -> None:
+    names = ["days_since_last_page_view", "n_page_view_30d", "days_since_last_pricing_page_view",
+             "n_pricing_page_view_30d"]  # fmt: skip
+    labeler = ReasonLabeler(feature_names=names, fit_features=[], vocabularies={}, windows_days=[7, 30, 90],
+                            buying_group_window_days=30)  # fmt: skip
+    values = np.array([1.0, 12.0, 4.0, 1.0])
+    contributions = np.array([[0.3, 0.2, 0.1, 0.0]])  # twelve visits weigh more than one look at the pricing page
+    impacts = labeler.group_impacts(contributions)[0]
+    reasons = labeler.top_reasons(impacts, values, side="behaviour", k=2)
+    # The rep opens the call with the pricing page, whatever the visits weigh.
+    assert [r.label for r in reasons] == [
+        "viewed the pricing page 4 days ago",
+        "visited the website yesterday (12 times in 30 days)",
+    ]

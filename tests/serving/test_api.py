@@ -81,9 +81,9 @@ def test_score_returns_the_documented_shape(client: TestClient, registry: Regist
     assert 0.0 <= body["readiness"]["probability"] <= 1.0 and 0.0 <= body["readiness"]["score"] <= 100.0
     assert body["readiness"]["stage"] in READINESS_STAGES
     assert body["route"]["queue"] in QUEUES and 1 <= body["route"]["priority"] <= 5
-    assert set(body["reasons"]) == {"fit", "behaviour"}
-    for reasons in body["reasons"].values():
-        assert 1 <= len(reasons) <= 3
+    assert set(body["reasons"]) == {"fit", "behaviour", "context"}
+    for side, reasons in body["reasons"].items():
+        assert 1 <= len(reasons) <= (2 if side == "context" else 3)
         assert all(set(r) == {"group", "impact", "label"} and r["label"] for r in reasons)
     assert body["model_version"] == registry.version
     assert body["thresholds_version"] == service(client).policy().version
