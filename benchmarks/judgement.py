@@ -124,10 +124,10 @@ def cases(scorer: LeadScorer) -> list[tuple[str, str]]:
 
 
 def concrete_share(result: TrainResult, features: pd.DataFrame) -> tuple[float, int, float]:
-    """The share of sales-routed holdout snapshots whose first behaviour reason names a high-intent touch, how many
-    were routed to sales, and the share of them with a high-intent touch in the last 30 days (the most it can be).
+    """Among holdout snapshots routed to sales: the share whose first behaviour reason names a high-intent touch.
 
-    Routed to sales by the model's default policy.
+    Also how many were routed to sales (by the model's default policy), and the share of them with a high-intent touch
+    in the last 30 days (about the most the first share can be).
     """
     scorer = result.scorer
     policy = RoutingPolicy.from_cutoffs(scorer.cutoffs)
