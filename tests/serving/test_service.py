@@ -98,7 +98,11 @@ def test_a_lead_past_the_readiness_question_is_routed_by_its_lifecycle_stage(
     }  # fmt: skip
     # Fit still speaks (expansion, win-back); behaviour reasons explain readiness, which says nothing here.
     assert body["fit"]["grade"] == "A" and body["fit"]["score"] == 95.0
-    assert body["reasons"] == {"fit": [{"group": "g", "impact": 0.5, "label": "a reason"}], "behaviour": []}
+    assert body["reasons"] == {
+        "fit": [{"group": "g", "impact": 0.5, "label": "a reason"}],
+        "behaviour": [],
+        "context": [],
+    }
 
 
 @pytest.mark.parametrize(
