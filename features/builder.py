@@ -151,6 +151,20 @@ def _check_range(seconds: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: timestamps must lie between 1970 and 2106")
 
 
+class IncompatibleModelError(ValueError):
+    """A logged model was trained on features this version of the feature engine does not compute."""
+
+    def __init__(self, trained: Sequence[str], current: Sequence[str]) -> None:
+        gone = [name for name in trained if name not in current]
+        new = [name for name in current if name not in trained]
+        detail = f"features it read that no longer exist: {', '.join(gone[:6]) or 'none'}"
+        detail += f"; features this version adds: {', '.join(new[:6]) or 'none'}"
+        super().__init__(
+            "this model was trained with an earlier feature engine and cannot be scored by this version of leadscore"
+            f" ({detail}); retrain it with this version (leadscore train), then promote the new model"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLead:
     """One lead to score at request time: its profile, its colleagues at the same account, and their touches.
@@ -240,10 +254,17 @@ class FeatureBuilder:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        """Restore a pickled builder, planning the engine afresh for its config."""
+        """Restore a pickled builder, planning the engine afresh for its config.
+
+        A model whose boosters read features this engine no longer computes (or computes others) cannot be scored by
+        it: refused here, by name, rather than scored with columns in the wrong places.
+        """
         self.__dict__.update(state)
         self.__dict__.pop("plan_", None)
         if "feature_names_" in state:  # fitted
+            current = engagement_feature_names(self.config_)
+            if self.engagement_feature_names_ != current:
+                raise IncompatibleModelError(self.engagement_feature_names_, current)
             self.plan_ = plan_engine(self.config_)
 
     # ---- batch -------------------------------------------------------------------------------------------------

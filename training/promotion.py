@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 from mlflow import MlflowClient
 
+from features.builder import IncompatibleModelError
 from features.scoring import LeadScorer
 from training.config import CHALLENGER, CHAMPION, MODEL_NAME, SnapshotConfig
 from training.metrics import binary_metrics
@@ -162,7 +163,18 @@ def promote(
     if leads is None or activities is None:
         raise ValueError("comparing against a champion needs the holdout data")
     new_scorer = load_scorer(f"models:/{name}/{challenger.version}")
-    old_scorer = load_scorer(f"models:/{name}/{champion.version}")
+    try:
+        old_scorer = load_scorer(f"models:/{name}/{champion.version}")
+    except IncompatibleModelError as err:
+        # This version of leadscore can neither serve nor score the champion: there is nothing to compare against,
+        # and keeping it would leave the service unable to start. The challenger replaces it, and says why.
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        why = f"champion version {champion.version} cannot be scored by this version of leadscore ({err})"
+        client.set_model_version_tag(name, challenger.version, "leadscore.promotion", f"promoted{accepted}: {why}")
+        log.info("version %s promoted: %s", challenger.version, why)
+        instead = f"version {challenger.version} promoted{accepted} in its place, without a comparison"
+        lines = [*warning_lines, why, instead]
+        return Decision(True, challenger.version, champion.version, lines, warned)
     holdout = Holdout.of_scorer(new_scorer)
     new = evaluate_scorer(new_scorer, leads, activities, holdout)
     old = evaluate_scorer(old_scorer, leads, activities, holdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.builder import FeatureBuilder, RequestLead
+from features.builder import FeatureBuilder, IncompatibleModelError, RequestLead
 from features.engine import NO_TOUCH_DAYS, NOT_YET_CREATED, STAGE_CODE, FeatureConfig
 from features.spec import ACTIVITY_TYPES
 from features.validation import validate_activities, validate_leads
@@ -395,3 +396,12 @@ def test_request_time_features_equal_batch_row(block_activities: int) -> None:
         np.testing.assert_array_equal(
             online, batch.iloc[i, 2:].to_numpy(dtype=np.float64), err_msg=f"lead {target['lead_id']}"
         )
+
+
+def test_a_model_trained_on_features_this_engine_no_longer_computes_is_refused_by_name() -> None:
+    builder = _fitted(leads_frame(lead("L1")))
+    assert pickle.loads(pickle.dumps(builder)).feature_names_ == builder.feature_names_  # today's models load
+    old = pickle.loads(pickle.dumps(builder))
+    old.__dict__["engagement_feature_names_"] = [*builder.engagement_feature_names_[:-1], "engagement_velocity"]
+    with pytest.raises(IncompatibleModelError, match=r"engagement_velocity.*account_age_days.*leadscore train"):
+        pickle.loads(pickle.dumps(old))

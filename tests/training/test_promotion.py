@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from features.builder import IncompatibleModelError
 from training import promotion
 from training.config import CHALLENGER, CHAMPION, MODEL_NAME
 from training.promotion import GateRule, Holdout, _compare, default_gate, logged_warnings, promote
@@ -256,3 +257,24 @@ def test_a_version_logged_without_the_tag_has_no_warnings() -> None:
     assert logged_warnings(_Version("1")) == []
     assert logged_warnings(_Version("1", _warned())) == []
     assert logged_warnings(_Version("1", _warned(FEW_WINS))) == [FEW_WINS.message]
+
+
+def test_a_champion_this_version_cannot_score_is_replaced_and_the_decision_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = FakeRegistry({CHAMPION: "3", CHALLENGER: "4"})
+
+    def load(uri: str) -> str:
+        version = uri.rsplit("/", 1)[1]
+        if version == "3":  # trained before the feature engine changed
+            raise IncompatibleModelError(["engagement_velocity", "n_touches_7d"], ["n_touches_7d", "engagement_recent"])
+        return version
+
+    monkeypatch.setattr(promotion, "load_scorer", load)
+    no_data: Any = object()
+    decision = promote(cast(MlflowClient, registry), no_data, no_data, rules=EXACT_GATE)
+    assert (decision.promoted, decision.challenger, decision.champion_before) == (True, "4", "3")
+    assert registry.aliases[CHAMPION] == "4"
+    assert "champion version 3 cannot be scored by this version" in decision.lines[0]
+    assert "engagement_velocity" in decision.lines[0] and "engagement_recent" in decision.lines[0]
+    assert registry.tags["4"]["leadscore.promotion"].startswith("promoted: champion version 3 cannot be scored")
