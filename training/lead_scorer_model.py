@@ -17,6 +17,7 @@ from mlflow.models import set_model
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from features.builder import RequestLead
+from features.engine import READINESS_STAGES
 from features.scoring import LeadScore, LeadScorer
 
 # Pyfunc input columns besides the lead's own contract columns.
@@ -25,7 +26,7 @@ ACTIVITIES = "activities"
 COLLEAGUES = "colleagues"
 OUTPUT_COLUMNS = [
     "lead_id", "fit_probability", "fit_score", "fit_grade",
-    "readiness_probability", "readiness_score", "readiness_stage", "reasons",
+    "readiness_probability", "readiness_score", "readiness_stage", "lifecycle_stage", "reasons",
 ]  # fmt: skip
 
 
@@ -82,19 +83,21 @@ def _request_lead(record: Mapping[Hashable, Any]) -> RequestLead:
 
 
 def _row(score: LeadScore) -> dict[str, Any]:
+    # Readiness is the question of open leads, as in the service: for an opportunity, a won or a lost lead it is
+    # left empty (NaN, null), and only the fit reasons are given.
+    open_lead = score.lifecycle_stage in READINESS_STAGES
+    reasons = (*score.fit_reasons, *score.behaviour_reasons, *score.context_reasons) if open_lead else score.fit_reasons
     return {
         "lead_id": score.lead_id,
         "fit_probability": score.fit_probability,
         "fit_score": score.fit_score,
         "fit_grade": score.fit_grade,
-        "readiness_probability": score.readiness_probability,
-        "readiness_score": score.readiness_score,
-        "readiness_stage": score.readiness_stage,
+        "readiness_probability": score.readiness_probability if open_lead else math.nan,
+        "readiness_score": score.readiness_score if open_lead else math.nan,
+        "readiness_stage": score.readiness_stage if open_lead else None,
+        "lifecycle_stage": score.lifecycle_stage,
         "reasons": json.dumps(
-            [
-                {"side": r.side, "group": r.group, "impact": r.impact, "label": r.label}
-                for r in (*score.fit_reasons, *score.behaviour_reasons, *score.context_reasons)
-            ]
+            [{"side": r.side, "group": r.group, "impact": r.impact, "label": r.label} for r in reasons]
         ),
     }
 

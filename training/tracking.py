@@ -171,7 +171,8 @@ def model_signature(contract: LeadContract = DEFAULT_CONTRACT) -> ModelSignature
     outputs += [ColSpec("double", n) for n in ("fit_probability", "fit_score")]
     outputs += [ColSpec("string", "fit_grade")]
     outputs += [ColSpec("double", n) for n in ("readiness_probability", "readiness_score")]
-    outputs += [ColSpec("string", n) for n in ("readiness_stage", "reasons")]
+    outputs += [ColSpec("string", n, required=False) for n in ("readiness_stage",)]
+    outputs += [ColSpec("string", n) for n in ("lifecycle_stage", "reasons")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 

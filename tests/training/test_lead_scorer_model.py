@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pandas as pd
@@ -62,7 +63,24 @@ def test_a_frame_of_leads_scores_each_lead_as_it_scores_alone(trained: Trained) 
         lead = {k: None if pd.isna(v) else v for k, v in record.items() if k not in (AS_OF, ACTIVITIES, COLLEAGUES)}
         touches = [{"lead_id": lead["lead_id"], **a} for a in json.loads(record[ACTIVITIES])]
         alone = scorer.score_record(lead, touches, as_of.to_pydatetime(), json.loads(record[COLLEAGUES]))
-        assert scored.iloc[i].to_dict() == _row(alone), record["lead_id"]
+        assert _nulls(scored.iloc[i].to_dict()) == _nulls(_row(alone)), record["lead_id"]
+
+
+def _nulls(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with NaN as None, so that two empty readiness cells compare equal."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
+
+def test_a_won_lead_has_no_readiness_and_only_fit_reasons_as_in_the_service(trained: Trained) -> None:
+    frame, _ = _frame(trained, 3)
+    won = frame.iloc[:1].assign(sql_at="2025-01-10T00:00:00+00:00", won_at="2025-02-01T00:00:00+00:00",
+                                created_at="2024-12-01T00:00:00+00:00", mql_at=None, sal_at=None, lost_at=None,
+                                recycled_at=None, requalified_at=None, as_of="2025-03-01T00:00:00+00:00")  # fmt: skip
+    [row] = _model(trained).predict(None, won).to_dict(orient="records")  # type: ignore[arg-type]
+    assert row["lifecycle_stage"] == "won"
+    assert math.isnan(row["readiness_probability"]) and math.isnan(row["readiness_score"])
+    assert row["readiness_stage"] is None
+    assert {r["side"] for r in json.loads(row["reasons"])} == {"fit"}
 
 
 def test_no_rows_give_no_scores_with_the_signatures_output_columns(trained: Trained) -> None:
