@@ -104,12 +104,25 @@ def train_booster(
 
 
 def _fit_isotonic(raw: np.ndarray, y: np.ndarray) -> Calibrator:
+    """Centred isotonic regression (Oron and Flournoy, 2017): the isotonic fit's flat steps joined at their middles.
+
+    A plain isotonic fit is a staircase: every lead on a step gets the same probability, however differently the
+    booster ranks them, so a lead whose colleague is already in a sales conversation can tie with the same lead alone.
+    Joining the steps' middles keeps the fit monotone and as calibrated (each step's mean is kept at its middle) while
+    the booster's order survives between them.
+    """
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
-    return Calibrator(
-        "isotonic",
-        x_=tuple(float(v) for v in iso.X_thresholds_),
-        y_=tuple(float(v) for v in iso.y_thresholds_),
-    )
+    x = np.asarray(iso.X_thresholds_, dtype=np.float64)
+    p = np.asarray(iso.y_thresholds_, dtype=np.float64)
+    step = np.r_[0, np.cumsum(p[1:] != p[:-1])]  # which flat step each threshold belongs to
+    counts = np.bincount(step)
+    middles = np.bincount(step, weights=x) / counts
+    levels = np.bincount(step, weights=p) / counts
+    # The outermost steps keep their ends: scores beyond the data are clipped to the first and last level, as before.
+    xs = np.r_[x[0], middles, x[-1]] if len(middles) > 1 else x
+    ps = np.r_[levels[0], levels, levels[-1]] if len(middles) > 1 else p
+    keep = np.r_[True, np.diff(xs) > 0]  # a step of one point: its middle is its end
+    return Calibrator("isotonic", x_=tuple(float(v) for v in xs[keep]), y_=tuple(float(v) for v in ps[keep]))
 
 
 def _fit_sigmoid(raw: np.ndarray, y: np.ndarray) -> Calibrator:
