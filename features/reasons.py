@@ -120,10 +120,20 @@ def _finite(value: float) -> bool:
 
 
 def _ago(days: float) -> str:
+    """'3 hours ago', 'yesterday', '5 days ago': whole units elapsed (a touch 18 hours before is not "today")."""
     whole = int(days)
     if whole == 0:
-        return "today"
+        hours = int(days * 24)
+        return "within the hour" if hours == 0 else f"{_count(hours, 'hour')} ago"
     return "yesterday" if whole == 1 else f"{whole:,} days ago"
+
+
+def _for(days: float) -> str:
+    """'for 5 hours', 'for 1 day', 'for 13 days'."""
+    if int(days) == 0:
+        hours = int(days * 24)
+        return "for less than an hour" if hours == 0 else f"for {_count(hours, 'hour')}"
+    return f"for {_count(days, 'day')}"
 
 
 def _count(n: float, noun: str, plural: str | None = None) -> str:
@@ -493,7 +503,7 @@ class ReasonLabeler:
         name = _STAGE_NAMES.get(name, name)
         if not _finite(days):
             return f"stage: {name}"
-        return f"{name} since today" if int(days) == 0 else f"{name} for {_count(days, 'day')}"
+        return f"{name} {_for(days)}"
 
 
 # Reason groups phrased by a method of their own (the rest: activity types and plain categories).

@@ -212,3 +212,14 @@ def test_a_high_intent_touch_that_helped_comes_before_other_touches_that_helped_
         "viewed the pricing page 4 days ago",
         "visited the website yesterday (12 times in 30 days)",
     ]
+
+
+def test_a_touch_hours_ago_reads_in_hours_not_as_today() -> None:
+    labeler = _labeler()
+    values = np.full(len(FEATURES), np.nan)
+    values[FEATURES.index("days_since_last_demo_request")] = 0.75  # yesterday afternoon, scored this morning
+    values[FEATURES.index("stage")], values[FEATURES.index("days_in_stage")] = 1.0, 1 / 24
+    assert labeler.describe("demo_request", values) == "requested a demo 18 hours ago"
+    assert labeler.describe("lifecycle", values) == "MQL for 1 hour"
+    values[FEATURES.index("days_since_last_demo_request")] = 0.01
+    assert labeler.describe("demo_request", values) == "requested a demo within the hour"

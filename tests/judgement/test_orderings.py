@@ -154,7 +154,7 @@ def test_a_lead_quiet_for_90_days_is_less_ready_than_the_same_lead_active_this_w
 
 # "1 days", "1 employees", "1 touches", "1 colleagues": a count of one followed by a plural noun.
 _ONE_AND_A_PLURAL = re.compile(r"(?<![\d.,])1 [a-z-]+s\b")
-# Lifecycle bookkeeping as the answer words it ("MQL for 13 days", "lead for 120 days", "SQL since today").
+# Lifecycle bookkeeping as the answer words it ("MQL for 13 days", "lead for 120 days", "SQL for 5 hours").
 _BOOKKEEPING = re.compile(r"^(lead|MQL|SAL|SQL|lost|recycled|requalified|won|stage:)\b.*\b(for|since)\b")
 
 
