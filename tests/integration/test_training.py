@@ -181,7 +181,9 @@ def test_champion_loads_as_pyfunc_and_scores_leads_with_reasons(store: Store) ->
     assert scored["fit_probability"].between(0, 1).all() and scored["readiness_score"].between(0, 100).all()
     assert set(scored["fit_grade"]) <= {"A", "B", "C", "D"}
     reasons = json.loads(scored["reasons"].iloc[0])
-    assert {r["side"] for r in reasons} == {"fit", "behaviour"} and all(r["label"] for r in reasons)
+    # The example is an open lead: its reasons speak of fit, behaviour and (the lifecycle) context.
+    assert {r["side"] for r in reasons} == {"fit", "behaviour", "context"} and all(r["label"] for r in reasons)
+    assert scored["lifecycle_stage"].iloc[0] in ("lead", "mql", "sal", "recycled")
 
 
 def test_promotion_gate_refuses_a_worse_challenger_and_keeps_the_champion(store: Store) -> None:
