@@ -450,7 +450,7 @@ def quickstart(
     """The whole job on embedded defaults: simulate demo data, train, register, promote a champion."""
     # Said before anything heavy is imported: a newcomer sees what is coming from the first second on.
     console.print(
-        f"leadscore quickstart: four steps, about three minutes on two cores; everything goes to {workdir}/ and the "
+        f"leadscore quickstart: four steps, about two minutes on two cores; everything goes to {workdir}/ and the "
         "MLflow store",
         highlight=False,
     )
