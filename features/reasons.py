@@ -70,7 +70,6 @@ _GROUP_OF_PREFIX: tuple[tuple[str, str], ...] = (
     ("days_since_colleague_", "buying_group"),
     ("n_high_intent_", "high_intent"),
     ("n_touches_", "activity_level"),
-    ("touch_rate_ratio_", "activity_level"),
     ("engagement_", "activity_level"),
 )
 

@@ -12,9 +12,6 @@ from typing import Any
 from tests.judgement.conftest import Judge
 from tests.judgement.crm import icp_lead, request, stamp, touch
 
-# Queues whose people call the lead as a new prospect.
-HAND_OFF_QUEUES = ("sales", "sdr")
-
 
 def busy_touches() -> list[dict[str, Any]]:
     """A week of buying signals: without its lifecycle, this lead would be a priority-1 call."""
