@@ -17,6 +17,8 @@ from features.engine import (
     MAX_LEADS_PER_BLOCK,
     MAX_TIMESTAMP,
     NEVER,
+    NOT_YET_CREATED,
+    STAGES,
     TS_BITS,
     FeatureConfig,
     FunnelBlock,
@@ -421,6 +423,10 @@ class FeatureBuilder:
         row = np.concatenate([self.fit_encoder_.transform_record(lead), engagement])
         return RequestFeatures(rows=row[None, :], ignored_touches=np.array([ignored], dtype=np.int64))
 
+    def lifecycle_stages(self, rows: np.ndarray) -> list[str]:
+        """The lifecycle stage (features.engine.STAGES) of each feature row, at its as_of."""
+        return lifecycle_stages(rows[:, self.feature_names_.index("stage")])
+
     def transform_requests(self, requests: Sequence[RequestLead]) -> np.ndarray:
         """Feature rows of many leads at request time (one row per request, in order), in one engine pass.
 
@@ -500,3 +506,12 @@ class FeatureBuilder:
                     f"{len(r.touch_times)} touches; give one per touch (None: no properties), or none at all"
                 )
         return np.concatenate(marks) if marks else np.zeros(0, dtype=np.bool_)
+
+
+def lifecycle_stages(codes: np.ndarray) -> list[str]:
+    """Stage names (features.engine.STAGES) of the feature rows' `stage` codes.
+
+    A lead with no stamp before as_of (created in the very second it is scored: stamps round up, as_of down) is a
+    new lead, stage "lead".
+    """
+    return [STAGES[int(code)] if code != NOT_YET_CREATED else STAGES[0] for code in codes.tolist()]

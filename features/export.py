@@ -16,7 +16,9 @@ import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from features.builder import RequestFeatures, RequestLead
 from features.fit import DEFAULT_MIN_CATEGORY_COUNT
+from features.reasons import Reason, Side, top_k
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +314,8 @@ def _canonical_categories(text: pd.Series) -> pd.Series:
 
     CRMs collect 'Google' and 'google' from different forms; they are one value to the model and the audit.
     """
+    if text.isna().all():
+        return text.astype(object)  # nothing to spell (and no text for pandas' .str to work on)
     collapsed = text.str.split().str.join(" ")
     counts = collapsed.value_counts().rename_axis("value").reset_index(name="n")
     counts = counts.sort_values(["n", "value"], ascending=[False, True], kind="stable")
@@ -387,11 +391,18 @@ class ExportEncoder:
             if vocabulary is None:
                 out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
                 continue
-            codes = pd.Series(np.arange(len(vocabulary), dtype=np.float64), index=list(vocabulary))
+            # Looked up without case or extra spaces: a request's 'google ' is the export's 'Google'.
+            codes = pd.Series(np.arange(len(vocabulary), dtype=np.float64), index=[_key(v) for v in vocabulary])
+            keys = values.astype(object).map(lambda v: _key(v) if isinstance(v, str) else v)
             # Values outside the vocabulary (rare or unseen) get code K, "other"; missing values stay NaN.
-            mapped = values.astype(object).map(codes).to_numpy(dtype=np.float64, na_value=np.nan)
+            mapped = keys.map(codes).to_numpy(dtype=np.float64, na_value=np.nan)
             out[:, j] = np.where(np.isnan(mapped) & values.notna().to_numpy(), float(len(vocabulary)), mapped)
         return out
+
+
+def _key(value: str) -> str:
+    """A category value without case or extra spaces: how values are matched against a vocabulary."""
+    return " ".join(value.split()).casefold()
 
 
 def _feature_names(columns: Sequence[str]) -> list[str]:
@@ -404,3 +415,153 @@ def _feature_names(columns: Sequence[str]) -> list[str]:
             name, suffix = f"{base}_{suffix}", suffix + 1
         names.append(name)
     return names
+
+
+# ---- scoring an export's leads -----------------------------------------------------------------------------------
+
+
+def typed_frame(raw: pd.DataFrame, columns: Mapping[str, ColumnMapping], tokens: frozenset[str]) -> tuple[
+    pd.DataFrame, list[str]
+]:  # fmt: skip
+    """The mapped columns of raw cells (text, or JSON scalars) in their declared types, and the problems found.
+
+    Training (a CSV's text) and serving (a request's values) type their cells here, so a value means the same in
+    both: 'yes', 'Yes', true and 1 are one boolean; '12' and 12 one number.
+    """
+    typed: dict[str, pd.Series] = {}
+    problems: list[str] = []
+    for name, col in columns.items():
+        assert col.type is not None  # guaranteed by ColumnMapping for fit and engagement columns
+        cells = raw[name] if name in raw.columns else pd.Series([None] * len(raw), index=raw.index, dtype=object)
+        values, problem = typed_column(name, apply_missing(as_text(cells), tokens), col.type, tokens)
+        typed[name] = values
+        problems += [problem] if problem else []
+    return pd.DataFrame(typed, index=raw.index), problems
+
+
+class ExportBuilder:
+    """Feature rows of an export's leads, for the same scorer the lead contract's model uses (features/scoring.py).
+
+    Columns are the usable fit columns first (what the fit booster reads), then the engagement columns. A lead is
+    a record of the export's own columns (absent ones missing); it has no touches and no colleagues.
+    """
+
+    def __init__(self, *, mapping: CrmMapping, columns: Sequence[str]) -> None:
+        self.mapping = mapping
+        self.columns = list(columns)
+
+    def fit(self, frame: pd.DataFrame) -> Self:
+        """Fix the category vocabularies from the training rows of a typed export frame."""
+        usable = self.mapping.features
+        unknown = [c for c in self.columns if c not in usable]
+        if unknown:
+            raise ValueError(f"not fit or engagement columns of the mapping: {', '.join(unknown)}")
+        ordered = [c for c in self.columns if usable[c].role == "fit"] + [
+            c for c in self.columns if usable[c].role == "engagement"
+        ]
+        self.columns_ = ordered
+        self.encoder_ = ExportEncoder(columns={c: usable[c] for c in ordered}).fit(frame)
+        self.feature_names_ = list(self.encoder_.feature_names_)
+        n_fit = sum(usable[c].role == "fit" for c in ordered)
+        self.fit_feature_names_ = self.feature_names_[:n_fit]
+        return self
+
+    @property
+    def column_mappings(self) -> dict[str, ColumnMapping]:
+        """The model's columns and their mapping, in feature order."""
+        return {c: self.mapping.columns[c] for c in self.columns_}
+
+    def transform(self, frame: pd.DataFrame) -> NDArray[np.float64]:
+        """Feature rows of a typed export frame (training)."""
+        return self.encoder_.transform(frame)
+
+    def records_frame(self, records: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+        """Typed columns of lead records (a request's values); ExportError when a value does not fit its column."""
+        raw = pd.DataFrame.from_records([{c: r.get(c) for c in self.columns_} for r in records], columns=self.columns_)
+        frame, problems = typed_frame(raw, self.column_mappings, self.mapping.missing_tokens)
+        if problems:
+            raise ExportError("; ".join(problems))
+        return frame
+
+    def record_features(
+        self,
+        lead: Mapping[str, object],
+        activities: Sequence[Mapping[str, object]] = (),
+        as_of: object = None,
+        colleagues: Sequence[Mapping[str, object]] = (),
+    ) -> RequestFeatures:
+        """The feature row of one lead record (an export lead has no touches or colleagues to read)."""
+        return self._features([lead])
+
+    def request_features(self, requests: Sequence[RequestLead]) -> RequestFeatures:
+        """Feature rows of request-time leads, in order."""
+        return self._features([r.lead for r in requests])
+
+    def _features(self, records: Sequence[Mapping[str, object]]) -> RequestFeatures:
+        rows = self.transform(self.records_frame(records)) if records else np.empty((0, len(self.feature_names_)))
+        return RequestFeatures(rows=rows, ignored_touches=np.zeros(len(records), dtype=np.int64))
+
+    def lifecycle_stages(self, rows: np.ndarray) -> list[str]:
+        """An export lead is open (stage "lead"): the export has no lifecycle stamps to read."""
+        return ["lead"] * len(rows)
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}".rstrip("0")
+
+
+class ExportReasonLabeler:
+    """Reasons phrased from the export's own columns: one reason per column, its SHAP impact, its value.
+
+    Fit columns explain the fit score, engagement columns readiness; the same interface as features.reasons.
+    """
+
+    def __init__(self, builder: ExportBuilder) -> None:
+        self.columns = list(builder.columns_)
+        self.mappings = builder.column_mappings
+        self.vocabularies = {c: list(v) for c, v in builder.encoder_.vocabularies_.items()}
+        n_fit = len(builder.fit_feature_names_)
+        self.groups = list(self.columns)
+        self.sides: list[Side] = ["fit" if j < n_fit else "behaviour" for j in range(len(self.columns))]
+
+    def group_impacts(self, contributions: np.ndarray) -> np.ndarray:
+        """Impact per column: one feature per column, so the contributions themselves."""
+        return contributions
+
+    def behaviour_impacts(self, contributions: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Impact per column of the outcome model."""
+        return contributions
+
+    def top_reasons_of_rows(
+        self, impacts: np.ndarray, values: np.ndarray | Sequence[Sequence[float]], *, side: Side, k: int,
+        min_impact: float = 0.0,
+    ) -> list[list[Reason]]:  # fmt: skip
+        """The k columns of one side with the largest |impact| per row, phrased from the row's values."""
+        columns = [j for j, s in enumerate(self.sides) if s == side]
+        rows = values.tolist() if isinstance(values, np.ndarray) else values
+        if not columns:
+            return [[] for _ in rows]
+        reasons: list[list[Reason]] = []
+        for ranked, ranked_impacts, row in zip(*top_k(impacts, columns, k), rows, strict=True):
+            row_reasons = []
+            for position, impact in zip(ranked, ranked_impacts, strict=True):
+                if abs(impact) <= min_impact:
+                    break
+                j = columns[position]
+                row_reasons.append(Reason(self.groups[j], side, round(impact, 4), self.describe(j, row[j])))
+            reasons.append(row_reasons)
+        return reasons
+
+    def describe(self, j: int, value: float) -> str:
+        """'<column>: <value>' in the export's own words ('not given' when missing)."""
+        name = self.columns[j]
+        if math.isnan(value):
+            return f"{name}: not given"
+        kind = self.mappings[name].type
+        if kind == "boolean":
+            return f"{name}: {'yes' if value >= 0.5 else 'no'}"
+        if kind == "category":
+            vocabulary = self.vocabularies.get(name, [])
+            code = int(value)
+            return f"{name}: {vocabulary[code] if code < len(vocabulary) else 'another value'}"
+        return f"{name}: {_number(value)}"

@@ -141,7 +141,7 @@ def _count(n: float, noun: str, plural: str | None = None) -> str:
     return f"{k:,} {noun}" if k == 1 else f"{k:,} {plural or noun + 's'}"
 
 
-def _top_k(
+def top_k(
     impacts: np.ndarray, columns: list[int], k: int, first: np.ndarray | None = None
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Per row, the positions in `columns` of the k largest |impact|s, and those impacts; ties keep column order.
@@ -377,7 +377,7 @@ class ReasonLabeler:
             first = self._concrete_first(impacts, np.asarray(values, dtype=np.float64))
         rows = values.tolist() if isinstance(values, np.ndarray) else values
         reasons: list[list[Reason]] = []
-        for ranked, ranked_impacts, row_values in zip(*_top_k(impacts, columns, k, first), rows, strict=True):
+        for ranked, ranked_impacts, row_values in zip(*top_k(impacts, columns, k, first), rows, strict=True):
             row_reasons = []
             for position, impact in zip(ranked, ranked_impacts, strict=True):
                 if abs(impact) <= min_impact:

@@ -13,7 +13,7 @@ import pandas as pd
 from scipy.special import expit
 
 from features.builder import FeatureBuilder, RequestLead
-from features.engine import NOT_YET_CREATED, STAGES
+from features.export import ExportBuilder, ExportReasonLabeler
 from features.reasons import Reason, ReasonLabeler
 from features.treeshap import booster_contributions
 
@@ -134,15 +134,6 @@ class CutOffs:
         return "MQL" if readiness_probability >= self.readiness_mql else "nurture"
 
 
-def lifecycle_stages(codes: np.ndarray) -> list[str]:
-    """Stage names (features.engine.STAGES) of the feature rows' `stage` codes.
-
-    A lead with no stamp before as_of (created in the very second it is scored: stamps round up, as_of down) is a
-    new lead, stage "lead".
-    """
-    return [STAGES[int(code)] if code != NOT_YET_CREATED else STAGES[0] for code in codes.tolist()]
-
-
 @dataclass(frozen=True, slots=True)
 class LeadScore:
     """One lead's scores and reasons."""
@@ -171,14 +162,14 @@ class LeadScorer:
     raw log-odds that the calibrators map to probabilities; scores are percentiles among the holdout leads.
     """
 
-    builder: FeatureBuilder
+    builder: FeatureBuilder | ExportBuilder
     fit_booster: lgb.Booster
     readiness_booster: lgb.Booster
     fit_calibrator: Calibrator
     readiness_calibrator: Calibrator
     fit_scale: ScoreScale
     readiness_scale: ScoreScale
-    labeler: ReasonLabeler
+    labeler: ReasonLabeler | ExportReasonLabeler
     cutoffs: CutOffs = field(default_factory=CutOffs)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -235,7 +226,7 @@ class LeadScorer:
         context_reasons = self.labeler.top_reasons_of_rows(ready_impacts, rows, side="context", k=2)
         figures = zip(lead_ids, fit_p.tolist(), fit_s.tolist(), ready_p.tolist(), ready_s.tolist(), strict=True)
         ignored = [0] * len(lead_ids) if ignored_touches is None else [int(n) for n in ignored_touches]
-        stages = lifecycle_stages(features[:, self.builder.feature_names_.index("stage")])
+        stages = self.builder.lifecycle_stages(features)
         return [
             LeadScore(
                 lead_id=str(lead_id),
@@ -283,6 +274,8 @@ class LeadScorer:
 
     def score_frame(self, leads: pd.DataFrame, activities: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
         """Batch probabilities and scores for (lead_id, as_of) pairs of canonical tables (no reasons: fast)."""
+        if not isinstance(self.builder, FeatureBuilder):
+            raise TypeError("score_frame reads the lead contract's tables; an export model scores export rows")
         features = self.builder.transform(leads, activities, pairs)
         matrix = features[self.builder.feature_names_].to_numpy(dtype=np.float64)
         fit_p, ready_p = self.probabilities(matrix)

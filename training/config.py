@@ -19,6 +19,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_EXPERIMENT = "leadscore"
 CRM_EXPERIMENT = "leadscore-crm-export"
+# Export models are registered apart from the lead contract model: they read other columns and answer another question.
+CRM_MODEL_NAME = "crm-lead-scorer"
 # The latest (or a random stratified) fifth of the leads is the holdout; a fifth of the rest is validation (early
 # stopping and calibration), the same shares as the lead-contract models.
 CRM_HOLDOUT_FRACTION = 0.2

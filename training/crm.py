@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -10,29 +11,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from features.export import (
     ColumnMapping,
     CrmError,
     CrmMapping,
+    ExportBuilder,
     ExportEncoder,
     ExportError,
+    ExportReasonLabeler,
     MappingError,
     parse_mapping,
 )
+from features.scoring import Calibrator, CutOffs, LeadScorer, ScoreScale
 from training.config import CRM_EXPERIMENT as EXPERIMENT
 from training.config import CRM_HOLDOUT_FRACTION as HOLDOUT_FRACTION
-from training.config import BoosterConfig
+from training.config import CRM_MODEL_NAME, BoosterConfig
 from training.crm_audit import audit_leakage
 from training.crm_load import CrmExport, load_export, load_mapping, prepare_export
 from training.crm_split import ExportSplit, split_export
 from training.metrics import binary_metrics, metric_name, to_mlflow_metrics
 from training.models import fit_calibrator, train_booster
+from training.pipeline import DEFAULT_MQL_SHARE, DEFAULT_SQL_SHARE
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput
+    from mlflow.models import ModelSignature
 
 __all__ = [
     "ColumnMapping",
@@ -58,50 +66,92 @@ log = logging.getLogger(__name__)
 
 # ---- training ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class _Scored:
-    metrics: dict[str, float]
-    importance: pd.DataFrame
+class _Fitted:
+    booster: lgb.Booster
+    calibrator: Calibrator
+    holdout_probability: NDArray[np.float64]
 
 
-def _train_and_score(
-    export: CrmExport, mapping: CrmMapping, columns: list[str], split: ExportSplit, config: BoosterConfig
-) -> _Scored:
-    encoder = ExportEncoder(columns={c: mapping.columns[c] for c in columns})
-    encoder.fit(export.frame.iloc[split.train])
-    x = encoder.transform(export.frame)
-    y = export.y
+def _fit(
+    x: NDArray[np.float64], y: NDArray[np.int64], split: ExportSplit, names: list[str], categorical: list[str],
+    config: BoosterConfig,
+) -> _Fitted:  # fmt: skip
     booster = train_booster(
         x[split.train], y[split.train], x[split.valid], y[split.valid],
-        feature_names=encoder.feature_names_, categorical=encoder.categorical_features_, config=config,
+        feature_names=names, categorical=categorical, config=config,
     )  # fmt: skip
     raw_valid = np.asarray(booster.predict(x[split.valid], raw_score=True), dtype=np.float64)
     calibrator, _ = fit_calibrator(raw_valid, y[split.valid], split.times[split.valid])
     p = calibrator.apply(np.asarray(booster.predict(x[split.holdout], raw_score=True), dtype=np.float64))
+    return _Fitted(booster, calibrator, p)
+
+
+def _importance(booster: lgb.Booster, builder: ExportBuilder) -> pd.DataFrame:
     gain = np.asarray(booster.feature_importance(importance_type="gain"), dtype=np.float64)
+    mappings = builder.column_mappings
     importance = pd.DataFrame(
         {
-            "column": columns,
-            "role": [mapping.columns[c].role for c in columns],
-            "type": [mapping.columns[c].type for c in columns],
+            "column": builder.columns_,
+            "role": [mappings[c].role for c in builder.columns_],
+            "type": [mappings[c].type for c in builder.columns_],
             "gain": gain,
             "gain_share": gain / gain.sum() if gain.sum() > 0 else np.zeros_like(gain),
         }
     )
-    importance = importance.sort_values(["gain", "column"], ascending=[False, True], kind="stable", ignore_index=True)
-    return _Scored(binary_metrics(y[split.holdout], p), importance)
+    return importance.sort_values(["gain", "column"], ascending=[False, True], kind="stable", ignore_index=True)
+
+
+def _outcome_model(
+    export: CrmExport, mapping: CrmMapping, columns: list[str], split: ExportSplit, config: BoosterConfig
+) -> tuple[ExportBuilder, _Fitted]:
+    """The outcome ("readiness") booster on `columns`, with its builder fitted on the training rows."""
+    builder = ExportBuilder(mapping=mapping, columns=columns).fit(export.frame.iloc[split.train])
+    x = builder.transform(export.frame)
+    fitted = _fit(x, export.y, split, builder.feature_names_, builder.encoder_.categorical_features_, config)
+    return builder, fitted
 
 
 @dataclass(frozen=True, slots=True)
 class CrmTrainResult:
-    """Holdout metrics with and without the flagged columns, and the evidence behind leaving them out."""
+    """The servable scorer, its holdout metrics (with and without the flagged columns), and the audit behind it."""
 
     metrics_audited: dict[str, float]
     metrics_everything: dict[str, float]
+    metrics_fit: dict[str, float]
     audit: pd.DataFrame
     excluded: tuple[str, ...]
     features: tuple[str, ...]
     importance: pd.DataFrame
     split: ExportSplit
+    scorer: LeadScorer
+    holdout: pd.DataFrame  # the holdout leads as routing reads them (threshold tuning replays them)
+    example_rows: pd.DataFrame  # the typed holdout rows (the logged model's input example is drawn from them)
+    quality_warnings: list[dict[str, str]]
+
+
+def _holdout_frame(export: CrmExport, split: ExportSplit, scorer: LeadScorer, x: NDArray[np.float64]) -> pd.DataFrame:
+    rows = split.holdout
+    ids = export.ids.iloc[rows].fillna("").astype(str).to_numpy() if export.ids is not None else rows.astype(str)
+    if export.dates is not None:
+        as_of = pd.to_datetime(export.dates.iloc[rows].to_numpy(), utc=True)
+    else:
+        # No dates: the holdout is one moment; tuning reads its volumes as one week of leads.
+        as_of = pd.DatetimeIndex([pd.Timestamp.now(tz="UTC").normalize()] * len(rows))
+    fit_p, ready_p = scorer.probabilities(x[rows])
+    return pd.DataFrame(
+        {
+            "lead_id": ids,
+            "as_of": as_of,
+            "label": export.y[rows].astype(np.float64),
+            "fit_probability": fit_p,
+            "fit_score": scorer.fit_scale.score(fit_p),
+            "readiness_probability": ready_p,
+            "readiness_score": scorer.readiness_scale.score(ready_p),
+            "region": None,
+            "size_band": None,
+            "source": None,
+        }
+    )
 
 
 def train_export(
@@ -112,11 +162,12 @@ def train_export(
     seed: int = 0,
     config: BoosterConfig | None = None,
 ) -> CrmTrainResult:
-    """Audit the export, train a calibrated booster on the columns that pass, and one on every column, for contrast.
+    """Audit the export, train a servable scorer on the columns that pass, and a model on every column, for contrast.
 
     The audit sees the training and validation leads only, so the choice of columns never peeks at the holdout.
-    Flagged columns are left out unless listed under `keep`. The model is evaluated, not registered: the registered
-    `lead-scorer` model reads the lead contract (leads and activities as of a date), not a flat export's columns.
+    Columns known only after `known_by` and flagged columns are left out (flagged ones unless listed under `keep`).
+    The scorer has the lead contract model's shape: a fit booster on the fit columns (who the lead is), an outcome
+    ("readiness") booster on every kept column, both calibrated, with percentile scores and reasons per column.
     """
     config = config or BoosterConfig(seed=seed)
     split = split_export(export, holdout_fraction=holdout_fraction, seed=seed)
@@ -124,25 +175,66 @@ def train_export(
     audit = audit_leakage(export.frame.iloc[seen], export.y[seen], mapping, seed=seed)
     flagged = audit.loc[audit["flagged"].astype(bool)]
     excluded = tuple(str(c) for c in flagged.loc[~flagged["kept"].astype(bool), "column"])
+    excluded = (*mapping.declared_late, *excluded)
     for name, reason in flagged.loc[flagged["kept"].astype(bool), ["column", "reason"]].itertuples(index=False):
         log.warning("column %r is kept as the mapping asks, although the audit flags it: %s", name, reason)
-    features = [c for c in mapping.features if c not in excluded]
+    features = [c for c in mapping.usable if c not in excluded]
     if not features:
         raise CrmError(
             f"the audit flags every fit and engagement column ({', '.join(excluded)}); list the ones recorded before "
             "the outcome under keep, or declare more columns"
         )
-    log.info("training on %d column(s); left out as likely leaks: %s", len(features), ", ".join(excluded) or "none")
-    audited = _train_and_score(export, mapping, features, split, config)
-    everything = _train_and_score(export, mapping, list(mapping.features), split, config)
+    fit_columns = [c for c in features if mapping.columns[c].role == "fit"]
+    if not fit_columns:
+        raise CrmError(
+            "no fit column is left to grade leads by (who the lead is: source, country, occupation, ...); declare at "
+            "least one column with role fit that is known at creation"
+        )
+    log.info("training on %d column(s); left out: %s", len(features), ", ".join(excluded) or "none")
+    builder, ready = _outcome_model(export, mapping, features, split, config)
+    x = builder.transform(export.frame)
+    n_fit = len(builder.fit_feature_names_)
+    fit_categorical = [c for c in builder.encoder_.categorical_features_ if c in builder.fit_feature_names_]
+    fit = _fit(x[:, :n_fit], export.y, split, builder.fit_feature_names_, fit_categorical, config)
+    _, everything = _outcome_model(export, mapping, list(mapping.features), split, config)
+    y_holdout = export.y[split.holdout]
+    scorer = LeadScorer(
+        builder=builder,
+        fit_booster=fit.booster,
+        readiness_booster=ready.booster,
+        fit_calibrator=fit.calibrator,
+        readiness_calibrator=ready.calibrator,
+        fit_scale=ScoreScale.from_reference(fit.holdout_probability),
+        readiness_scale=ScoreScale.from_reference(ready.holdout_probability),
+        labeler=ExportReasonLabeler(builder),
+        cutoffs=CutOffs(
+            readiness_mql=float(np.quantile(ready.holdout_probability, 1.0 - DEFAULT_MQL_SHARE)),
+            readiness_sql=float(np.quantile(ready.holdout_probability, 1.0 - DEFAULT_SQL_SHARE)),
+        ),
+        metadata={
+            "model_kind": "crm-export",
+            "outcome": mapping.outcome.column,
+            "split": split.kind,
+            "holdout_start": str(split.holdout_start or ""),
+            "metrics": {
+                "readiness": binary_metrics(y_holdout, ready.holdout_probability),
+                "fit": binary_metrics(y_holdout, fit.holdout_probability),
+            },
+        },
+    )
     return CrmTrainResult(
-        metrics_audited=audited.metrics,
-        metrics_everything=everything.metrics,
+        metrics_audited=binary_metrics(y_holdout, ready.holdout_probability),
+        metrics_everything=binary_metrics(y_holdout, everything.holdout_probability),
+        metrics_fit=binary_metrics(y_holdout, fit.holdout_probability),
         audit=audit,
         excluded=excluded,
-        features=tuple(features),
-        importance=audited.importance,
+        features=tuple(builder.columns_),
+        importance=_importance(ready.booster, builder),
         split=split,
+        scorer=scorer,
+        holdout=_holdout_frame(export, split, scorer, x),
+        example_rows=export.frame.iloc[split.holdout].reset_index(drop=True),
+        quality_warnings=[],
     )
 
 
@@ -156,11 +248,13 @@ def log_export_run(
     export_path: Path | None = None,
     tracking_uri: str | None = None,
     experiment: str = EXPERIMENT,
-) -> str:
+    model_name: str | None = CRM_MODEL_NAME,
+) -> LoggedExport:
     """Log one MLflow run (params, holdout metrics, the export as a dataset, audit and mapping as artifacts).
 
     Runs go where `training.tracking.configure_tracking` points: `tracking_uri`, $MLFLOW_TRACKING_URI, or the local
-    SQLite store. No model is logged or registered (see `train_export`). Returns the run's id.
+    SQLite store. The scorer is logged as a pyfunc model and registered under `model_name` as @challenger (None: not
+    registered), for `leadscore crm promote` to pass through the gate.
     """
     # MLflow takes seconds to import; loading and auditing an export (and their tests) never need it.
     import mlflow  # noqa: PLC0415
@@ -201,10 +295,97 @@ def log_export_run(
         result.audit.to_csv(out / "leakage_audit.csv", index=False)
         result.importance.to_csv(out / "feature_importance.csv", index=False)
         shutil.copyfile(mapping_path, out / mapping_path.name)
+        holdout_dir = out / "holdout"
+        holdout_dir.mkdir()
+        # What threshold tuning replays (the same artifact as the lead contract model's).
+        result.holdout.to_parquet(holdout_dir / "readiness_scores.parquet", index=False)
         mlflow.log_artifacts(str(out))
         run_id = str(run.info.run_id)
+        version = None
+        if model_name is not None:
+            version = _log_model(result, out, model_name, run_id)
     log.info("logged run %s in experiment %r at %s", run_id, experiment, uri)
-    return run_id
+    return LoggedExport(run_id, version, model_name)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedExport:
+    """The MLflow run of an export's training, and the model version it registered (None: not registered)."""
+
+    run_id: str
+    version: str | None
+    model_name: str | None
+
+
+def export_signature(builder: ExportBuilder) -> ModelSignature:
+    """Pyfunc signature of an export model: one row per lead, its id and the export's own columns."""
+    from mlflow.models import ModelSignature  # noqa: PLC0415
+    from mlflow.types import ColSpec, Schema  # noqa: PLC0415
+
+    kinds = {"category": "string", "number": "double", "boolean": "boolean"}
+    inputs = [ColSpec("string", "lead_id")]
+    inputs += [ColSpec(kinds[str(c.type)], name, required=False) for name, c in builder.column_mappings.items()]
+    inputs += [ColSpec("string", "as_of", required=False)]
+    outputs = [ColSpec("string", "lead_id")]
+    outputs += [ColSpec("double", n) for n in ("fit_probability", "fit_score")]
+    outputs += [ColSpec("string", "fit_grade")]
+    outputs += [ColSpec("double", n) for n in ("readiness_probability", "readiness_score")]
+    outputs += [ColSpec("string", n, required=False) for n in ("readiness_stage",)]
+    outputs += [ColSpec("string", n) for n in ("lifecycle_stage", "reasons")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))  # type: ignore[arg-type]
+
+
+def export_example(result: CrmTrainResult) -> pd.DataFrame:
+    """Two holdout leads as the pyfunc takes them: the likeliest and the least likely to convert."""
+    builder = result.scorer.builder
+    assert isinstance(builder, ExportBuilder)
+    holdout = result.holdout.sort_values("readiness_probability", kind="stable")
+    rows = [int(holdout.index[-1]), int(holdout.index[0])]
+    frame = result.example_rows.iloc[rows]
+    out = pd.DataFrame({"lead_id": holdout["lead_id"].iloc[[-1, 0]].to_numpy()})
+    for name, col in builder.column_mappings.items():
+        values = frame[name].to_numpy(dtype=object)
+        if col.type == "boolean":
+            out[name] = [None if pd.isna(v) else bool(v) for v in values]
+        elif col.type == "number":
+            out[name] = [None if pd.isna(v) else float(v) for v in values]
+        else:
+            out[name] = [None if pd.isna(v) else str(v) for v in values]
+    return out
+
+
+def _log_model(result: CrmTrainResult, out: Path, model_name: str, run_id: str) -> str:
+    """Log the scorer as the same pyfunc as the lead contract model's, register it and point @challenger at it."""
+    import joblib  # noqa: PLC0415
+    import mlflow  # noqa: PLC0415
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    from training.config import CHALLENGER  # noqa: PLC0415
+    from training.quality import QUALITY_TAG  # noqa: PLC0415
+    from training.tracking import MODEL_CODE, model_requirements  # noqa: PLC0415
+
+    builder = result.scorer.builder
+    assert isinstance(builder, ExportBuilder)
+    scorer_path = out / "scorer.joblib"
+    joblib.dump(result.scorer, scorer_path)
+    info = mlflow.pyfunc.log_model(
+        name="lead-scorer",
+        python_model=str(MODEL_CODE),
+        artifacts={"scorer": str(scorer_path)},
+        signature=export_signature(builder),
+        input_example=export_example(result),
+        registered_model_name=model_name,
+        pip_requirements=model_requirements(),
+        metadata={"leadscore": {"kind": "crm-export", "outcome": builder.mapping.outcome.column}},
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    client.set_model_version_tag(model_name, version, "leadscore.run_id", run_id)
+    client.set_model_version_tag(model_name, version, "leadscore.kind", "crm-export")
+    client.set_model_version_tag(model_name, version, QUALITY_TAG, json.dumps(result.quality_warnings))
+    log.info("registered %s version %s as @%s", model_name, version, CHALLENGER)
+    return version
 
 
 def _export_input(result: CrmTrainResult, export_path: Path, mapping_path: Path) -> DatasetInput:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from training.config import CRM_EXPERIMENT, CRM_HOLDOUT_FRACTION, BoosterConfig
+from training.config import CRM_EXPERIMENT, CRM_HOLDOUT_FRACTION, CRM_MODEL_NAME, BoosterConfig
 from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
 
 if TYPE_CHECKING:
@@ -164,11 +164,15 @@ def train(
     ),
     seed: Annotated[int, typer.Option(help="Seed of the random split, the audit's folds and LightGBM.")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="LightGBM threads; 0: all cores.")] = _BOOSTER.num_threads,
+    model_name: Annotated[
+        str, typer.Option(help="Registered model name (serve it with LEADSCORE_MODEL_NAME set to it).")
+    ] = CRM_MODEL_NAME,
+    register: Annotated[bool, typer.Option(help="Register the model as @challenger (needs --track).")] = True,
 ) -> None:
-    """Audit the export, train on the columns that pass, and compare with a model on every column (holdout AUC).
+    """Audit the export, train a servable scorer on the columns that pass, and compare with a model on every column.
 
-    Logs one MLflow run (experiment leadscore-crm-export); no model is registered: the registered lead-scorer reads
-    the lead contract, not a flat export.
+    Logs one MLflow run (experiment leadscore-crm-export) with the scorer as a pyfunc model, registered under
+    --model-name as @challenger: `leadscore crm promote` gates it to @champion, and `leadscore serve` serves it.
     """
     from training.crm import log_export_run, train_export
 
@@ -189,6 +193,10 @@ def train(
         result.importance.to_csv(out / "feature_importance.csv", index=False)
         console.print(f"wrote leakage_audit.csv and feature_importance.csv to {out}", highlight=False)
     if track:
-        run_id = log_export_run(result, mapping_path=mapping, export_path=export, tracking_uri=tracking_uri,
-                                experiment=experiment)  # fmt: skip
-        console.print(f"MLflow run {run_id} (experiment {experiment}); the audit CSV and the mapping are its artifacts")
+        logged = log_export_run(result, mapping_path=mapping, export_path=export, tracking_uri=tracking_uri,
+                                experiment=experiment, model_name=model_name if register else None)  # fmt: skip
+        console.print(f"MLflow run {logged.run_id} (experiment {experiment}); the audit CSV and the mapping are its "
+                      "artifacts", highlight=False)  # fmt: skip
+        if logged.version is not None:
+            console.print(f"registered {model_name} version {logged.version} as @challenger; next: leadscore crm "
+                          f"promote --export {export} --mapping {mapping}", highlight=False)  # fmt: skip

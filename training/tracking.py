@@ -29,7 +29,7 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from sklearn.metrics import roc_auc_score
 
-from features.builder import as_of_to_seconds, series_ns, stamps_to_seconds
+from features.builder import FeatureBuilder, as_of_to_seconds, series_ns, stamps_to_seconds
 from features.engine import READINESS_STAGES, STAGE_CODE, stage_at
 from features.scoring import LeadScorer
 from features.spec import DEFAULT_CONTRACT, LIFECYCLE_CHAIN, LeadContract
@@ -350,7 +350,7 @@ def log_training(
             signature=model_signature(builder.contract),
             input_example=input_example(leads, activities, example_at, builder.contract),
             registered_model_name=MODEL_NAME,
-            pip_requirements=_requirements(),
+            pip_requirements=model_requirements(),
             metadata={"leadscore": {"data_end": str(training_set.data_end)}},
         )
         version = str(info.registered_model_version)
@@ -380,7 +380,8 @@ def _log_side_run(
     client.set_terminated(side.info.run_id)
 
 
-def _requirements() -> list[str]:
+def model_requirements() -> list[str]:
+    """Pip requirements of a logged model, pinned to the versions it was trained with."""
     pins = []
     for package in MODEL_REQUIREMENTS:
         try:
@@ -408,6 +409,8 @@ def oracle_comparison(readiness: TaskResult, oracle: pd.DataFrame) -> dict[str, 
 def feature_spec(scorer: LeadScorer) -> dict[str, Any]:
     """What the model reads, for humans and for the service's model info."""
     builder = scorer.builder
+    if not isinstance(builder, FeatureBuilder):
+        raise TypeError("feature_spec describes lead contract models; an export model's columns are its mapping's")
     return {
         "fit_features": builder.fit_feature_names_,
         "engagement_features": builder.engagement_feature_names_,

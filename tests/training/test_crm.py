@@ -480,7 +480,7 @@ def test_the_export_run_logs_the_export_as_its_training_dataset(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test, as MLflow's setters write it
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     try:
-        run_id = log_export_run(result, mapping_path=yml, export_path=csv, tracking_uri=uri)
+        run_id = log_export_run(result, mapping_path=yml, export_path=csv, tracking_uri=uri, model_name=None).run_id
     finally:
         mlflow.set_tracking_uri(None)
     (logged,) = MlflowClient(tracking_uri=uri).get_run(run_id).inputs.dataset_inputs
