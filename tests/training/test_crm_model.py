@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 
 from features.builder import RequestLead
 from features.export import CrmMapping, ExportBuilder, ExportError
-from tests.training.test_crm import FAST, synthetic_export
-from training.crm import CrmExport, CrmTrainResult, log_export_run, train_export
+from tests.training.test_crm import FAST, mapping_dict, synthetic_export
+from training.crm import CrmExport, CrmTrainResult, log_export_run, parse_mapping, prepare_export, train_export
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -28,16 +28,11 @@ def trained(export: CrmExport, mapping: CrmMapping) -> CrmTrainResult:
 
 @pytest.fixture(scope="module")
 def export(mapping: CrmMapping) -> CrmExport:
-    from training.crm import prepare_export
-
     return prepare_export(synthetic_export(), mapping)
 
 
 @pytest.fixture(scope="module")
 def mapping() -> CrmMapping:
-    from tests.training.test_crm import mapping_dict
-    from training.crm import parse_mapping
-
     return parse_mapping(mapping_dict())
 
 
@@ -100,8 +95,6 @@ def test_the_registered_model_answers_like_the_scorer(
 ) -> None:
     csv, yml = tmp_path / "export.csv", tmp_path / "mapping.yaml"
     synthetic_export().to_csv(csv, index=False)
-    from tests.training.test_crm import mapping_dict
-
     yml.write_text(json.dumps(mapping_dict()))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
