@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from serving import fast
+from serving.export_schemas import export_openapi
 from serving.launch import ServiceStart
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
@@ -28,6 +29,7 @@ from serving.preflight import StartupError, check_journal, open_store, registry_
 from serving.routers import meta, page, score, thresholds
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
+from serving.scoring import ModelKindChangedError
 from serving.settings import LOOPBACK_HOSTS, Settings
 from serving.state import (
     POLICY_REFRESH_SECONDS,
@@ -49,6 +51,10 @@ class ScoreService(FastAPI):
         """Route score POSTs to the fast path once the service has started; everything else to FastAPI."""
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in fast.ANSWERS:
             state: ServiceState | None = getattr(self.state, "service", None)
+            if state is not None and state.holder.ready and state.holder.current.export is not None:
+                # An export model reads the export's columns: its own routes, documented under the same paths.
+                await super().__call__({**scope, "path": score.EXPORT_PATHS[scope["path"]]}, receive, send)
+                return
             if state is not None:
                 await fast.answer(state, super().__call__, scope, receive, send)
                 return
@@ -130,11 +136,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": str(fast.RETRY_AFTER_SECONDS)},
         )  # fmt: skip
 
+    @app.exception_handler(ModelKindChangedError)
+    async def changed_kind(request: Request, exc: ModelKindChangedError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback for us; the caller gets no internals.
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    contract_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The score routes' bodies are the model's: an export model documents its own columns (from its mapping).
+        state: ServiceState | None = getattr(app.state, "service", None)
+        model = state.holder.current if state is not None and state.holder.ready else None
+        if model is None or model.export is None:
+            return contract_openapi()
+        return export_openapi(contract_openapi(), model)
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def documented_paths() -> list[str]:
         return list(app.openapi()["paths"])

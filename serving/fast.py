@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.schemas import CanonicalBatchRequest, CanonicalScoreRequest, parse_canonical
 from serving.score_log import ScoreLogUnavailableError
-from serving.scoring import batch_problems, limit_problems, log_and_count, score_many, score_one
+from serving.scoring import batch_problems, contract_of, limit_problems, log_and_count, score_many, score_one
 from serving.service import gc_paused
 from serving.state import ServiceState
 
@@ -36,20 +36,24 @@ Answer = Callable[[ServiceState, bytes], Awaitable[bytes | None]]
 
 
 async def _single(state: ServiceState, raw: bytes) -> bytes | None:
-    body = parse_canonical(CanonicalScoreRequest, raw)
     model = state.holder.current
-    if body is None or limit_problems(body, state.settings, ["body"], model.scorer.builder.contract):
+    if model.export is not None:
+        return None  # an export model's leads: its own route reads them
+    body = parse_canonical(CanonicalScoreRequest, raw)
+    if body is None or limit_problems(body, state.settings, ["body"], contract_of(model)):
         return None
     return await score_one(state, body, raw)
 
 
 async def _batch(state: ServiceState, raw: bytes) -> bytes | None:
     model = state.holder.current
+    if model.export is not None:
+        return None
     with gc_paused():
         # The parsed batch dies with the call, before collection resumes: what survives the pause is what the
         # next collection walks.
         body = parse_canonical(CanonicalBatchRequest, raw)
-        if body is None or batch_problems(body.leads, state.settings, model.scorer.builder.contract):
+        if body is None or batch_problems(body.leads, state.settings, contract_of(model)):
             return None
         inputs = [msgspec.json.encode(r).decode() for r in body.leads]  # the reference models' normal form, logged
         content, scored = score_many(state, model, body.leads)

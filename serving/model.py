@@ -13,7 +13,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from features.export import ExportBuilder
 from features.scoring import LeadScorer
+from serving.export_schemas import ExportRequests, export_requests
 from serving.preflight import Registry, StartupError, check_registry, redact
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,13 @@ class LoadedModel:
     run_id: str | None
     trained_at: dt.datetime | None
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # An export model's request models (built from its mapping); None for a lead contract model.
+    export: ExportRequests | None = None
+
+    @property
+    def kind(self) -> str:
+        """The kind of model: contract (leads, touches, colleagues) or crm-export (a flat export's columns)."""
+        return "contract" if self.export is None else "crm-export"
 
 
 def load_model(tracking_uri: str, name: str, alias: str, version: str | None = None) -> LoadedModel:
@@ -72,7 +81,8 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
         raise ModelNotAvailableError(f"{name} version {found.version} holds no LeadScorer")
     _warm(scorer)
     trained_at = dt.datetime.fromtimestamp(found.creation_timestamp / 1000, dt.UTC)
-    return LoadedModel(scorer, name, alias, str(found.version), found.run_id, trained_at)
+    export = export_requests(scorer.builder) if isinstance(scorer.builder, ExportBuilder) else None
+    return LoadedModel(scorer, name, alias, str(found.version), found.run_id, trained_at, export=export)
 
 
 def _warm(scorer: LeadScorer) -> None:

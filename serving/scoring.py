@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from functools import partial
 
 import msgspec
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from features.builder import FeatureBuilder
 from features.spec import LeadContract
 from serving.model import LoadedModel
 from serving.schemas import LeadToScore, Person, ScoreRequest
@@ -58,6 +59,18 @@ def limit_problems(
     return problems
 
 
+class ModelKindChangedError(RuntimeError):
+    """The model in use changed kind (lead contract <-> export) while a request was on its way to it."""
+
+
+def contract_of(model: LoadedModel) -> LeadContract:
+    """The lead contract of the model in use; ModelKindChangedError when it is an export model."""
+    builder = model.scorer.builder
+    if not isinstance(builder, FeatureBuilder):
+        raise ModelKindChangedError("the model in use changed kind meanwhile; send the request again")
+    return builder.contract
+
+
 def batch_problems(leads: Sequence[LeadToScore], settings: Settings, contract: LeadContract) -> list[Problem]:
     """`limit_problems` of a batch, and the batch limit itself."""
     if len(leads) > settings.max_batch:
@@ -104,18 +117,20 @@ def score_items(
 
     Returns the answer, the scored leads and their inputs as the score log keeps them.
     """
-    contract = model.scorer.builder.contract
-    valid: list[tuple[int, ScoreRequest]] = []
+    # An export model's leads are its columns: its own request model reads them, and it has no custom attributes.
+    request_model = ScoreRequest if model.export is None else model.export.single
+    contract = contract_of(model) if model.export is None else None
+    valid: list[tuple[int, LeadToScore]] = []
     refused: dict[int, list[Problem]] = {}
     for i, item in enumerate(items):
         where: list[str | int] = ["body", "leads", i]
         try:
-            request = ScoreRequest.model_validate(item)
+            request = request_model.model_validate(item)
         except ValidationError as err:
             refused[i] = [{"loc": [*where, *err_loc["loc"]], "msg": err_loc["msg"], "type": err_loc["type"]}
                           for err_loc in err.errors(include_input=False, include_url=False)]  # fmt: skip
             continue
-        problems = limit_problems(request, state.settings, where, contract)
+        problems = [] if contract is None else limit_problems(request, state.settings, where, contract)
         if problems:
             refused[i] = problems
         else:
@@ -134,8 +149,14 @@ def score_items(
             results.append({"index": i, "lead_id": _lead_id(item), "status": "refused", "score": None,
                             "problems": refused[i]})  # fmt: skip
     answer = {"request_id": request_id, "scored": len(valid), "refused": len(refused), "results": results}
-    inputs: list[str | dict[str, object]] = [r.model_dump(mode="json") for r in requests]
+    inputs: list[str | dict[str, object]] = [_dumped(r) for r in requests]
     return msgspec.json.encode(answer), scored, inputs
+
+
+def _dumped(request: LeadToScore) -> dict[str, object]:
+    """A validated request as the score log keeps it (an export's columns under their own names)."""
+    assert isinstance(request, BaseModel)  # the reference models validated it
+    return request.model_dump(mode="json", by_alias=True)
 
 
 def _lead_id(item: object) -> str | None:

@@ -7,6 +7,7 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -236,6 +237,29 @@ def train_export(
         example_rows=export.frame.iloc[split.holdout].reset_index(drop=True),
         quality_warnings=[],
     )
+
+
+def evaluate_on_export(
+    export: CrmExport, mapping: CrmMapping, split: ExportSplit
+) -> Callable[[LeadScorer, LeadScorer], tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]]:
+    """The promotion gate's evaluation of two export models on the same holdout leads of `export`."""
+
+    def metrics(scorer: LeadScorer) -> dict[str, dict[str, float]]:
+        builder = scorer.builder
+        if not isinstance(builder, ExportBuilder):
+            raise CrmError("the champion is a lead contract model: an export model cannot be compared with it")
+        frame = export.frame.iloc[split.holdout]
+        for name, col in builder.column_mappings.items():
+            if name not in frame.columns:
+                raise CrmError(f"the model reads column {name!r}, which this export's mapping does not declare")
+            declared = mapping.columns[name].type
+            if declared != col.type:
+                raise CrmError(f"the model reads column {name!r} as {col.type}; this mapping declares {declared}")
+        fit_p, ready_p = scorer.probabilities(builder.transform(frame))
+        y = export.y[split.holdout]
+        return {"readiness": binary_metrics(y, ready_p), "fit": binary_metrics(y, fit_p)}
+
+    return lambda new, old: (metrics(new), metrics(old))
 
 
 # ---- MLflow --------------------------------------------------------------------------------------------------

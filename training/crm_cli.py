@@ -200,3 +200,59 @@ def train(
         if logged.version is not None:
             console.print(f"registered {model_name} version {logged.version} as @challenger; next: leadscore crm "
                           f"promote --export {export} --mapping {mapping}", highlight=False)  # fmt: skip
+
+
+@crm_app.command()
+def promote(
+    export: ExportOption,
+    mapping: MappingOption,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="Registered model name.")] = CRM_MODEL_NAME,
+    holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Share of leads held out.")] = (
+        CRM_HOLDOUT_FRACTION
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the random split (as given to train).")] = 0,
+    auc_tolerance: Annotated[float, typer.Option(min=0.0, help="How much lower a challenger's AUC may be.")] = 0.005,
+    ece_tolerance: Annotated[float, typer.Option(min=0.0, help="How much higher its calibration error may be.")] = 0.01,
+    accept_warnings: Annotated[
+        bool, typer.Option(help="Promote a challenger despite the quality warnings training logged with it.")
+    ] = False,
+) -> None:
+    """Move @champion to the export model at @challenger if it has no quality warnings and is not worse.
+
+    Both models score the holdout leads of the export (the split train made): ranking (AUC) of both scores and the
+    calibration of the outcome model must not be worse than the champion's. Exit 4 when the gate refuses it, 5 when
+    it carries quality warnings and --accept-warnings is not given.
+    """
+    from mlflow import MlflowClient
+
+    from training.config import CHAMPION
+    from training.crm import CrmError, evaluate_on_export
+    from training.crm_split import split_export
+    from training.exits import EXIT_GATE_REFUSED, EXIT_QUALITY_WARNINGS
+    from training.promotion import default_gate
+    from training.promotion import promote as gate
+    from training.tracking import configure_tracking
+
+    loaded, crm_mapping = _load(export, mapping)
+    configure_tracking(tracking_uri)
+    split = split_export(loaded, holdout_fraction=holdout_fraction, seed=seed)
+    rules = default_gate(auc_tolerance, ece_tolerance)
+    try:
+        decision = gate(MlflowClient(), None, None, rules=rules, name=model_name, accept_warnings=accept_warnings,
+                        evaluate=evaluate_on_export(loaded, crm_mapping, split))  # fmt: skip
+    except CrmError as err:
+        console.print(f"[red]cannot compare:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from err
+    for line in decision.lines:
+        console.print(f"  {line}", highlight=False)
+    if not decision.promoted:
+        console.print(f"[yellow]not promoted[/yellow]: champion stays version {decision.champion_before}")
+        if decision.refused_for_warnings:
+            raise typer.Exit(EXIT_QUALITY_WARNINGS)
+        raise typer.Exit(EXIT_GATE_REFUSED if decision.champion_before else EXIT_MISSING_INPUT)
+    console.print(f"[green]promoted[/green] {model_name} version {decision.challenger} to @{CHAMPION}; serve it with "
+                  f"LEADSCORE_MODEL_NAME={model_name} leadscore serve", highlight=False)  # fmt: skip

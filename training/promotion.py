@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,10 @@ def evaluate_scorer(
         "readiness": binary_metrics(snapshots["label"].to_numpy(), ready["readiness_probability"].to_numpy()),
         "fit": binary_metrics(fit_examples["label"].to_numpy(), fit["fit_probability"].to_numpy()),
     }
+
+
+# Metrics per task ("readiness", "fit") of the challenger and the champion, on the challenger's holdout.
+Evaluation = Callable[[LeadScorer, LeadScorer], tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +134,14 @@ def promote(
     rules: tuple[GateRule, ...] | None = None,
     name: str = MODEL_NAME,
     accept_warnings: bool = False,
+    evaluate: Evaluation | None = None,
 ) -> Decision:
     """Point `champion` at the challenger if it is not worse than the champion on the challenger's holdout.
 
     A challenger that training tagged with quality warnings (too few holdout positives, a baseline ranking better) is
     refused before any comparison, first model included, unless `accept_warnings`. Both models are re-scored on the
-    same rows with their own feature code; the first model becomes champion.
+    same rows with their own feature code; the first model becomes champion. `evaluate` scores both on the
+    challenger's holdout (default: the lead contract's snapshots of `leads` and `activities`).
     """
     rules = rules or default_gate()
     challenger = version_by_alias(client, CHALLENGER, name)
@@ -160,7 +167,7 @@ def promote(
         client.set_model_version_tag(name, challenger.version, "leadscore.promotion", tag)
         lines = [*warning_lines, f"no champion yet: version {challenger.version} promoted{accepted}"]
         return Decision(True, challenger.version, None, lines, warned)
-    if leads is None or activities is None:
+    if evaluate is None and (leads is None or activities is None):
         raise ValueError("comparing against a champion needs the holdout data")
     new_scorer = load_scorer(f"models:/{name}/{challenger.version}")
     try:
@@ -175,9 +182,13 @@ def promote(
         instead = f"version {challenger.version} promoted{accepted} in its place, without a comparison"
         lines = [*warning_lines, why, instead]
         return Decision(True, challenger.version, champion.version, lines, warned)
-    holdout = Holdout.of_scorer(new_scorer)
-    new = evaluate_scorer(new_scorer, leads, activities, holdout)
-    old = evaluate_scorer(old_scorer, leads, activities, holdout)
+    if evaluate is None:
+        assert leads is not None and activities is not None  # checked above
+        holdout = Holdout.of_scorer(new_scorer)
+        new = evaluate_scorer(new_scorer, leads, activities, holdout)
+        old = evaluate_scorer(old_scorer, leads, activities, holdout)
+    else:
+        new, old = evaluate(new_scorer, old_scorer)
     passed, lines = _compare(rules, new, old)
     summary = "; ".join(lines)
     if passed:

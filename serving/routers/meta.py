@@ -8,8 +8,9 @@ import math
 from fastapi import APIRouter, HTTPException, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from features.export import ExportBuilder
 from features.fit import SIZE_BAND_LABELS
-from serving.model import ModelNotAvailableError
+from serving.model import LoadedModel, ModelNotAvailableError
 from serving.schemas import ModelInfo, Readiness, ReloadResult, ScoreLogHealth
 from serving.state import AdminAuth, ModelDep, MonitoringKey, ScoringAuth, StateDep
 
@@ -68,7 +69,6 @@ async def metrics(state: StateDep, key: MonitoringKey) -> Response:
 async def model_info(state: StateDep, model: ModelDep) -> ModelInfo:
     """Version, run, training time, holdout metrics and a summary of the features it reads."""
     scorer = model.scorer
-    builder = scorer.builder
     raw = scorer.metadata.get("metrics", {})
     metrics = {
         task: {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()} for task, values in raw.items()
@@ -81,19 +81,36 @@ async def model_info(state: StateDep, model: ModelDep) -> ModelInfo:
         trained_at=model.trained_at,
         loaded_at=model.loaded_at,
         holdout_metrics=metrics,
-        features={
-            "fit": list(builder.fit_feature_names_),
-            "engagement": list(builder.engagement_feature_names_),
-            "categorical": list(builder.categorical_features_),
-            "vocabulary_sizes": {k: len(v) for k, v in builder.fit_encoder_.vocabularies_.items()},
-            "size_bands": list(SIZE_BAND_LABELS),
-            "data_end": scorer.metadata.get("data_end"),
-        },
+        features=_features(model),
         thresholds_version=state.policy().version,
         quality_warnings=[
             str(w["message"]) if isinstance(w, dict) else str(w) for w in scorer.metadata.get("quality_warnings", [])
         ],
     )
+
+
+def _features(model: LoadedModel) -> dict[str, object]:
+    """What the model reads: the contract's feature names, or an export's columns by role."""
+    builder = model.scorer.builder
+    if isinstance(builder, ExportBuilder):
+        columns = builder.column_mappings
+        return {
+            "kind": model.kind,
+            "outcome": builder.mapping.outcome.column,
+            "fit": [c for c in builder.columns_ if columns[c].role == "fit"],
+            "engagement": [c for c in builder.columns_ if columns[c].role == "engagement"],
+            "categorical": [c for c in builder.columns_ if columns[c].type == "category"],
+            "vocabulary_sizes": {k: len(v) for k, v in builder.encoder_.vocabularies_.items()},
+        }
+    return {
+        "kind": model.kind,
+        "fit": list(builder.fit_feature_names_),
+        "engagement": list(builder.engagement_feature_names_),
+        "categorical": list(builder.categorical_features_),
+        "vocabulary_sizes": {k: len(v) for k, v in builder.fit_encoder_.vocabularies_.items()},
+        "size_bands": list(SIZE_BAND_LABELS),
+        "data_end": model.scorer.metadata.get("data_end"),
+    }
 
 
 @router.post("/v1/admin/reload", summary="Load the model the alias points at now", dependencies=[AdminAuth])
