@@ -178,9 +178,9 @@ def fit_export_booster(
         # the training period (same parameters and rounds, a little more data). Under drift it is not: the refit
         # booster's scores already carry part of the change in the positive rate, and the calibrator adds it again,
         # which carries the trend one period further. Measured on drifting exports (benchmarks/crm_refit.py, 20,000
-        # leads, 3 seeds each), that helped whether the rate rose or fell (holdout ECE 0.005-0.014 lower than with
-        # "cross_fit", which does not make the assumption), and on a flat rate it cost 0.001: within noise, at a
-        # quarter of the cost. It would hurt where a trend reverses right at the holdout; so would any calibration.
+        # leads, seeds 0-2), that helped whether the rate rose or fell (holdout ECE 0.005-0.014 lower than with
+        # "cross_fit", which does not make the assumption) and cost 0.001-0.006 on a flat rate, at about half the
+        # fitting time. It would hurt where a trend reverses right at the holdout.
         raw_valid = np.asarray(first.predict(x[valid], raw_score=True), dtype=np.float64)
     calibrator, _ = fit_calibrator(raw_valid, y[valid], split.times[valid])
     holdout = np.asarray(booster.predict(x[split.holdout], raw_score=True), dtype=np.float64)
