@@ -28,16 +28,26 @@ from features.export import (
     MappingError,
     parse_mapping,
 )
-from features.scoring import Calibrator, CutOffs, LeadScorer, ScoreScale
+from features.scoring import CutOffs, LeadScorer, ScoreScale
 from training.config import CRM_EXPERIMENT as EXPERIMENT
 from training.config import CRM_HOLDOUT_FRACTION as HOLDOUT_FRACTION
 from training.config import CRM_MODEL_NAME, BoosterConfig
 from training.crm_audit import audit_leakage
-from training.crm_load import CrmExport, load_export, load_mapping, prepare_export
+from training.crm_checks import column_drift, export_warnings, split_summary
+from training.crm_load import CrmExport, load_export, load_mapping, prepare_export, read_export
+from training.crm_models import (
+    BOOSTER,
+    FittedBooster,
+    ModelComparison,
+    baseline_probabilities,
+    compare_models,
+    fit_export_booster,
+)
 from training.crm_split import ExportSplit, split_export
 from training.metrics import binary_metrics, metric_name, to_mlflow_metrics
-from training.models import fit_calibrator, train_booster
 from training.pipeline import DEFAULT_MQL_SHARE, DEFAULT_SQL_SHARE
+from training.quality import METADATA_KEY as QUALITY_METADATA_KEY
+from training.quality import QUALITY_TAG
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput
@@ -66,27 +76,6 @@ log = logging.getLogger(__name__)
 
 
 # ---- training ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Fitted:
-    booster: lgb.Booster
-    calibrator: Calibrator
-    holdout_probability: NDArray[np.float64]
-
-
-def _fit(
-    x: NDArray[np.float64], y: NDArray[np.int64], split: ExportSplit, names: list[str], categorical: list[str],
-    config: BoosterConfig,
-) -> _Fitted:  # fmt: skip
-    booster = train_booster(
-        x[split.train], y[split.train], x[split.valid], y[split.valid],
-        feature_names=names, categorical=categorical, config=config,
-    )  # fmt: skip
-    raw_valid = np.asarray(booster.predict(x[split.valid], raw_score=True), dtype=np.float64)
-    calibrator, _ = fit_calibrator(raw_valid, y[split.valid], split.times[split.valid])
-    p = calibrator.apply(np.asarray(booster.predict(x[split.holdout], raw_score=True), dtype=np.float64))
-    return _Fitted(booster, calibrator, p)
-
-
 def _importance(booster: lgb.Booster, builder: ExportBuilder) -> pd.DataFrame:
     gain = np.asarray(booster.feature_importance(importance_type="gain"), dtype=np.float64)
     mappings = builder.column_mappings
@@ -104,11 +93,19 @@ def _importance(booster: lgb.Booster, builder: ExportBuilder) -> pd.DataFrame:
 
 def _outcome_model(
     export: CrmExport, mapping: CrmMapping, columns: list[str], split: ExportSplit, config: BoosterConfig
-) -> tuple[ExportBuilder, _Fitted]:
-    """The outcome ("readiness") booster on `columns`, with its builder fitted on the training rows."""
-    builder = ExportBuilder(mapping=mapping, columns=columns).fit(export.frame.iloc[split.train])
+) -> tuple[ExportBuilder, FittedBooster]:
+    """The outcome ("readiness") booster on `columns`, refit on training + validation rows (see fit_export_booster).
+
+    The builder's category vocabularies come from the same rows the booster is refit on: a value that first
+    appears in the validation period is a value, not "other".
+    """
+    fit_rows = np.sort(np.concatenate([split.train, split.valid]))
+    builder = ExportBuilder(mapping=mapping, columns=columns).fit(export.frame.iloc[fit_rows])
     x = builder.transform(export.frame)
-    fitted = _fit(x, export.y, split, builder.feature_names_, builder.encoder_.categorical_features_, config)
+    fitted = fit_export_booster(
+        x, export.y, split, feature_names=builder.feature_names_,
+        categorical=builder.encoder_.categorical_features_, config=config,
+    )  # fmt: skip
     return builder, fitted
 
 
@@ -128,6 +125,9 @@ class CrmTrainResult:
     holdout: pd.DataFrame  # the holdout leads as routing reads them (threshold tuning replays them)
     example_rows: pd.DataFrame  # the typed holdout rows (the logged model's input example is drawn from them)
     quality_warnings: list[dict[str, str]]
+    comparison: ModelComparison  # the model against its baselines, and whether it may be registered
+    split_summary: pd.DataFrame
+    drift: pd.DataFrame
 
 
 def _holdout_frame(export: CrmExport, split: ExportSplit, scorer: LeadScorer, x: NDArray[np.float64]) -> pd.DataFrame:
@@ -196,9 +196,22 @@ def train_export(
     x = builder.transform(export.frame)
     n_fit = len(builder.fit_feature_names_)
     fit_categorical = [c for c in builder.encoder_.categorical_features_ if c in builder.fit_feature_names_]
-    fit = _fit(x[:, :n_fit], export.y, split, builder.fit_feature_names_, fit_categorical, config)
+    fit = fit_export_booster(
+        x[:, :n_fit], export.y, split, feature_names=builder.fit_feature_names_, categorical=fit_categorical,
+        config=config,
+    )  # fmt: skip
     _, everything = _outcome_model(export, mapping, list(mapping.features), split, config)
     y_holdout = export.y[split.holdout]
+    columns = builder.column_mappings
+    comparison = compare_models(
+        y_holdout, ready.holdout_probability, baseline_probabilities(export.frame, export.y, split, columns)
+    )
+    summary = split_summary(export.y, split, export.dates if export.dates is not None else export.order)
+    drift = column_drift(export.frame, split, columns)
+    metrics = binary_metrics(y_holdout, ready.holdout_probability)
+    warned = [w.as_dict() for w in export_warnings(summary, drift, metrics["ece"], comparison)]
+    for warning in warned:
+        log.warning("quality warning: %s", warning["message"])
     scorer = LeadScorer(
         builder=builder,
         fit_booster=fit.booster,
@@ -217,14 +230,13 @@ def train_export(
             "outcome": mapping.outcome.column,
             "split": split.kind,
             "holdout_start": str(split.holdout_start or ""),
-            "metrics": {
-                "readiness": binary_metrics(y_holdout, ready.holdout_probability),
-                "fit": binary_metrics(y_holdout, fit.holdout_probability),
-            },
+            "metrics": {"readiness": metrics, "fit": binary_metrics(y_holdout, fit.holdout_probability)},
+            "rounds": {"readiness": ready.rounds, "fit": fit.rounds},
+            QUALITY_METADATA_KEY: warned,
         },
     )
     return CrmTrainResult(
-        metrics_audited=binary_metrics(y_holdout, ready.holdout_probability),
+        metrics_audited=metrics,
         metrics_everything=binary_metrics(y_holdout, everything.holdout_probability),
         metrics_fit=binary_metrics(y_holdout, fit.holdout_probability),
         audit=audit,
@@ -235,7 +247,10 @@ def train_export(
         scorer=scorer,
         holdout=_holdout_frame(export, split, scorer, x),
         example_rows=export.frame.iloc[split.holdout].reset_index(drop=True),
-        quality_warnings=[],
+        quality_warnings=warned,
+        comparison=comparison,
+        split_summary=summary,
+        drift=drift,
     )
 
 
@@ -299,17 +314,35 @@ def log_export_run(
         "n_train": len(result.split.train),
         "n_valid": len(result.split.valid),
         "n_holdout": len(result.split.holdout),
+        "order_column": result.split.order_column or "",
+        "holdout_start_order": "" if result.split.holdout_start_order is None else result.split.holdout_start_order,
+        "rounds_readiness": result.scorer.metadata["rounds"]["readiness"],
+        "rounds_fit": result.scorer.metadata["rounds"]["fit"],
+        "registration": result.comparison.reason,
     }
     metrics = to_mlflow_metrics(result.metrics_audited, None)
     for key in ("roc_auc", "pr_auc"):
         value = result.metrics_everything[key]
         if not math.isnan(value):
             metrics[f"{metric_name(key)}_everything"] = value
+    for row in result.comparison.table.itertuples(index=False):
+        if row.model == BOOSTER:
+            continue
+        for key in ("roc_auc", "pr_auc", "log_loss", "ece"):
+            value = float(getattr(row, key))
+            if math.isfinite(value):
+                metrics[f"{metric_name(key)}_{row.model}"] = value
+    for row in result.split_summary.itertuples(index=False):
+        metrics[f"positive_rate_{row.split}"] = float(str(row.positive_rate))
+    if len(result.drift):
+        metrics["psi_max_holdout"] = float(result.drift["psi"].max())
+    metrics["quality_warnings"] = float(len(result.quality_warnings))
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name="crm-export") as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        mlflow.set_tags({"leadscore.kind": "crm-export", "leadscore.split": result.split.kind})
+        mlflow.set_tags({"leadscore.kind": "crm-export", "leadscore.split": result.split.kind,
+                         QUALITY_TAG: json.dumps(result.quality_warnings)})  # fmt: skip
         # MLflow caps a param value at 6000 characters; a long column list is cut rather than failing the run.
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         mlflow.log_metrics(metrics)
@@ -318,6 +351,10 @@ def log_export_run(
         out = Path(tmp)
         result.audit.to_csv(out / "leakage_audit.csv", index=False)
         result.importance.to_csv(out / "feature_importance.csv", index=False)
+        result.comparison.table.to_csv(out / "baselines.csv", index=False)
+        result.split_summary.to_csv(out / "split_summary.csv", index=False)
+        result.drift.to_csv(out / "column_drift.csv", index=False)
+        (out / "model_card.md").write_text(export_model_card(result))
         shutil.copyfile(mapping_path, out / mapping_path.name)
         holdout_dir = out / "holdout"
         holdout_dir.mkdir()
@@ -326,10 +363,61 @@ def log_export_run(
         mlflow.log_artifacts(str(out))
         run_id = str(run.info.run_id)
         version = None
-        if model_name is not None:
+        # The registration rule (training.crm_models.compare_models): never knowingly register a model that a
+        # baseline (Odoo's naive Bayes first) ranks the holdout better than, beyond noise.
+        if model_name is not None and result.comparison.register:
             version = _log_model(result, out, model_name, run_id)
     log.info("logged run %s in experiment %r at %s", run_id, experiment, uri)
     return LoggedExport(run_id, version, model_name)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """A table as Markdown, figures to three decimals."""
+    shown = frame.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+    header = "| " + " | ".join(str(c) for c in shown.columns) + " |"
+    rule = "|" + "---|" * len(shown.columns)
+    return "\n".join([header, rule, *("| " + " | ".join(row) + " |" for row in shown.to_numpy().tolist())])
+
+
+def export_model_card(result: CrmTrainResult) -> str:
+    """The model card of an export model: its data, what it leaves out, how it compares, and what to watch."""
+    builder = result.scorer.builder
+    assert isinstance(builder, ExportBuilder)
+    mapping = builder.mapping
+    declared = ", ".join(mapping.declared_late) or "none"
+    audited = ", ".join(c for c in result.excluded if c not in mapping.declared_late) or "none"
+    warnings = "\n".join(f"- {w['message']}" for w in result.quality_warnings) or "none"
+    lines = [
+        f"# CRM export model: {mapping.outcome.column} in {mapping.outcome.positive}",
+        "",
+        f"{result.split.note}",
+        "",
+        "## Data by split",
+        "",
+        _markdown(result.split_summary),
+        "",
+        "## Columns",
+        "",
+        f"- used ({len(result.features)}): {', '.join(result.features)}",
+        f"- left out by declaration (known after {mapping.known_by}): {declared}",
+        f"- left out by the leakage audit: {audited}",
+        "",
+        "## Holdout: the model against its baselines",
+        "",
+        _markdown(result.comparison.table),
+        "",
+        f"Registration: {result.comparison.reason}",
+        "",
+        "## Quality warnings",
+        "",
+        warnings,
+        "",
+        "## Largest column drift (training vs holdout, population stability index)",
+        "",
+        _markdown(result.drift.head(10)),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +473,6 @@ def _log_model(result: CrmTrainResult, out: Path, model_name: str, run_id: str) 
     from mlflow import MlflowClient  # noqa: PLC0415
 
     from training.config import CHALLENGER  # noqa: PLC0415
-    from training.quality import QUALITY_TAG  # noqa: PLC0415
     from training.tracking import MODEL_CODE, model_requirements  # noqa: PLC0415
 
     builder = result.scorer.builder
@@ -419,7 +506,7 @@ def _export_input(result: CrmTrainResult, export_path: Path, mapping_path: Path)
     """
     from training.tracking import dataset_input  # noqa: PLC0415
 
-    raw = pd.read_csv(export_path, dtype=str, keep_default_na=False, na_filter=False)
+    raw = read_export(export_path, load_mapping(mapping_path))
     split = result.split
     rows = f"{len(split.train):,} training, {len(split.valid):,} validation, {len(split.holdout):,} holdout leads"
     return dataset_input(

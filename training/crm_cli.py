@@ -13,7 +13,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from training.config import CRM_EXPERIMENT, CRM_HOLDOUT_FRACTION, CRM_MODEL_NAME, BoosterConfig
-from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
+from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,6 +30,8 @@ console = Console()
 _BOOSTER = BoosterConfig()
 # The importance table shows this many columns: the ones a reader acts on; the full table is in the MLflow run.
 TOP_IMPORTANCE = 15
+# The drift table shows the columns that moved most; the full table is in the MLflow run (column_drift.csv).
+TOP_DRIFT = 5
 
 ExportOption = Annotated[Path, typer.Option(help="The CRM export: a CSV file with one row per lead.")]
 MappingOption = Annotated[Path, typer.Option(help="YAML mapping of the export's columns (see examples/).")]
@@ -67,6 +69,13 @@ def _figure(value: object, spec: str = ".0%") -> str:
     if not isinstance(value, int | float) or math.isnan(value):
         return ""
     return format(value, spec)
+
+
+def _text(value: object) -> str:
+    """A value as text; blank when there is none (None, NaN or NaT)."""
+    import pandas as pd
+
+    return "" if value is None or (not isinstance(value, str) and bool(pd.isna(value))) else str(value)
 
 
 def _print_export(loaded: CrmExport, crm_mapping: CrmMapping) -> None:
@@ -128,6 +137,16 @@ def audit(export: ExportOption, mapping: MappingOption) -> None:
 
 def _print_result(result: CrmTrainResult) -> None:
     console.print(result.split.note, highlight=False)
+    splits = Table(title="leads by split")
+    for column in ("split", "leads", "positives", "positive rate", "from", "to"):
+        splits.add_column(column, justify="left" if column == "split" else "right", no_wrap=column != "split")
+    for row in result.split_summary.itertuples(index=False):
+        first, last = (
+            "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in (row.first, row.last)
+        )
+        splits.add_row(str(row.split), f"{row.rows:,}", f"{row.positives:,}", _figure(row.positive_rate, ".1%"), first,
+                       last)  # fmt: skip
+    console.print(splits)
     table = Table(title="holdout: audited columns vs every mapped column (leaky ones included)")
     table.add_column("metric", overflow="fold")
     everything = len(result.features) + len(result.excluded)
@@ -136,7 +155,23 @@ def _print_result(result: CrmTrainResult) -> None:
     for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
         table.add_row(metric, f"{result.metrics_audited[metric]:.3f}", f"{result.metrics_everything[metric]:.3f}")
     console.print(table)
-    console.print(f"left out as likely leaks: {', '.join(result.excluded) or 'none'}", highlight=False)
+    console.print(f"left out: {', '.join(result.excluded) or 'none'}", highlight=False)
+    baselines = Table(title="holdout: the model against its baselines (same split, fitted on the same rows)")
+    baselines.add_column("scorer", overflow="fold")
+    for metric in ("roc_auc", "pr_auc", "log_loss", "ece", "lift_top10"):
+        baselines.add_column(metric, justify="right", no_wrap=True)
+    for row in result.comparison.table.itertuples(index=False):
+        baselines.add_row(str(row.model), *(_figure(getattr(row, m), ".3f") for m in ("roc_auc", "pr_auc", "log_loss",
+                                                                                     "ece", "lift_top10")))  # fmt: skip
+    console.print(baselines)
+    drift = Table(title=f"column drift, training vs holdout (PSI; top {TOP_DRIFT})")
+    drift.add_column("column", overflow="fold")
+    drift.add_column("PSI", justify="right", no_wrap=True)
+    drift.add_column("bin that moved most", overflow="fold")
+    for row in result.drift.head(TOP_DRIFT).itertuples(index=False):
+        drift.add_row(str(row.column), _figure(row.psi, ".3f"), f"{row.top_bin}: {_figure(row.train_share, '.0%')} -> "
+                      f"{_figure(row.holdout_share, '.0%')}")  # fmt: skip
+    console.print(drift)
     importance = Table(title=f"what the audited model uses (gain, top {TOP_IMPORTANCE})")
     importance.add_column("column", overflow="fold")
     importance.add_column("role", overflow="fold")
@@ -144,6 +179,10 @@ def _print_result(result: CrmTrainResult) -> None:
     for row in result.importance.head(TOP_IMPORTANCE).itertuples(index=False):
         importance.add_row(str(row.column), f"{row.role} {row.type}", _figure(row.gain_share))
     console.print(importance)
+    for warning in result.quality_warnings:
+        console.print(f"[yellow]quality warning:[/yellow] {warning['message']}", soft_wrap=True, highlight=False)
+    verdict = "[green]registration:[/green]" if result.comparison.register else "[red]registration:[/red]"
+    console.print(f"{verdict} {result.comparison.reason}", soft_wrap=True, highlight=False)
 
 
 @crm_app.command()
@@ -200,6 +239,8 @@ def train(
         if logged.version is not None:
             console.print(f"registered {model_name} version {logged.version} as @challenger; next: leadscore crm "
                           f"promote --export {export} --mapping {mapping}", highlight=False)  # fmt: skip
+    if register and not result.comparison.register:
+        raise typer.Exit(EXIT_GATE_REFUSED)
 
 
 @crm_app.command()
@@ -232,7 +273,7 @@ def promote(
     from training.config import CHAMPION
     from training.crm import CrmError, evaluate_on_export
     from training.crm_split import split_export
-    from training.exits import EXIT_GATE_REFUSED, EXIT_QUALITY_WARNINGS
+    from training.exits import EXIT_QUALITY_WARNINGS
     from training.promotion import default_gate
     from training.promotion import promote as gate
     from training.tracking import configure_tracking
