@@ -96,43 +96,128 @@ def _print_export(loaded: CrmExport, crm_mapping: CrmMapping) -> None:
         console.print(f"[yellow]not in the mapping, ignored:[/yellow] {', '.join(loaded.undeclared)}", highlight=False)
 
 
-def _print_audit(audit: pd.DataFrame) -> None:
-    table = Table(title="leakage audit (most suspicious first)")
+def _tiered(audit: pd.DataFrame) -> pd.DataFrame:
+    """The audit with a tier per column, and the columns only `audit_export` fills in, blank.
+
+    A table of `audit_leakage` (crm train's, until train audits as crm audit does) has no tiers: its flagged columns
+    read as leaks, the others as clean.
+    """
+    table = audit.copy()
+    if "tier" not in table.columns:
+        table["tier"] = table["flagged"].map({True: "leak", False: "clean"})
+    for column in ("known", "gain_share", "drop_one_auc_change"):
+        if column not in table.columns:
+            table[column] = None
+    return table
+
+
+def _verdict(tier: str, kept: bool) -> str:
+    if tier == "declared":
+        return "[red]left out (declared)[/red]"
+    if tier == "leak":
+        return "[yellow]kept (keep)[/yellow]" if kept else "[red]excluded[/red]"
+    if tier == "review":
+        return "[yellow]used, review[/yellow]"
+    return "[green]used[/green]"
+
+
+def _print_audit(audit: pd.DataFrame, *, valid_auc: float | None = None) -> None:
+    """The audit table (evidence, verdict), what the model leans on (drop-one), then why columns are out or to review.
+
+    `valid_auc`: the validation AUC of the model the drop-one figures compare with, for the second table's title.
+    """
+    table_rows = _tiered(audit)
+    has_known = table_rows["known"].notna().any()
+    table = Table(title="leakage audit (left out and to review first)")
     # Text folds to the room left; figures never wrap, so a narrow terminal cannot cut a number.
     table.add_column("column", overflow="fold")
-    table.add_column("role", overflow="fold")
+    table.add_column("known at" if has_known else "role", overflow="fold")
     table.add_column("AUC", justify="right", no_wrap=True)
     table.add_column("missing\npos / neg", justify="right", no_wrap=True)
     table.add_column("purest value", overflow="fold")
     table.add_column("verdict", overflow="fold")
-    for row in audit.itertuples(index=False):
+    for row in table_rows.itertuples(index=False):
         pure = ""
         if isinstance(row.purest_value, str):
             pure = (f"{row.purest_value} ({_figure(row.purest_value_positive_rate)} positive, "
                     f"{_figure(row.purest_value_class_share)} of {row.purest_value_class!s}s)")  # fmt: skip
-        verdict = "[green]used[/green]"
-        if row.flagged:
-            verdict = "[yellow]kept (keep)[/yellow]" if row.kept else "[red]excluded[/red]"
+        known = str(row.known).replace("_", " ") if has_known else f"{row.role} {row.type}"
         missing = f"{_figure(row.missing_rate_positive)} / {_figure(row.missing_rate_negative)}"
-        table.add_row(str(row.column), f"{row.role} {row.type}", _figure(row.auc, ".2f"), missing, pure, verdict)
+        verdict = _verdict(str(row.tier), bool(row.kept))
+        table.add_row(str(row.column), known, _figure(row.auc, ".2f"), missing, pure, verdict)
     console.print(table)
-    flagged = audit.loc[audit["flagged"].astype(bool)]
-    if flagged.empty:
-        console.print("no column looks recorded after the outcome")
-    for row in flagged.itertuples(index=False):
+
+    tested = table_rows.loc[table_rows["drop_one_auc_change"].notna()]
+    if not tested.empty:
+        reference = f" (validation AUC {valid_auc:.3f})" if valid_auc is not None and not math.isnan(valid_auc) else ""
+        leaning = Table(title=f"what the model on the kept columns leans on{reference}: each column dropped in turn")
+        leaning.add_column("column", overflow="fold")
+        leaning.add_column("gain\nshare", justify="right", no_wrap=True)
+        leaning.add_column("AUC change\nwithout it", justify="right", no_wrap=True)
+        leaning.add_column("verdict", overflow="fold")
+        for row in tested.sort_values("gain_share", ascending=False, kind="stable").itertuples(index=False):
+            leaning.add_row(str(row.column), _figure(row.gain_share), _figure(row.drop_one_auc_change, "+.3f"),
+                            _verdict(str(row.tier), bool(row.kept)))  # fmt: skip
+        console.print(leaning)
+
+    declared = table_rows.loc[table_rows["tier"] == "declared"]
+    for moment, group in declared.groupby("known", sort=False):
+        console.print(f"left out by declaration, known only at {str(moment).replace('_', ' ')}: "
+                      f"{', '.join(str(c) for c in group['column'])}", soft_wrap=True, highlight=False)  # fmt: skip
+    leaks = table_rows.loc[table_rows["tier"] == "leak"]
+    review = table_rows.loc[table_rows["tier"] == "review"]
+    if leaks.empty and review.empty:
+        besides = "besides the columns declared late, no" if not declared.empty else "no"
+        console.print(f"{besides} column looks recorded after the outcome")
+    for row in leaks.itertuples(index=False):
         action = "kept, as the mapping's keep asks" if row.kept else "left out of training"
         # Soft-wrapped: a reason stays one line however narrow the terminal, so it can be searched and copied.
         console.print(f"[bold]{row.column}[/bold] ({action}): {row.reason}", soft_wrap=True, highlight=False)
+    if not review.empty:
+        console.print(
+            f"{len(review)} column(s) to review, kept in training: under the hard limits, but worth a look. If one is "
+            "recorded once sales is in touch, declare it in the mapping (known: sales_contact).",
+            soft_wrap=True, highlight=False,
+        )  # fmt: skip
+    for row in review.itertuples(index=False):
+        console.print(f"[bold]{row.column}[/bold] (kept, to review): {row.reason}", soft_wrap=True, highlight=False)
+
+
+HoldoutOption = Annotated[float, typer.Option(min=0.05, max=0.5, help="Share of leads held out.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the random split, the audit's folds and LightGBM.")]
+ThreadsOption = Annotated[int, typer.Option(min=0, help="LightGBM threads; 0: all cores.")]
 
 
 @crm_app.command()
-def audit(export: ExportOption, mapping: MappingOption) -> None:
-    """Check an export against its mapping and flag the columns that look recorded after the outcome."""
-    from training.crm import audit_leakage
+def audit(
+    export: ExportOption,
+    mapping: MappingOption,
+    holdout_fraction: HoldoutOption = CRM_HOLDOUT_FRACTION,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = _BOOSTER.num_threads,
+) -> None:
+    """Check an export against its mapping: which columns are known too late, look leaky, or deserve a look.
+
+    Audits the training and validation leads of the split `crm train` makes with the same --holdout-fraction and
+    --seed, so both commands show the same evidence; the holdout is never looked at.
+    """
+    from training.crm_audit import audit_export
+    from training.crm_split import split_export
 
     loaded, crm_mapping = _load(export, mapping)
     _print_export(loaded, crm_mapping)
-    _print_audit(audit_leakage(loaded.frame, loaded.y, crm_mapping))
+    try:
+        split = split_export(loaded, holdout_fraction=holdout_fraction, seed=seed)
+        with console.status("auditing ..."):
+            config = BoosterConfig(num_threads=threads, seed=seed)
+            result = audit_export(loaded.frame, loaded.y, crm_mapping, split, config=config, seed=seed)
+    except ValueError as err:
+        console.print(f"[red]cannot audit this export:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from err
+    console.print(
+        f"audited the {result.rows:,} training and validation leads, as crm train does; {split.note}", highlight=False
+    )
+    _print_audit(result.table, valid_auc=result.valid_auc)
 
 
 def _print_result(result: CrmTrainResult) -> None:
