@@ -34,8 +34,14 @@ def serve(
     ),
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = DEFAULT_PORT,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one per core is a good start).")] = 1,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Registered model to serve (e.g. crm-lead-scorer); default $LEADSCORE_MODEL_NAME, else lead-scorer."
+        ),
+    ] = None,
 ) -> None:
-    """Serve models:/lead-scorer@champion on HTTP; settings come from LEADSCORE_* environment variables.
+    """Serve models:/lead-scorer@champion (or --model-name) on HTTP; settings come from LEADSCORE_* variables.
 
     Before any worker starts, the registry, the champion, the service store and the journal folder are checked:
     a problem ends the command at once (exit 1) with a message naming the setting.
@@ -48,6 +54,8 @@ def serve(
     # Each worker builds its own app from the environment, so the command line reaches them through it.
     os.environ["LEADSCORE_HOST"] = host
     os.environ["LEADSCORE_PORT"] = str(port)
+    if model_name is not None:
+        os.environ["LEADSCORE_MODEL_NAME"] = model_name
     bound_mlflow_retries()
     try:
         settings = Settings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -103,13 +104,27 @@ def _outcome(builder: ExportBuilder) -> str:
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def parse_body(model: type[Model], raw: bytes) -> Model:
-    """The body as `model`, or the RequestValidationError FastAPI raises for its own body models (loc from "body")."""
+def parse_body(model: type[Model], raw: bytes, columns: Sequence[str] = ()) -> Model:
+    """The body as `model`, or the RequestValidationError FastAPI raises for its own body models (loc from "body").
+
+    A field the model does not know is named with the columns the model reads (`columns`), so a CRM sending a column
+    the audit left out, or a misspelt one, is told which names are accepted.
+    """
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
+        errors = [_worded({**e, "loc": ("body", *e["loc"])}, columns) for e in err.errors(include_url=False)]
         raise RequestValidationError(errors) from None
+
+
+def _worded(error: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    loc = error["loc"]
+    if error["type"] != "extra_forbidden" or "lead" not in loc or not columns:
+        return error
+    close = difflib.get_close_matches(str(loc[-1]), list(columns), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    accepted = ", ".join(["lead_id", *columns])
+    return {**error, "msg": f"not a column this model reads{hint}; it reads: {accepted}"}
 
 
 _OPENAPI: dict[tuple[str, str], dict[str, Any]] = {}

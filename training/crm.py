@@ -32,7 +32,7 @@ from features.scoring import CutOffs, LeadScorer, ScoreScale
 from training.config import CRM_EXPERIMENT as EXPERIMENT
 from training.config import CRM_HOLDOUT_FRACTION as HOLDOUT_FRACTION
 from training.config import CRM_MODEL_NAME, BoosterConfig
-from training.crm_audit import audit_leakage
+from training.crm_audit import audit_export, audit_leakage
 from training.crm_checks import column_drift, export_warnings, split_summary
 from training.crm_load import CrmExport, load_export, load_mapping, prepare_export, read_export
 from training.crm_models import (
@@ -45,7 +45,6 @@ from training.crm_models import (
 )
 from training.crm_split import ExportSplit, split_export
 from training.metrics import binary_metrics, metric_name, to_mlflow_metrics
-from training.pipeline import DEFAULT_MQL_SHARE, DEFAULT_SQL_SHARE
 from training.quality import METADATA_KEY as QUALITY_METADATA_KEY
 from training.quality import QUALITY_TAG
 
@@ -73,6 +72,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Bounds of the share of leads the default cut-offs make MQL (see _cutoffs), and the share of those made SQL.
+MIN_MQL_SHARE = 0.05
+MAX_MQL_SHARE = 0.5
+SQL_SHARE_OF_MQL = 0.5
 
 
 # ---- training ------------------------------------------------------------------------------------------------
@@ -116,7 +120,7 @@ class CrmTrainResult:
     metrics_audited: dict[str, float]
     metrics_everything: dict[str, float]
     metrics_fit: dict[str, float]
-    audit: pd.DataFrame
+    audit: pd.DataFrame  # training.crm_audit.ExportAudit.table
     excluded: tuple[str, ...]
     features: tuple[str, ...]
     importance: pd.DataFrame
@@ -155,6 +159,20 @@ def _holdout_frame(export: CrmExport, split: ExportSplit, scorer: LeadScorer, x:
     )
 
 
+def _cutoffs(holdout_probability: NDArray[np.float64], positive_rate: float) -> CutOffs:
+    """Default stages: MQL for the share of leads that convert, SQL for the likeliest half of them.
+
+    An export's outcome is the final conversion, at whatever rate the business converts (a third of leads for a
+    course seller, a few percent for B2B software): a fixed share of leads would send most converters to nurture in
+    the one and flood sales in the other. Sales ops tune them from there (leadscore thresholds).
+    """
+    mql_share = min(max(positive_rate, MIN_MQL_SHARE), MAX_MQL_SHARE)
+    return CutOffs(
+        readiness_mql=float(np.quantile(holdout_probability, 1.0 - mql_share)),
+        readiness_sql=float(np.quantile(holdout_probability, 1.0 - mql_share * SQL_SHARE_OF_MQL)),
+    )
+
+
 def train_export(
     export: CrmExport,
     mapping: CrmMapping,
@@ -172,14 +190,16 @@ def train_export(
     """
     config = config or BoosterConfig(seed=seed)
     split = split_export(export, holdout_fraction=holdout_fraction, seed=seed)
-    seen = np.sort(np.concatenate([split.train, split.valid]))
-    audit = audit_leakage(export.frame.iloc[seen], export.y[seen], mapping, seed=seed)
+    # The audit reads the training and validation leads of this very split: `crm audit` shows the same evidence.
+    audited = audit_export(export.frame, export.y, mapping, split, config=config, seed=seed)
+    audit, excluded = audited.table, audited.excluded
     flagged = audit.loc[audit["flagged"].astype(bool)]
-    excluded = tuple(str(c) for c in flagged.loc[~flagged["kept"].astype(bool), "column"])
-    excluded = (*mapping.declared_late, *excluded)
     for name, reason in flagged.loc[flagged["kept"].astype(bool), ["column", "reason"]].itertuples(index=False):
         log.warning("column %r is kept as the mapping asks, although the audit flags it: %s", name, reason)
-    features = [c for c in mapping.usable if c not in excluded]
+    for name in audited.review:
+        log.warning("column %r is used, but its evidence is worth a review (see the audit)", name)
+    features = list(audited.features)
+    seen = np.concatenate([split.train, split.valid])
     if not features:
         raise CrmError(
             f"the audit flags every fit and engagement column ({', '.join(excluded)}); list the ones recorded before "
@@ -221,10 +241,7 @@ def train_export(
         fit_scale=ScoreScale.from_reference(fit.holdout_probability),
         readiness_scale=ScoreScale.from_reference(ready.holdout_probability),
         labeler=ExportReasonLabeler(builder),
-        cutoffs=CutOffs(
-            readiness_mql=float(np.quantile(ready.holdout_probability, 1.0 - DEFAULT_MQL_SHARE)),
-            readiness_sql=float(np.quantile(ready.holdout_probability, 1.0 - DEFAULT_SQL_SHARE)),
-        ),
+        cutoffs=_cutoffs(ready.holdout_probability, float(export.y[seen].mean())),
         metadata={
             "model_kind": "crm-export",
             "outcome": mapping.outcome.column,

@@ -75,7 +75,8 @@ def _text(value: object) -> str:
     """A value as text; blank when there is none (None, NaN or NaT)."""
     import pandas as pd
 
-    return "" if value is None or (not isinstance(value, str) and bool(pd.isna(value))) else str(value)
+    missing = value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+    return "" if missing else str(value)
 
 
 def _print_export(loaded: CrmExport, crm_mapping: CrmMapping) -> None:
@@ -381,4 +382,4 @@ def promote(
             raise typer.Exit(EXIT_QUALITY_WARNINGS)
         raise typer.Exit(EXIT_GATE_REFUSED if decision.champion_before else EXIT_MISSING_INPUT)
     console.print(f"[green]promoted[/green] {model_name} version {decision.challenger} to @{CHAMPION}; serve it with "
-                  f"LEADSCORE_MODEL_NAME={model_name} leadscore serve", highlight=False)  # fmt: skip
+                  f"leadscore serve --model-name {model_name}", highlight=False)  # fmt: skip
