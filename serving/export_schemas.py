@@ -104,26 +104,36 @@ def _outcome(builder: ExportBuilder) -> str:
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def parse_body(model: type[Model], raw: bytes, columns: Sequence[str] = ()) -> Model:
+def parse_body(model: type[Model], raw: bytes, builder: ExportBuilder | None = None) -> Model:
     """The body as `model`, or the RequestValidationError FastAPI raises for its own body models (loc from "body").
 
-    A field the model does not know is named with the columns the model reads (`columns`), so a CRM sending a column
-    the audit left out, or a misspelt one, is told which names are accepted.
+    A field the model does not read is explained from the export model's mapping (`builder`): a column left out of
+    the model says why, a misspelt one gets the likely name, and both list the names accepted.
     """
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
-        errors = [_worded({**e, "loc": ("body", *e["loc"])}, columns) for e in err.errors(include_url=False)]
+        errors = [_worded({**e, "loc": ("body", *e["loc"])}, builder) for e in err.errors(include_url=False)]
         raise RequestValidationError(errors) from None
 
 
-def _worded(error: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+def _worded(error: dict[str, Any], builder: ExportBuilder | None) -> dict[str, Any]:
     loc = error["loc"]
-    if error["type"] != "extra_forbidden" or "lead" not in loc or not columns:
+    if error["type"] != "extra_forbidden" or "lead" not in loc or builder is None:
         return error
-    close = difflib.get_close_matches(str(loc[-1]), list(columns), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    name, columns = str(loc[-1]), list(builder.columns_)
     accepted = ", ".join(["lead_id", *columns])
+    declared = builder.mapping.columns.get(name)
+    if declared is not None:
+        if declared.role == "ignore":
+            why = "the mapping ignores it"
+        elif name in builder.mapping.declared_late:
+            why = f"it is known only at {declared.known_at}, after {builder.mapping.known_by} (the mapping's known_by)"
+        else:
+            why = "the leakage audit left it out (it looks recorded after the outcome)"
+        return {**error, "msg": f"a column this model leaves out: {why}; it reads: {accepted}"}
+    close = difflib.get_close_matches(name, columns, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return {**error, "msg": f"not a column this model reads{hint}; it reads: {accepted}"}
 
 

@@ -80,23 +80,23 @@ def _export_requests(model: LoadedModel) -> ExportRequests:
     return model.export
 
 
-def _columns(model: LoadedModel) -> list[str]:
+def _builder(model: LoadedModel) -> ExportBuilder | None:
     builder = model.scorer.builder
-    return list(builder.columns_) if isinstance(builder, ExportBuilder) else []
+    return builder if isinstance(builder, ExportBuilder) else None
 
 
 @router.post("/score/export", include_in_schema=False)
 async def score_export(state: StateDep, model: ModelDep, request: Request) -> Response:
     """POST /v1/score for an export model: one lead's columns, validated by the model's request model."""
     raw = await request.body()
-    body = parse_body(_export_requests(model).single, raw, _columns(model))
+    body = parse_body(_export_requests(model).single, raw, _builder(model))
     return Response(content=await score_one(state, body, raw), media_type=JSON)
 
 
 @router.post("/score/export/batch", include_in_schema=False)
 async def score_export_batch(state: StateDep, model: ModelDep, request: Request) -> Response:
     """POST /v1/score/batch for an export model."""
-    body = parse_body(_export_requests(model).batch, await request.body(), _columns(model))
+    body = parse_body(_export_requests(model).batch, await request.body(), _builder(model))
     leads = body.leads  # type: ignore[attr-defined]  # the batch model is built at load (export_requests)
     if len(leads) > state.settings.max_batch:
         _refuse([{"loc": ["body", "leads"], "msg": f"at most {state.settings.max_batch} leads per batch, got "

@@ -110,7 +110,10 @@ def test_a_bad_value_or_an_unknown_column_is_a_422_naming_it(served: Served) -> 
     assert problem["loc"] == ["body", "lead", "Total Time"] and "number" in problem["msg"]
     unknown = _post(served, "/v1/score", {"lead": {**HOT, "Tags": "Closed by rep"}})
     assert unknown.status_code == 422
-    assert unknown.json()["detail"][0]["loc"] == ["body", "lead", "Tags"]  # left out by the audit: not an input
+    (left_out,) = unknown.json()["detail"]
+    assert left_out["loc"] == ["body", "lead", "Tags"] and "the leakage audit left it out" in left_out["msg"]
+    misspelt = _post(served, "/v1/score", {"lead": {**HOT, "Total Tme": 3}}).json()["detail"][0]
+    assert "did you mean 'Total Time'?" in misspelt["msg"] and "it reads: lead_id, " in misspelt["msg"]
     contract_shaped = _post(served, "/v1/score", {"lead": {"lead_id": "x", "created_at": "2025-01-01T00:00:00Z"}})
     assert contract_shaped.status_code == 422
 
