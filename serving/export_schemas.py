@@ -30,9 +30,20 @@ class ExportLead(BaseModel):
     lead_id: Identifier
 
     # What routing reads of a lead (serving.schemas.Person): an export names no region, size or source of its own.
-    employee_count: None = None
-    region: None = None
-    source: None = None
+    @property
+    def employee_count(self) -> None:
+        """No company size of the contract's kind."""
+        return None
+
+    @property
+    def region(self) -> None:
+        """No region of the contract's kind."""
+        return None
+
+    @property
+    def source(self) -> None:
+        """No source of the contract's kind (an export's source column is a column like the others)."""
+        return None
 
     @property
     def custom(self) -> Mapping[str, float | str | None]:
@@ -41,7 +52,7 @@ class ExportLead(BaseModel):
 
     def record(self) -> dict[str, Any]:
         """The lead as the export builder reads it: its id and its columns by their export names."""
-        return self.model_dump(by_alias=True, exclude={"employee_count", "region", "source"})
+        return self.model_dump(by_alias=True)
 
 
 class ExportScoreRequest(BaseModel):
