@@ -26,7 +26,7 @@ from serving.launch import ServiceStart
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
-from serving.routers import meta, page, score, thresholds
+from serving.routers import export, meta, page, score, thresholds
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.scoring import ModelKindChangedError
@@ -52,8 +52,8 @@ class ScoreService(FastAPI):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in fast.ANSWERS:
             state: ServiceState | None = getattr(self.state, "service", None)
             if state is not None and state.holder.ready and state.holder.current.export is not None:
-                # An export model reads the export's columns: its own routes, documented under the same paths.
-                await super().__call__({**scope, "path": score.EXPORT_PATHS[scope["path"]]}, receive, send)
+                # An export model reads the export's columns: its own routes, under the same paths.
+                await super().__call__({**scope, export.EXPORT_SCOPE: True}, receive, send)
                 return
             if state is not None:
                 await fast.answer(state, super().__call__, scope, receive, send)
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served by serving.routers.page, from the service itself instead of a CDN
         redoc_url=None,  # ReDoc would need a CDN too; /docs covers it
     )
+    app.include_router(export.router)  # first: its routes match only requests marked for an export model
     app.include_router(score.router)
     app.include_router(meta.router)
     app.include_router(thresholds.router)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from features.export import ExportBuilder
-from serving.export_schemas import ExportRequests, parse_body
-from serving.model import LoadedModel
 from serving.schemas import BatchRequest, BatchResponse, ItemsRequest, ItemsResponse, ScoreRequest, ScoreResponse
 from serving.scoring import (
     Problem,
@@ -29,7 +26,7 @@ router = APIRouter(prefix="/v1", tags=["score"], dependencies=[ScoringAuth])
 JSON = "application/json"
 
 
-def _refuse(problems: list[Problem]) -> None:
+def refuse(problems: list[Problem]) -> None:
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
 
@@ -37,14 +34,14 @@ def _refuse(problems: list[Problem]) -> None:
 @router.post("/score", summary="Score and route one lead", response_model=ScoreResponse)
 async def score(body: ScoreRequest, state: StateDep, model: ModelDep, request: Request) -> Response:
     """Fit and readiness scores, grade, stage, route and top reasons for one lead, as of now (or `as_of`)."""
-    _refuse(limit_problems(body, state.settings, ["body"], contract_of(model)))
+    refuse(limit_problems(body, state.settings, ["body"], contract_of(model)))
     return Response(content=await score_one(state, body, await request.body()), media_type=JSON)
 
 
 @router.post("/score/batch", summary="Score and route many leads", response_model=BatchResponse)
 async def score_batch(body: BatchRequest, state: StateDep, model: ModelDep) -> Response:
     """Scores for up to the configured batch limit of leads, in request order, under one request id."""
-    _refuse(batch_problems(body.leads, state.settings, contract_of(model)))
+    refuse(batch_problems(body.leads, state.settings, contract_of(model)))
     with gc_paused():
         content, scored = score_many(state, model, body.leads)
     await log_and_count(state, scored, [r.model_dump(mode="json") for r in body.leads])
@@ -60,48 +57,9 @@ async def score_items_endpoint(body: ItemsRequest, state: StateDep, model: Model
     Only a batch over the limit is refused whole.
     """
     if len(body.leads) > state.settings.max_batch:
-        _refuse([{"loc": ["body", "leads"], "msg": f"at most {state.settings.max_batch} leads per batch, got "
+        refuse([{"loc": ["body", "leads"], "msg": f"at most {state.settings.max_batch} leads per batch, got "
                   f"{len(body.leads)}", "type": "too_long"}])  # fmt: skip
     with gc_paused():
         content, scored, inputs = score_items(state, model, body.leads)
     await log_and_count(state, scored, inputs)
-    return Response(content=content, media_type=JSON)
-
-
-# An export model's leads come to the same documented routes (POST /v1/score, /v1/score/batch): the app hands them
-# here while such a model is in use (serving.app.ScoreService), where the model's own request models read them.
-EXPORT_PATHS = {"/v1/score": "/v1/score/export", "/v1/score/batch": "/v1/score/export/batch"}
-
-
-def _export_requests(model: LoadedModel) -> ExportRequests:
-    if model.export is None:
-        # The model was replaced by a lead contract model between the routing of this request and now.
-        raise HTTPException(status.HTTP_409_CONFLICT, "the model in use changed kind meanwhile; send the request again")
-    return model.export
-
-
-def _builder(model: LoadedModel) -> ExportBuilder | None:
-    builder = model.scorer.builder
-    return builder if isinstance(builder, ExportBuilder) else None
-
-
-@router.post("/score/export", include_in_schema=False)
-async def score_export(state: StateDep, model: ModelDep, request: Request) -> Response:
-    """POST /v1/score for an export model: one lead's columns, validated by the model's request model."""
-    raw = await request.body()
-    body = parse_body(_export_requests(model).single, raw, _builder(model))
-    return Response(content=await score_one(state, body, raw), media_type=JSON)
-
-
-@router.post("/score/export/batch", include_in_schema=False)
-async def score_export_batch(state: StateDep, model: ModelDep, request: Request) -> Response:
-    """POST /v1/score/batch for an export model."""
-    body = parse_body(_export_requests(model).batch, await request.body(), _builder(model))
-    leads = body.leads  # type: ignore[attr-defined]  # the batch model is built at load (export_requests)
-    if len(leads) > state.settings.max_batch:
-        _refuse([{"loc": ["body", "leads"], "msg": f"at most {state.settings.max_batch} leads per batch, got "
-                  f"{len(leads)}", "type": "too_long"}])  # fmt: skip
-    with gc_paused():
-        content, scored = score_many(state, model, leads)
-    await log_and_count(state, scored, [r.model_dump(mode="json", by_alias=True) for r in leads])
     return Response(content=content, media_type=JSON)
