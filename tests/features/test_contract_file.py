@@ -187,3 +187,8 @@ def test_a_contract_pickled_before_it_declared_readiness_still_loads() -> None:
     old.__setstate__([LEADS, ACTIVITIES, contract.custom_attributes])
     assert old == contract and old.readiness is None
 
+
+def test_the_contract_reference_shows_the_example_file() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "reference" / "contract.md").read_text()
+    shown = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert contract_from_yaml(shown) == contract_from_yaml(EXAMPLE.read_text())
