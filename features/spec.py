@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import numbers
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Literal
 
 Dtype = Literal["string", "category", "int", "float", "datetime"]
@@ -186,13 +189,72 @@ ACTIVITIES = TableSpec(
 )
 
 
+# What readiness may predict: a lifecycle stamp reached within a horizon, by a lead that is still open at as_of (stage
+# lead, MQL, SAL or recycled; the stages the service gives a readiness score). Each declarable stamp maps to the
+# columns that count as reaching it: SQL is sql_at, or requalified_at for a recycled lead (its second qualification).
+# Stamps an open lead passes on its way (mql_at, sal_at) would make its own stage a foregone answer, and lost_at or
+# recycled_at are not readiness: neither is declarable.
+READINESS_STAMPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"sql_at": ("sql_at", "requalified_at"), "won_at": ("won_at",)}
+)
+READINESS_MEANINGS: Mapping[str, str] = MappingProxyType(
+    {"sql_at": "becomes sales-qualified (sql_at, or requalified_at for a recycled lead)", "won_at": "is won (won_at)"}
+)
+DEFAULT_READINESS_STAMP = "sql_at"
+# A month: the time a rep's follow-up has to turn into qualification, and what `leadscore train` has always used.
+DEFAULT_READINESS_HORIZON_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessLabel:
+    """What the readiness model predicts: an open lead reaching `stamp` within `horizon_days` of being scored."""
+
+    stamp: str = DEFAULT_READINESS_STAMP
+    horizon_days: int = DEFAULT_READINESS_HORIZON_DAYS
+
+    def __post_init__(self) -> None:
+        if self.stamp not in READINESS_STAMPS:
+            raise ValueError(f"readiness stamp {self.stamp!r} is not accepted; accepted: {', '.join(READINESS_STAMPS)}")
+        days = self.horizon_days
+        if isinstance(days, bool) or not isinstance(days, numbers.Integral) or days < 1:
+            raise ValueError(f"readiness horizon_days must be a whole number of days >= 1 (got {self.horizon_days!r})")
+
+    @property
+    def stamps(self) -> tuple[str, ...]:
+        """The lifecycle columns whose stamp counts as reaching the declared one."""
+        return READINESS_STAMPS[self.stamp]
+
+    @property
+    def meaning(self) -> str:
+        """The label in words, as model metadata and error messages state it."""
+        return f"an open lead {READINESS_MEANINGS[self.stamp]} within {self.horizon_days} days"
+
+
 @dataclass(frozen=True, slots=True)
 class LeadContract:
-    """The two tables plus any custom CRM attributes declared for this deployment (no code change needed)."""
+    """The two tables, any custom CRM attributes declared for this deployment, and what readiness means.
+
+    `readiness` None means not declared: training uses its own settings (SQL within `--horizon-days`), and the
+    builder of a trained model carries the label it was trained on.
+    """
 
     leads: TableSpec = LEADS
     activities: TableSpec = ACTIVITIES
     custom_attributes: tuple[ColumnSpec, ...] = field(default_factory=tuple)
+    readiness: ReadinessLabel | None = None
+
+    # A model pickled before a field existed holds fewer values than there are fields: the missing (trailing) ones
+    # take their defaults, so that such a model still loads and serves.
+    def __setstate__(self, state: list[object]) -> None:
+        """Restore a pickled contract."""
+        for i, spec in enumerate(fields(self)):
+            if i < len(state):
+                value = state[i]
+            elif spec.default_factory is not MISSING:
+                value = spec.default_factory()
+            else:
+                value = spec.default
+            object.__setattr__(self, spec.name, value)
 
     def __post_init__(self) -> None:
         for attr in self.custom_attributes:

@@ -34,6 +34,7 @@ from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT,
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.spec import LeadContract
     from training.dataset import TrainingSet
     from training.pipeline import TrainResult
     from training.promotion import Decision
@@ -118,12 +119,13 @@ def generate(
     _generate(out, SimulationConfig(n_leads=leads, seed=seed, days=days))
 
 
-def _load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _load(data: Path, contract: LeadContract | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from features.spec import DEFAULT_CONTRACT
     from features.validation import ContractError
     from training.data import load_tables
 
     try:
-        return load_tables(data)
+        return load_tables(data, contract or DEFAULT_CONTRACT)
     except FileNotFoundError as err:
         console.print(f"[red]missing input:[/red] {err}")
         raise typer.Exit(EXIT_MISSING_INPUT) from err
@@ -216,10 +218,18 @@ def _train(
     experiment: str,
     data_end: str | None = None,
     built: TrainingSet | None = None,
+    contract: LeadContract | None = None,
+    contract_file: Path | None = None,
 ) -> LoggedModel:
-    """Train on `data` and log the result; `built` is its training set when the caller already built it."""
+    """Train on `data` and log the result; `built` is its training set when the caller already built it.
+
+    `contract` (read from `contract_file`, which the run keeps as an artifact) validates the tables and declares the
+    custom attributes and the readiness label; `snapshot_config` must label readiness as it declares.
+    """
+    import mlflow
     import pandas as pd
 
+    from features.spec import DEFAULT_CONTRACT
     from training.data import read_table
     from training.dataset import build_training_set
     from training.pipeline import train_models
@@ -227,12 +237,20 @@ def _train(
 
     # The run is opened before the data are loaded: its duration in MLflow is the whole job's, logging included.
     with training_run(experiment):
-        leads, activities = _load(data)
+        if contract_file is not None:
+            mlflow.log_artifact(str(contract_file), artifact_path="contract")
+        leads, activities = _load(data, contract)
         end = pd.Timestamp(data_end, tz="UTC") if data_end else None
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
             step = bar.add_task("building snapshots and point-in-time features", total=None)
-            training_set = built or build_training_set(leads, activities, snapshot_config=snapshot_config, data_end=end)
             try:
+                training_set = built or build_training_set(
+                    leads,
+                    activities,
+                    snapshot_config=snapshot_config,
+                    contract=contract or DEFAULT_CONTRACT,
+                    data_end=end,
+                )
                 result = train_models(
                     training_set, leads, config, progress=lambda what: bar.update(step, description=what)
                 )
@@ -291,12 +309,80 @@ def _training_table(result: TrainResult, logged: LoggedModel) -> Table:
     return table
 
 
+def _path_or_none(value: str) -> Path | None:
+    """A path option MLproject may pass empty (its parameters cannot be left out): empty means not given."""
+    return Path(value) if value.strip() else None
+
+
+def _days_or_none(value: str) -> int | None:
+    """A number of days >= 1, or None for an empty value (as MLproject passes a parameter left at its default)."""
+    if not value.strip():
+        return None
+    try:
+        days = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a whole number of days") from None
+    if days < 1:
+        raise typer.BadParameter(f"{days} is not a number of days >= 1")
+    return days
+
+
+def _read_contract(path: Path) -> LeadContract:
+    """The contract a contract file declares; exits 3 when it is missing and 2 when it is not valid."""
+    from features.contract_file import ContractFileError, contract_from_yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError) as err:
+        console.print(f"[red]missing input:[/red] no contract file {path} ({err.strerror})", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT) from err
+    try:
+        return contract_from_yaml(text, source=str(path))
+    except ContractFileError as err:
+        console.print(f"[red]the contract file is not valid:[/red]\n{err}", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from err
+
+
+def _readiness_snapshots(
+    contract: LeadContract | None, contract_file: Path | None, horizon_days: int | None, max_rows: int
+) -> SnapshotConfig:
+    """Snapshots labelled as the contract declares, or as SQL within --horizon-days; a contradiction exits 2."""
+    declared = contract.readiness if contract is not None else None
+    if declared is None:
+        return SnapshotConfig(horizon_days=horizon_days or _SNAPSHOTS.horizon_days, max_rows=max_rows)
+    if horizon_days is not None and horizon_days != declared.horizon_days:
+        console.print(
+            f"[red]--horizon-days {horizon_days} contradicts the contract:[/red] {contract_file} declares readiness as"
+            f" {declared.meaning}; leave --horizon-days out, or change readiness.horizon_days in the file",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_BAD_DATA)
+    return SnapshotConfig(readiness_stamp=declared.stamp, horizon_days=declared.horizon_days, max_rows=max_rows)
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Folder with the leads and activities tables.")] = DEFAULT_WORKDIR / "data",
     tracking_uri: TrackingOption = None,
     experiment: ExperimentOption = DEFAULT_EXPERIMENT,
-    horizon_days: Annotated[int, typer.Option(min=1, help="Readiness = SQL within this many days.")] = 30,
+    contract: Annotated[
+        Path | None,
+        typer.Option(
+            parser=_path_or_none,
+            metavar="<path>",
+            help="Contract file (YAML): custom lead attributes and the lifecycle stamp that marks readiness (see"
+            " examples/contract.yaml); default: the built-in contract, readiness = SQL.",
+        ),
+    ] = None,
+    horizon_days: Annotated[
+        int | None,
+        typer.Option(
+            parser=_days_or_none,
+            metavar="<days>",
+            help="Readiness = the readiness stamp within this many days; default: the contract's horizon_days, else"
+            f" {_SNAPSHOTS.horizon_days}.",
+        ),
+    ] = None,
     data_end: Annotated[str | None, typer.Option(help="End of observation (ISO date); default: latest stamp.")] = None,
     holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Latest share of rows held out.")] = 0.2,
     learning_rate: Annotated[float, typer.Option(min=0.001, max=1.0, help="LightGBM learning rate.")] = (
@@ -311,16 +397,20 @@ def train(
         _SNAPSHOTS.max_rows or 2_500_000
     ),
 ) -> None:
-    """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger)."""
+    """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger).
+
+    Exit 2 when the data break the contract or their labels are of one class (the message says what to declare).
+    """
     from training.tracking import configure_tracking
 
+    declared = _read_contract(contract) if contract is not None else None
+    snapshots = _readiness_snapshots(declared, contract, horizon_days, max_snapshots)
     configure_tracking(tracking_uri)
     readiness = replace(_BOOSTER, learning_rate=learning_rate, num_leaves=num_leaves, max_rounds=max_rounds)
     default = TrainConfig()
     fit = replace(default.fit, learning_rate=learning_rate, max_rounds=max_rounds)
     config = TrainConfig(readiness=readiness, fit=fit, holdout_fraction=holdout_fraction, rules_path=rules)
-    snapshots = SnapshotConfig(horizon_days=horizon_days, max_rows=max_snapshots)
-    _train(data, snapshots, config, experiment, data_end)
+    _train(data, snapshots, config, experiment, data_end, contract=declared, contract_file=contract)
 
 
 def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float, accept_warnings: bool = False) -> Decision:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from features.spec import DEFAULT_READINESS_HORIZON_DAYS, DEFAULT_READINESS_STAMP, READINESS_STAMPS, ReadinessLabel
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -188,23 +190,37 @@ DEFAULT_GRID_ANCHOR = "1970-01-05"
 
 @dataclass(frozen=True, slots=True)
 class SnapshotConfig:
-    """How history is cut into labelled examples."""
+    """How history is cut into labelled examples.
 
-    horizon_days: int = 30
+    `readiness_stamp` and `horizon_days` are the readiness label (see features.spec.ReadinessLabel): logged with the
+    model, they let promotion and evaluation label a holdout the way the model was trained.
+    """
+
+    horizon_days: int = DEFAULT_READINESS_HORIZON_DAYS
     every_days: int = 7
     anchor: str = DEFAULT_GRID_ANCHOR
     max_per_lead: int | None = 12
     max_rows: int | None = 2_500_000
     fit_horizon_days: int = 180
     seed: int = 0
+    readiness_stamp: str = DEFAULT_READINESS_STAMP
 
     def __post_init__(self) -> None:
         if self.horizon_days < 1 or self.every_days < 1 or self.fit_horizon_days < 1:
             raise ValueError("horizon_days, every_days and fit_horizon_days must be positive")
+        if self.readiness_stamp not in READINESS_STAMPS:
+            raise ValueError(
+                f"readiness_stamp {self.readiness_stamp!r} is not accepted; accepted: {', '.join(READINESS_STAMPS)}"
+            )
         if self.max_per_lead is not None and self.max_per_lead < 1:
             raise ValueError("max_per_lead must be positive (or None for every grid date)")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError("max_rows must be positive (or None for no limit)")
+
+    @property
+    def readiness(self) -> ReadinessLabel:
+        """The readiness label these snapshots carry."""
+        return ReadinessLabel(self.readiness_stamp, self.horizon_days)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,10 @@ from features.scoring import CutOffs, LeadScorer, ScoreScale
 from features.spec import LEADS
 from training.baselines import OdooNaiveBayes, PointRules, default_rules_path, logistic_baseline
 from training.config import MODEL_NAME, BoosterConfig, TrainConfig
-from training.dataset import TrainingSet
+from training.dataset import TrainingSet, check_labels
 from training.metrics import binary_metrics, segment_metrics
 from training.models import TimeSplit, fit_calibrator, time_split, train_booster
+from training.snapshots import LabelError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ SEGMENTS: tuple[str, ...] = ("source", "region", "size_band")
 DEFAULT_SQL_SHARE = 0.05
 DEFAULT_MQL_SHARE = 0.20
 BASELINES: tuple[str, ...] = ("odoo_naive_bayes", "point_rules", "logistic_regression")
+FIT_MEANING = "a lead is ever won (won_at by the end of the data)"
 
 
 class Classifier(Protocol):
@@ -109,8 +111,24 @@ def _baselines(task: str, builder: FeatureBuilder, features: list[str], rules_pa
     }
 
 
+def _check_periods(task: str, meaning: str, split: TimeSplit, y: np.ndarray) -> None:
+    """Both classes in the training and validation periods, or a LabelError saying where they are missing."""
+    periods = (
+        ("training", split.train, f"before {split.valid_start:%Y-%m-%d}"),
+        ("validation", split.valid, f"{split.valid_start:%Y-%m-%d} to {split.holdout_start:%Y-%m-%d}"),
+    )
+    for name, mask, when in periods:
+        if np.unique(y[mask]).size < 2:
+            raise LabelError(
+                f"{task} labels ({meaning}) of the {name} period ({when}) are all {int(y[mask][0])} over"
+                f" {int(mask.sum()):,} rows; {int(y.sum()):,} of {len(y):,} rows are positive in all. Train on more"
+                " history, or declare a label that more leads reach (see `readiness` in the contract file)"
+            )
+
+
 def _train_task(
     task: str,
+    meaning: str,
     frame: pd.DataFrame,
     leads: pd.DataFrame,
     builder: FeatureBuilder,
@@ -120,11 +138,23 @@ def _train_task(
     purge: pd.Timedelta,
     progress: Callable[[str], None],
 ) -> tuple[TaskResult, Any, Any]:
-    split = time_split(
-        frame["as_of"], holdout_fraction=config.holdout_fraction, valid_fraction=config.valid_fraction, purge=purge
-    )
+    try:
+        split = time_split(
+            frame["as_of"], holdout_fraction=config.holdout_fraction, valid_fraction=config.valid_fraction, purge=purge
+        )
+    except ValueError as err:
+        if purge <= pd.Timedelta(0) or frame.empty:
+            raise
+        # A long label window empties a short period: every row's window would reach into the next one.
+        first, last = frame["as_of"].min(), frame["as_of"].max()
+        raise ValueError(
+            f"{task} ({meaning}): {err}; the rows run from {first:%Y-%m-%d} to {last:%Y-%m-%d}, and a row stays in its"
+            f" period only if its {purge.days}-day label window ends before the next period begins. Declare a shorter"
+            " horizon_days, or train on more history"
+        ) from err
     x = frame[features].to_numpy(dtype=np.float64)
     y = frame["label"].to_numpy(dtype=np.int64)
+    _check_periods(task, meaning, split, y)
     log.info(
         "%s: %d train, %d validation, %d holdout rows (holdout from %s)",
         task, split.train.sum(), split.valid.sum(), split.holdout.sum(), split.holdout_start,
@@ -204,16 +234,22 @@ def train_models(
     shap_rows: int = 5000,
     seed: int = 0,
 ) -> TrainResult:
-    """Train, calibrate and evaluate the readiness and fit models out of time; assemble the LeadScorer."""
+    """Train, calibrate and evaluate the readiness and fit models out of time; assemble the LeadScorer.
+
+    Labels of a single class are refused first (LabelError), naming the stamp, how many leads have it, and what to
+    declare instead.
+    """
     config = config or TrainConfig()
+    check_labels(training_set, leads)
     builder = training_set.builder
-    horizon = pd.Timedelta(days=int(training_set.snapshot_config.horizon_days))
+    label = training_set.snapshot_config.readiness
+    horizon = pd.Timedelta(days=label.horizon_days)
     readiness, ready_booster, ready_cal = _train_task(
-        "readiness", training_set.readiness, leads, builder, builder.feature_names_, config.readiness, config,
-        purge=horizon, progress=progress,
+        "readiness", label.meaning, training_set.readiness, leads, builder, builder.feature_names_, config.readiness,
+        config, purge=horizon, progress=progress,
     )  # fmt: skip
     fit, fit_booster, fit_cal = _train_task(
-        "fit", training_set.fit, leads, builder, builder.fit_feature_names_, config.fit, config,
+        "fit", FIT_MEANING, training_set.fit, leads, builder, builder.fit_feature_names_, config.fit, config,
         purge=pd.Timedelta(0), progress=progress,
     )  # fmt: skip
     ready_p = readiness.holdout["model"].to_numpy()
@@ -244,6 +280,14 @@ def train_models(
             "readiness_holdout_start": str(readiness.split.holdout_start),
             "fit_holdout_start": str(fit.split.holdout_start),
             "snapshot_config": asdict(training_set.snapshot_config),
+            # What each probability means, in words and as the label's definition (the builder's contract holds it).
+            "readiness": {
+                "stamp": label.stamp,
+                "stamps": list(label.stamps),
+                "horizon_days": label.horizon_days,
+                "meaning": label.meaning,
+            },
+            "fit": {"meaning": FIT_MEANING},
             "metrics": {"readiness": readiness.metrics["model"], "fit": fit.metrics["model"]},
         },
     )

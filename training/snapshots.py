@@ -9,10 +9,12 @@ Readiness -- "should someone call them now?"
   strictly before as_of and at stage lead, MQL, SAL or recycled at as_of (stage = its latest lifecycle stamp strictly
   before as_of). Leads already SQL, requalified, lost (and not recycled) or won are not readiness examples: the
   question no longer applies to them.
-- Label 1 iff the lead becomes SQL (sql_at, or requalified_at for a recycled lead) in [as_of, as_of + H).
+- Label 1 iff the lead reaches the readiness stamp in [as_of, as_of + H). By default that is SQL (sql_at, or
+  requalified_at for a recycled lead); a contract may declare won_at instead (features.spec.ReadinessLabel), for a
+  funnel whose CRM stamps no SQL. The examples are the same open leads either way: only the label changes.
 - Censoring: a snapshot whose label window runs past the end of the data (as_of + H > data_end) is dropped; keeping
   it would label as 0 leads whose SQL simply has not been observed yet.
-- A recycled lead is an example again from its recycled_at on, and its label is its requalification.
+- A recycled lead is an example again from its recycled_at on, and its label is its requalification (or its win).
 - Long nurture histories would otherwise dominate (a lead nurtured for a year yields 50 near-identical rows), so at
   most `max_per_lead` of a lead's eligible grid dates are kept, drawn at random with a fixed seed.
 - At most `max_rows` snapshots in all: beyond a few million rows a model learns little more, while features and
@@ -32,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from features.builder import as_of_to_seconds, series_ns, stamps_to_seconds
-from features.engine import NOT_YET_CREATED, READINESS_STAGES, SECONDS_PER_DAY, SQL_STAMPS, STAGE_CODE, STAGES, stage_at
-from features.spec import LIFECYCLE_CHAIN
+from features.engine import NOT_YET_CREATED, READINESS_STAGES, SECONDS_PER_DAY, STAGE_CODE, STAGES, stage_at
+from features.spec import LIFECYCLE_CHAIN, READINESS_MEANINGS, READINESS_STAMPS, ReadinessLabel
 from training.config import SnapshotConfig
 
 
@@ -84,8 +86,8 @@ def build_readiness_snapshots(
         keep = np.sort(rng.choice(row.shape[0], config.max_rows, replace=False))
         row, as_of, stage = row[keep], as_of[keep], stage[keep]
 
-    sql = lifecycle[row][:, [LIFECYCLE_CHAIN.index(c) for c in SQL_STAMPS]]
-    label = ((sql >= as_of[:, None]) & (sql < (as_of + horizon)[:, None])).any(axis=1)
+    reached = lifecycle[row][:, [LIFECYCLE_CHAIN.index(c) for c in config.readiness.stamps]]
+    label = ((reached >= as_of[:, None]) & (reached < (as_of + horizon)[:, None])).any(axis=1)
     return pd.DataFrame(
         {
             "lead_id": leads["lead_id"].to_numpy()[row],
@@ -111,3 +113,74 @@ def build_fit_examples(
             "label": won[keep].astype(np.int8),
         }
     ).reset_index(drop=True)
+
+
+class LabelError(ValueError):
+    """Labels no classifier can learn from; the message names the stamp, how many leads have it, what to declare."""
+
+
+def _leads_with(leads: pd.DataFrame, stamps: tuple[str, ...]) -> int:
+    return int(leads[list(stamps)].notna().any(axis=1).sum())
+
+
+def _stamps_text(stamps: tuple[str, ...]) -> str:
+    return " or ".join(stamps)
+
+
+def _alternatives(leads: pd.DataFrame, label: ReadinessLabel) -> str:
+    """What else the data could label readiness with, as a declaration to copy; or what to export when nothing."""
+    options = []
+    for stamp, stamps in READINESS_STAMPS.items():
+        held = _leads_with(leads, stamps)
+        if stamp != label.stamp and held:
+            declaration = f"readiness: {{stamp: {stamp}, horizon_days: {label.horizon_days}}}"
+            hint = " (a win comes later than a qualification: a longer horizon gives more positives)"
+            options.append(
+                f"{held:,} of the {len(leads):,} leads have {_stamps_text(stamps)}: declare `{declaration}` in a"
+                " contract file and train with `leadscore train --contract FILE`" + (hint if stamp == "won_at" else "")
+            )
+    if options:
+        return "; ".join(options)
+    present = ", ".join(f"{c} ({int(leads[c].notna().sum()):,})" for c in LIFECYCLE_CHAIN[1:] if leads[c].notna().any())
+    declarable = " or ".join(f"{stamp} ({READINESS_MEANINGS[stamp]})" for stamp in READINESS_STAMPS)
+    return (
+        f"no lead has another stamp readiness can be declared on (stamps present: {present or 'none'}): export"
+        f" {declarable} dates with the leads"
+    )
+
+
+def readiness_label_problem(leads: pd.DataFrame, labels: np.ndarray, label: ReadinessLabel) -> str | None:
+    """Why readiness labels of one class cannot train a model, and what to declare instead; None if both classes."""
+    positives = int(np.count_nonzero(labels))
+    if labels.size == 0 or 0 < positives < labels.size:
+        return None
+    held = _leads_with(leads, label.stamps)
+    what = f"readiness is labelled as: {label.meaning}"
+    stamps = _stamps_text(label.stamps)
+    if positives:
+        return (
+            f"{what}; its labels are all 1 over {labels.size:,} snapshots: every open lead reaches {stamps} within"
+            f" {label.horizon_days} days. Declare a shorter horizon_days"
+        )
+    alternatives = _alternatives(leads, label)
+    if held == 0:
+        return f"{what}; but none of the {len(leads):,} leads has {stamps}. {alternatives[0].upper()}{alternatives[1:]}"
+    return (
+        f"{what}; its labels are all 0 over {labels.size:,} snapshots: {held:,} of {len(leads):,} leads have {stamps},"
+        f" but none reaches it within {label.horizon_days} days of a snapshot at which it was open. Declare a longer"
+        f" horizon_days, or train on more history; {alternatives}"
+    )
+
+
+def fit_label_problem(leads: pd.DataFrame, labels: np.ndarray, config: SnapshotConfig) -> str | None:
+    """Why fit labels (won or not) of one class cannot train a model; None if both classes are present."""
+    positives = int(np.count_nonzero(labels))
+    if labels.size == 0 or 0 < positives < labels.size:
+        return None
+    won = int(leads["won_at"].notna().sum())
+    return (
+        f"the fit model learns won vs not won (won_at by the end of the data, for leads created at least"
+        f" {config.fit_horizon_days} days before it), and its labels are all {1 if positives else 0} over"
+        f" {labels.size:,} leads old enough to judge: {won:,} of {len(leads):,} leads have won_at. The fit label is"
+        " always won_at: export the CRM's closed-won dates as won_at"
+    )
