@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Self
 
@@ -17,6 +16,7 @@ from features.spec import (
     ReadinessLabel,
     custom_attribute,
 )
+from features.yaml12 import load_yaml12
 
 # Keys a scoring row holds besides the lead's columns (the logged model's input): an attribute may not take one.
 RESERVED_NAMES: tuple[str, ...] = ("as_of", "activities", "colleagues", "custom")
@@ -125,18 +125,6 @@ class ContractFile(BaseModel):
         return LeadContract(custom_attributes=attributes, readiness=readiness)
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader reading only true/false as booleans (YAML 1.2): `allowed: [yes, no]` must stay text."""
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
 # Keys of each section, quoted when a user misspells one.
 _SECTIONS: Mapping[str, type[BaseModel]] = {"custom_attributes": CustomAttributeEntry, "readiness": ReadinessEntry}
 
@@ -197,7 +185,7 @@ def parse_contract(document: object, *, source: str = "contract") -> LeadContrac
 def contract_from_yaml(text: str, *, source: str = "contract") -> LeadContract:
     """The LeadContract of a contract file's text (see `parse_contract`); a ContractFileError when it is not YAML."""
     try:
-        document = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: builds no Python objects
+        document = load_yaml12(text)
     except yaml.YAMLError as err:
         raise ContractFileError(f"{source}: not valid YAML: {err}") from err
     return parse_contract(document, source=source)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.builder import RequestFeatures, RequestLead
 from features.fit import DEFAULT_MIN_CATEGORY_COUNT
 from features.reasons import Reason, Side, top_k
+from features.yaml12 import load_yaml12
 
 log = logging.getLogger(__name__)
 
@@ -239,18 +240,6 @@ class CrmMapping(BaseModel):
         return [*(c for c in special if c is not None), *self.columns]
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader that reads only true/false as booleans (YAML 1.2): `positive: [Yes]` must stay the text 'Yes'."""
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
 # Keys of each mapping section, quoted when a user misspells one.
 _SECTIONS: Mapping[str, type[BaseModel]] = {"outcome": OutcomeMapping, "columns": ColumnMapping}
 
@@ -273,7 +262,7 @@ def _describe(error: Mapping[str, Any]) -> str:
 def mapping_from_yaml(text: str, *, source: str = "mapping") -> CrmMapping:
     """A validated mapping from YAML text (see `parse_mapping`); a MappingError when it is not valid YAML."""
     try:
-        document = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: builds no Python objects
+        document = load_yaml12(text)
     except yaml.YAMLError as err:
         raise MappingError(f"{source}: not valid YAML: {err}") from err
     return parse_mapping(document, source=source)

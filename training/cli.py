@@ -34,6 +34,7 @@ from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT,
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.scoring import LeadScorer
     from features.spec import LeadContract
     from training.dataset import TrainingSet
     from training.pipeline import TrainResult
@@ -132,6 +133,24 @@ def _load(data: Path, contract: LeadContract | None = None) -> tuple[pd.DataFram
     except ContractError as err:
         console.print(f"[red]the data break the lead contract:[/red]\n{err}")
         raise typer.Exit(EXIT_BAD_DATA) from err
+
+
+def _contract_of(scorer: LeadScorer) -> LeadContract | None:
+    """The lead contract a scorer was trained with (None: not a lead contract model)."""
+    from features.builder import FeatureBuilder
+
+    builder = scorer.builder
+    return builder.contract if isinstance(builder, FeatureBuilder) else None
+
+
+def _merged(contracts: list[LeadContract | None]) -> LeadContract | None:
+    """The first contract, with the custom attributes the others declare besides (the readiness label of the first)."""
+    known = [c for c in contracts if c is not None]
+    if not known:
+        return None
+    first, names = known[0], {a.name for a in known[0].custom_attributes}
+    extra = [a for c in known[1:] for a in c.custom_attributes if a.name not in names]
+    return replace(first, custom_attributes=(*first.custom_attributes, *extra))
 
 
 def _build(data: Path, out: Path, snapshot_config: SnapshotConfig, data_end: str | None) -> TrainingSet:
@@ -418,7 +437,7 @@ def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float, accep
 
     from training.config import CHALLENGER
     from training.promotion import default_gate, promote
-    from training.tracking import version_by_alias
+    from training.tracking import load_scorer, version_by_alias
 
     client = MlflowClient()
     challenger = version_by_alias(client, CHALLENGER)
@@ -431,7 +450,9 @@ def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float, accep
         if data is None:
             run = client.get_run(challenger.tags.get("leadscore.run_id") or str(challenger.run_id))
             data = Path(run.data.params.get("data_dir", ""))
-        leads, activities = _load(data)
+        # Both models score the same leads: the columns of both contracts' custom attributes are read.
+        contracts = [_contract_of(load_scorer(f"models:/{MODEL_NAME}/{v.version}")) for v in (challenger, champion)]
+        leads, activities = _load(data, _merged(contracts))
     rules = default_gate(auc_tolerance, ece_tolerance)
     return promote(client, leads, activities, rules=rules, accept_warnings=accept_warnings)
 
@@ -486,12 +507,13 @@ def evaluate(
     from training.tracking import configure_tracking, load_scorer
 
     configure_tracking(tracking_uri)
-    leads, activities = _load(data)
     try:
         scorer = load_scorer(model_uri)
     except MlflowException as err:
         console.print(f"[red]cannot load {model_uri}:[/red] {err.message}")
         raise typer.Exit(EXIT_MISSING_INPUT) from err
+    # The model's own contract: its custom attributes are columns of the leads table it reads.
+    leads, activities = _load(data, _contract_of(scorer))
     holdout = Holdout.of_scorer(scorer)
     end = pd.Timestamp(data_end, tz="UTC") if data_end else data_end_of(leads, activities)
     start = pd.Timestamp(since, tz="UTC") if since else None

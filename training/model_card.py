@@ -83,7 +83,7 @@ def write_model_card(
         *_warnings_section(quality_warnings),
         "## Intended use",
         f"Scores B2B leads twice: **ICP fit** (probability the lead is ever won, from its profile) and **readiness**"
-        f" (probability the lead becomes sales-qualified within {horizon} days, from its profile, its touches and its"
+        f" (probability that {training_set.snapshot_config.readiness.meaning}, from its profile, its touches and its"
         " colleagues' touches). Outputs are calibrated probabilities, 0-100 percentile scores among holdout leads, and"
         " the top reasons. Not for: judging individuals outside a sales context, or leads from markets unlike the"
         " training data.",
