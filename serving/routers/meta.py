@@ -110,6 +110,8 @@ def _features(model: LoadedModel) -> dict[str, object]:
         "vocabulary_sizes": {k: len(v) for k, v in builder.fit_encoder_.vocabularies_.items()},
         "size_bands": list(SIZE_BAND_LABELS),
         "data_end": model.scorer.metadata.get("data_end"),
+        # What readiness predicts (the contract's label: SQL, or won, within a horizon), for models that say so.
+        "readiness": model.scorer.metadata.get("readiness"),
     }
 
 
