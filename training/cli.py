@@ -17,6 +17,13 @@ from rich.logging import RichHandler
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from training.cli_shared import (
+    AcceptWarningsOption,
+    AucToleranceOption,
+    EceToleranceOption,
+    TrackingOption,
+    report_decision,
+)
 from training.config import (
     CHAMPION,
     DEFAULT_EXPERIMENT,
@@ -27,7 +34,7 @@ from training.config import (
     TrainConfig,
 )
 from training.crm_cli import crm_app
-from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT, EXIT_QUALITY_WARNINGS
+from training.exits import EXIT_BAD_DATA, EXIT_MISSING_INPUT
 
 # Everything heavy (pandas, MLflow, LightGBM) is imported inside the commands: `leadscore --help` starts at once, and
 # so does every service worker, which uvicorn starts by importing the console script again.
@@ -221,10 +228,6 @@ def _data_table(training_set: TrainingSet, leads: pd.DataFrame | None, oracle: p
     return table
 
 
-TrackingOption = Annotated[
-    str | None,
-    typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
-]
 ExperimentOption = Annotated[str, typer.Option(help="MLflow experiment.")]
 _BOOSTER = BoosterConfig()
 _SNAPSHOTS = SnapshotConfig()
@@ -463,11 +466,9 @@ def promote_command(
     data: Annotated[
         Path | None, typer.Option(help="Data holding the challenger's holdout; default: the data it was trained on.")
     ] = None,
-    auc_tolerance: Annotated[float, typer.Option(min=0.0, help="How much lower a challenger's AUC may be.")] = 0.005,
-    ece_tolerance: Annotated[float, typer.Option(min=0.0, help="How much higher its calibration error may be.")] = 0.01,
-    accept_warnings: Annotated[
-        bool, typer.Option(help="Promote a challenger despite the quality warnings training logged with it.")
-    ] = False,
+    auc_tolerance: AucToleranceOption = 0.005,
+    ece_tolerance: EceToleranceOption = 0.01,
+    accept_warnings: AcceptWarningsOption = False,
 ) -> None:
     """Move @champion to @challenger if it has no quality warnings and is not worse on the same holdout.
 
@@ -476,15 +477,7 @@ def promote_command(
     from training.tracking import configure_tracking
 
     configure_tracking(tracking_uri)
-    decision = _decide(data, auc_tolerance, ece_tolerance, accept_warnings)
-    for line in decision.lines:
-        console.print(f"  {line}", highlight=False)
-    if not decision.promoted:
-        console.print(f"[yellow]not promoted[/yellow]: champion stays version {decision.champion_before}")
-        if decision.refused_for_warnings:
-            raise typer.Exit(EXIT_QUALITY_WARNINGS)
-        raise typer.Exit(EXIT_GATE_REFUSED if decision.champion_before else EXIT_MISSING_INPUT)
-    console.print(f"[green]promoted[/green] version {decision.challenger} to @{CHAMPION}")
+    report_decision(console, _decide(data, auc_tolerance, ece_tolerance, accept_warnings))
 
 
 @app.command()

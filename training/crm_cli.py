@@ -12,6 +12,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from training.cli_shared import (
+    AcceptWarningsOption,
+    AucToleranceOption,
+    EceToleranceOption,
+    TrackingOption,
+    report_decision,
+)
 from training.config import CRM_EXPERIMENT, CRM_HOLDOUT_FRACTION, CRM_MODEL_NAME, BoosterConfig
 from training.exits import EXIT_BAD_DATA, EXIT_GATE_REFUSED, EXIT_MISSING_INPUT
 
@@ -275,20 +282,15 @@ def _print_result(result: CrmTrainResult) -> None:
 def train(
     export: ExportOption,
     mapping: MappingOption,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
-    ] = None,
+    tracking_uri: TrackingOption = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = CRM_EXPERIMENT,
     track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
     out: Annotated[Path | None, typer.Option(help="Also write leakage_audit.csv and feature_importance.csv here.")] = (
         None
     ),
-    holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Share of leads held out.")] = (
-        CRM_HOLDOUT_FRACTION
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of the random split, the audit's folds and LightGBM.")] = 0,
-    threads: Annotated[int, typer.Option(min=0, help="LightGBM threads; 0: all cores.")] = _BOOSTER.num_threads,
+    holdout_fraction: HoldoutOption = CRM_HOLDOUT_FRACTION,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = _BOOSTER.num_threads,
     model_name: Annotated[
         str, typer.Option(help="Registered model name (serve it with LEADSCORE_MODEL_NAME set to it).")
     ] = CRM_MODEL_NAME,
@@ -333,20 +335,13 @@ def train(
 def promote(
     export: ExportOption,
     mapping: MappingOption,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."),
-    ] = None,
+    tracking_uri: TrackingOption = None,
     model_name: Annotated[str, typer.Option(help="Registered model name.")] = CRM_MODEL_NAME,
-    holdout_fraction: Annotated[float, typer.Option(min=0.05, max=0.5, help="Share of leads held out.")] = (
-        CRM_HOLDOUT_FRACTION
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of the random split (as given to train).")] = 0,
-    auc_tolerance: Annotated[float, typer.Option(min=0.0, help="How much lower a challenger's AUC may be.")] = 0.005,
-    ece_tolerance: Annotated[float, typer.Option(min=0.0, help="How much higher its calibration error may be.")] = 0.01,
-    accept_warnings: Annotated[
-        bool, typer.Option(help="Promote a challenger despite the quality warnings training logged with it.")
-    ] = False,
+    holdout_fraction: HoldoutOption = CRM_HOLDOUT_FRACTION,
+    seed: SeedOption = 0,
+    auc_tolerance: AucToleranceOption = 0.005,
+    ece_tolerance: EceToleranceOption = 0.01,
+    accept_warnings: AcceptWarningsOption = False,
 ) -> None:
     """Move @champion to the export model at @challenger if it has no quality warnings and is not worse.
 
@@ -356,10 +351,8 @@ def promote(
     """
     from mlflow import MlflowClient
 
-    from training.config import CHAMPION
     from training.crm import CrmError, evaluate_on_export
     from training.crm_split import split_export
-    from training.exits import EXIT_QUALITY_WARNINGS
     from training.promotion import default_gate
     from training.promotion import promote as gate
     from training.tracking import configure_tracking
@@ -374,12 +367,5 @@ def promote(
     except CrmError as err:
         console.print(f"[red]cannot compare:[/red] {err}", highlight=False)
         raise typer.Exit(EXIT_BAD_DATA) from err
-    for line in decision.lines:
-        console.print(f"  {line}", highlight=False)
-    if not decision.promoted:
-        console.print(f"[yellow]not promoted[/yellow]: champion stays version {decision.champion_before}")
-        if decision.refused_for_warnings:
-            raise typer.Exit(EXIT_QUALITY_WARNINGS)
-        raise typer.Exit(EXIT_GATE_REFUSED if decision.champion_before else EXIT_MISSING_INPUT)
-    console.print(f"[green]promoted[/green] {model_name} version {decision.challenger} to @{CHAMPION}; serve it with "
-                  f"leadscore serve --model-name {model_name}", highlight=False)  # fmt: skip
+    report_decision(console, decision, promoted=f" ({model_name}); serve it with leadscore serve --model-name "
+                    f"{model_name}")  # fmt: skip

@@ -57,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert f"registered {MODEL} version 1 as @challenger" in trained.stdout
     promoted = _leadscore("crm", "promote", *files, env=env, cwd=root)
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
-    assert f"promoted {MODEL} version 1 to @champion" in promoted.stdout
+    assert f"promoted version 1 to @champion ({MODEL})" in promoted.stdout
     port = _free_port()
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
