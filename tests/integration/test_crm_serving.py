@@ -50,7 +50,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     synthetic_export().to_csv(export, index=False)
     mapping.write_text(yaml.safe_dump(mapping_dict(), sort_keys=False))
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = {**service_env(uri, root), "LEADSCORE_MODEL_NAME": MODEL}
+    # The registry too: MLflow's setters, called by earlier tests in this process, leave theirs in the environment.
+    env = {**service_env(uri, root), "MLFLOW_REGISTRY_URI": uri, "LEADSCORE_MODEL_NAME": MODEL}
     files = ("--export", str(export), "--mapping", str(mapping))
     trained = _leadscore("crm", "train", *files, "--threads", "1", env=env, cwd=root)
     assert trained.returncode == 0, trained.stdout + trained.stderr
@@ -155,7 +156,7 @@ def test_threshold_tuning_replays_the_exports_holdout(served: Served) -> None:
 
 def test_mlflow_models_serve_answers_for_the_export(served: Served) -> None:
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served.tracking_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served.tracking_uri, "MLFLOW_REGISTRY_URI": served.tracking_uri}
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager",
          "local", "--port", str(port), "--host", "127.0.0.1"], env=env, cwd=served.root, stdout=subprocess.DEVNULL,
