@@ -13,19 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
 
 from tests.conftest import Trained
+from tests.integration.conftest import ChampionStore
 from tests.integration.test_cli_startup import CONSOLE_SCRIPT
-from tests.integration.test_serving import (
-    SCORING_KEY,
-    _free_port,
-    _leads,
-    _wait_ready,
-    register_champion,
-    service_env,
-)
+from tests.integration.test_serving import SCORING_KEY, _free_port, _leads, _wait_ready, service_env
 
 pytestmark = pytest.mark.integration
 # A start that fails must say so within this: MLflow's own retries took 253 s to give up on an unreachable server.
@@ -33,11 +26,9 @@ FAIL_FAST_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
-def registry(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def registry(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite registry holding the session's model as @champion; its URI."""
-    uri = register_champion(trained, tmp_path_factory.mktemp("faults-registry"))
-    yield uri
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    return champion_store.copy_to(tmp_path_factory.mktemp("faults") / "registry")
 
 
 def _serve(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

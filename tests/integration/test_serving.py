@@ -25,8 +25,9 @@ from mlflow import MlflowClient
 from serving.score_log import ScoreLog
 from serving.store import make_engine
 from tests.conftest import Trained
-from training.config import CHAMPION, TrainConfig
-from training.tracking import configure_tracking, log_training
+from tests.integration.conftest import ChampionStore, register_new_champion
+from training.config import CHAMPION
+from training.tracking import configure_tracking
 
 pytestmark = pytest.mark.integration
 MODEL = "lead-scorer"
@@ -60,19 +61,13 @@ class Service:
         return {"X-API-Key": key}
 
 
-def register_champion(trained: Trained, root: Path) -> str:
-    """A SQLite MLflow store under `root` holding the session's model as @champion; its tracking URI."""
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    configure_tracking(uri)
-    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
-    return uri
-
-
 def service_env(uri: str, root: Path) -> dict[str, str]:
     """The environment of a service on the registry at `uri`, with its store and journal under `root`, keys set."""
+    # Not $MLFLOW_REGISTRY_URI, which MLflow's setters export whenever a test points this process at a store: the
+    # service's registry is its tracking store.
+    inherited = {name: value for name, value in os.environ.items() if name != "MLFLOW_REGISTRY_URI"}
     return {
-        **os.environ,
+        **inherited,
         "MLFLOW_TRACKING_URI": uri,
         "LEADSCORE_STORE_URL": f"sqlite:///{root / 'service.db'}",
         "LEADSCORE_JOURNAL_DIR": str(root / "journal"),
@@ -101,9 +96,9 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 120
 
 
 @pytest.fixture(scope="module")
-def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("serving")
-    uri = register_champion(trained, root)
+    uri = champion_store.copy_to(root / "registry")
     port = _free_port()
     env = {**service_env(uri, root), "LEADSCORE_MAX_BODY_BYTES": "200000", "LEADSCORE_MAX_BATCH": "50"}
     store_url = env["LEADSCORE_STORE_URL"]
@@ -254,14 +249,11 @@ def test_bad_input_gets_422_naming_the_field(service: Service, trained: Trained)
     assert ("body", "activities", index, "activity_type") in locations
 
 
-def test_reload_swaps_in_the_new_champion(service: Service, trained: Trained) -> None:
+def test_reload_swaps_in_the_new_champion(service: Service) -> None:
     before = _served(service)
-    configure_tracking(service.tracking_uri)
-    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    new = register_new_champion(service.tracking_uri)
     response = httpx.post(f"{service.url}/v1/admin/reload", headers=service.headers(ADMIN_KEY), timeout=120)
     assert response.status_code == 200, response.text
-    new = str(logged.version)
     assert new != before
     assert response.json() == {"reloaded": True, "model_version": new, "previous_version": before, "error": None}
     assert httpx.get(f"{service.url}/v1/model", headers=service.headers()).json()["version"] == new

@@ -12,20 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import mlflow
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
 
 from serving.schemas import EXAMPLE_REQUEST
-from tests.conftest import Trained
-from tests.integration.test_serving import (
-    ADMIN_KEY,
-    SCORING_KEY,
-    _free_port,
-    _wait_ready,
-    register_champion,
-    service_env,
-)
+from tests.integration.conftest import ChampionStore
+from tests.integration.test_serving import ADMIN_KEY, SCORING_KEY, _free_port, _wait_ready, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +41,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("thresholds-page")
-    uri = register_champion(trained, root)
+    uri = champion_store.copy_to(root / "registry")
     port = _free_port()
     env = service_env(uri, root)
     log_path = root / "server.log"
@@ -67,7 +59,6 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         finally:
             process.terminate()
             process.wait(timeout=30)
-            mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,12 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from mlflow import MlflowClient
 
 from serving.launch import MULTIPROCESS_DIR
 from tests.conftest import Trained
+from tests.integration.conftest import ChampionStore, register_new_champion
 from tests.integration.test_cli_startup import CONSOLE_SCRIPT
-from tests.integration.test_serving import (
-    ADMIN_KEY,
-    MODEL,
-    SCORING_KEY,
-    _free_port,
-    _leads,
-    _wait_ready,
-    register_champion,
-    service_env,
-)
-from training.config import CHAMPION, TrainConfig
-from training.tracking import configure_tracking, log_training
+from tests.integration.test_serving import ADMIN_KEY, MODEL, SCORING_KEY, _free_port, _leads, _wait_ready, service_env
 
 pytestmark = pytest.mark.integration
 WORKERS = 2
@@ -93,9 +82,9 @@ def _served_versions(url: str, body: dict[str, object], calls: int) -> list[str]
 
 
 @pytest.fixture(scope="module")
-def service(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+def service(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     root = tmp_path_factory.mktemp("workers")
-    uri = register_champion(trained, root)
+    uri = champion_store.copy_to(root / "registry")
     port = _free_port()
     env = service_env(uri, root)
     env.pop(MULTIPROCESS_DIR, None)  # leadscore serve makes its own folder
@@ -156,11 +145,8 @@ def _reloads_ok(text: str) -> float:
 def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> None:
     url = service.url
     before = _reloads_ok(_scrape(url))
-    configure_tracking(service.uri)
-    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    new = register_new_champion(service.uri)
     response = httpx.post(f"{url}/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
-    new = str(logged.version)
     assert response.status_code == 200 and response.json()["model_version"] == new, response.text
     body = _leads(trained, 1)[0]
     deadline = time.monotonic() + 90  # the other worker loads and warms the model too
@@ -179,10 +165,8 @@ def test_a_reload_reaches_every_worker(service: Workers, trained: Trained) -> No
 def test_a_worker_replaced_after_a_crash_serves_what_the_others_serve(service: Workers, trained: Trained) -> None:
     body = _leads(trained, 1)[0]
     [served] = set(_served_versions(service.url, body, 10))
-    configure_tracking(service.uri)
     # A new champion, not reloaded yet: the service must go on serving `served` until someone reloads.
-    logged = log_training(trained.result, trained.training_set, trained.leads, trained.activities, TrainConfig())
-    MlflowClient().set_registered_model_alias(MODEL, CHAMPION, logged.version)
+    register_new_champion(service.uri)
     started = service.startups()
     pids = service.worker_pids()
     assert len(pids) == WORKERS
