@@ -16,7 +16,7 @@ from sqlalchemy import insert
 from benchmarks.soak import BATCH, BATCH_SIZE, MALFORMED, SINGLE, Columns, Store, Tally, build_mix, read_back
 from serving.store import make_engine, score_log
 from tests.conftest import Trained
-from tests.integration.test_serving import register_champion
+from tests.integration.conftest import ChampionStore
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 2
@@ -73,9 +73,9 @@ def test_the_readback_finds_lost_and_duplicated_records_by_request_id(tmp_path: 
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads the service's memory and files from /proc")
 def test_a_short_soak_prints_a_row_per_period_and_finds_every_acknowledged_score(
-    trained: Trained, tmp_path: Path
+    trained: Trained, champion_store: ChampionStore, tmp_path: Path
 ) -> None:
-    uri = register_champion(trained, tmp_path)
+    uri = champion_store.copy_to(tmp_path / "registry")
     data = tmp_path / "data"
     data.mkdir()
     trained.leads.to_parquet(data / "leads.parquet", index=False)
