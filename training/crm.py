@@ -134,7 +134,10 @@ class CrmTrainResult:
     drift: pd.DataFrame
 
 
-def _holdout_frame(export: CrmExport, split: ExportSplit, scorer: LeadScorer, x: NDArray[np.float64]) -> pd.DataFrame:
+def _holdout_frame(
+    export: CrmExport, split: ExportSplit, scorer: LeadScorer, fit_p: NDArray[np.float64], ready_p: NDArray[np.float64]
+) -> pd.DataFrame:
+    """The holdout leads as routing reads them, from the probabilities training scored them with."""
     rows = split.holdout
     ids = export.ids.iloc[rows].fillna("").astype(str).to_numpy() if export.ids is not None else rows.astype(str)
     if export.dates is not None:
@@ -142,7 +145,6 @@ def _holdout_frame(export: CrmExport, split: ExportSplit, scorer: LeadScorer, x:
     else:
         # No dates: the holdout is one moment; tuning reads its volumes as one week of leads.
         as_of = pd.DatetimeIndex([pd.Timestamp.now(tz="UTC").normalize()] * len(rows))
-    fit_p, ready_p = scorer.probabilities(x[rows])
     return pd.DataFrame(
         {
             "lead_id": ids,
@@ -262,7 +264,7 @@ def train_export(
         importance=_importance(ready.booster, builder),
         split=split,
         scorer=scorer,
-        holdout=_holdout_frame(export, split, scorer, x),
+        holdout=_holdout_frame(export, split, scorer, fit.holdout_probability, ready.holdout_probability),
         example_rows=export.frame.iloc[split.holdout].reset_index(drop=True),
         quality_warnings=warned,
         comparison=comparison,
