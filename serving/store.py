@@ -9,77 +9,33 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    func,
-    insert,
-    literal,
-    select,
-)
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy import Engine, Integer, func, insert, literal, select
+from sqlalchemy.exc import IntegrityError
 
 from serving.policy import RoutingPolicy
+from timeline.engine import SQLITE_BUSY_SECONDS, make_engine, stored_time
+from timeline.schema import metadata, model_reloads, score_log, score_log_archives, threshold_versions
 
 log = logging.getLogger(__name__)
 
-metadata = MetaData()
-score_log = Table(
-    "score_log",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_id", String(64), nullable=False, index=True),
-    Column("lead_id", String(256), nullable=False, index=True),
-    Column("scored_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("model_version", String(64), nullable=False),
-    Column("thresholds_version", Integer, nullable=False),
-    Column("inputs", Text, nullable=False),
-    Column("outputs", Text, nullable=False),
-)
-# One row per Parquet file the score log's retention archived: the records it holds left the score_log table in the
-# transaction that wrote this row, so a record is either in the table or in exactly one recorded file.
-score_log_archives = Table(
-    "score_log_archives",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("file", String(512), nullable=False, unique=True),
-    Column("host", String(256), nullable=False),  # where the file was written: replicas may archive on their own
-    Column("folder", String(1024), nullable=False),
-    Column("first_id", Integer, nullable=False),
-    Column("last_id", Integer, nullable=False),
-    Column("records", Integer, nullable=False),
-    Column("oldest", DateTime(timezone=True), nullable=False),
-    Column("newest", DateTime(timezone=True), nullable=False),
-    Column("archived_at", DateTime(timezone=True), nullable=False),
-)
-threshold_versions = Table(
-    "threshold_versions",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("author", String(256), nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("policy", Text, nullable=False),
-)
-# One row per successful POST /v1/admin/reload: the version that worker loaded, for every other worker to follow.
-model_reloads = Table(
+# Re-exported: the service's modules and tests name them from here.
+__all__ = [
+    "MAX_POLICY_VERSION",
+    "SQLITE_BUSY_SECONDS",
+    "ModelReload",
+    "PolicyStore",
+    "PolicyVersion",
+    "ReloadStore",
+    "ScoreRecord",
+    "VersionConflictError",
+    "make_engine",
+    "metadata",
     "model_reloads",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("model_name", String(256), nullable=False),
-    Column("version", String(64), nullable=False),
-    Column("reloaded_at", DateTime(timezone=True), nullable=False),
-)
+    "score_log",
+    "score_log_archives",
+    "stored_time",
+    "threshold_versions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,41 +60,6 @@ class PolicyVersion:
     author: str
     reason: str
     policy: RoutingPolicy
-
-
-# How long a statement waits for another connection's lock on a SQLite store before it fails ("database is locked").
-SQLITE_BUSY_SECONDS = 10.0
-
-
-def _sqlite_pragmas(durable_fsync: bool, busy_seconds: float) -> Any:
-    def configure(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
-        cursor = dbapi_connection.cursor()
-        # Score-log rows are ~5 kB: 16 kB pages keep each in one page instead of a chain of overflow pages, which
-        # halves the system time of every insert. Only a new database takes it (before WAL, which fixes it).
-        cursor.execute("PRAGMA page_size=16384")
-        # WAL: readers never block the writer. synchronous=NORMAL: a committed transaction survives a killed
-        # process (it is in the WAL file); FULL also survives power loss, at an fsync per commit.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
-        cursor.execute(f"PRAGMA busy_timeout={round(busy_seconds * 1000)}")
-        cursor.close()
-
-    return configure
-
-
-def make_engine(url: str, *, durable_fsync: bool = False, busy_seconds: float = SQLITE_BUSY_SECONDS) -> Engine:
-    """An engine for `url` with the tables created; SQLite gets WAL and a busy timeout."""
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas(durable_fsync, busy_seconds))
-    try:
-        metadata.create_all(engine)
-    except DBAPIError as err:
-        # Service workers start together on a new store: each finds the tables missing, one creates them and the
-        # others' CREATE TABLE fails on a table that now exists. A second look finds them; any other fault recurs.
-        log.info("service store tables appeared while creating them (%s); looking again", err.orig)
-        metadata.create_all(engine)
-    return engine
 
 
 # Version numbers live in a 32-bit Integer column: larger ones can name no stored version (and PostgreSQL refuses them).
@@ -321,11 +242,6 @@ class ReloadStore:
         if row is None:
             return None
         return ModelReload(int(row.id), row.model_name, row.version, stored_time(row.reloaded_at))
-
-
-def stored_time(value: dt.datetime) -> dt.datetime:
-    """A stored time as written: in UTC (SQLite keeps no time zone and returns naive times)."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _policy_version(row: Any) -> PolicyVersion:
