@@ -14,7 +14,7 @@ import typer
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Webhooks from the service's point of view of a receiver: try a subscription on your own machine.",
+    help="Receive the service's webhooks on your own machine, to try a subscription.",
 )
 
 # Bodies larger than this are refused: the service's events are a few kilobytes.
