@@ -65,8 +65,10 @@ def serve(
             log.error("%s: %s (got %r)", name, problem["msg"], problem.get("input"))
         raise typer.Exit(EXIT_SETTINGS) from None
     try:
-        check_registry(registry_of(settings))  # here first: the child takes seconds to import what it checks with
-        start = _checked_in_a_child()
+        check_registry(registry_of(settings))  # here first: the checks take seconds to import what they use
+        # One worker runs in this process, which imports MLflow and the model code anyway: checking here saves a
+        # child that imports them too (half the start-up). Several workers are only supervised from here.
+        start = _service_start_from_environment() if workers == 1 else _checked_in_a_child()
     except StartupError as err:
         log.error("%s", err)
         raise typer.Exit(EXIT_START) from None
