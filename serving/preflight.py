@@ -99,7 +99,10 @@ def check_registry(registry: Registry) -> None:
 
 
 def open_store(url: str, *, durable_fsync: bool = False) -> Engine:
-    """The service store's engine, with its tables; StartupError naming LEADSCORE_STORE_URL if it cannot be used."""
+    """The service store's engine, its schema upgraded; StartupError naming LEADSCORE_STORE_URL if it cannot be used.
+
+    A store migrated by a newer leadscore is refused.
+    """
     shown = redact(url)
     try:
         make_url(url)
@@ -107,9 +110,13 @@ def open_store(url: str, *, durable_fsync: bool = False) -> Engine:
         raise StartupError(f"LEADSCORE_STORE_URL is not a database URL ({shown}): {err}") from None
     # Here, not at import: the registry is checked first, before the model code the store module brings along.
     from serving.store import make_engine  # noqa: PLC0415
+    from timeline.migrate import StoreTooNewError  # noqa: PLC0415
 
     try:
         return make_engine(url, durable_fsync=durable_fsync)
+    except StoreTooNewError as err:
+        # The service refuses a store a newer leadscore migrated: its code may not read what that schema holds.
+        raise StartupError(f"cannot use the service store {shown} (LEADSCORE_STORE_URL): {err}") from None
     except ImportError as err:
         raise StartupError(
             f"the service store {shown} (LEADSCORE_STORE_URL) needs a database driver that is not installed: {err}"

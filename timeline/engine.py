@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from timeline.schema import metadata
-
-log = logging.getLogger(__name__)
+from timeline.migrate import upgrade
 
 # How long a statement waits for another connection's lock on a SQLite store before it fails ("database is locked").
 SQLITE_BUSY_SECONDS = 10.0
@@ -22,6 +18,8 @@ SQLITE_BUSY_SECONDS = 10.0
 def _sqlite_pragmas(durable_fsync: bool, busy_seconds: float) -> Any:
     def configure(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
+        # First: processes opening a new store together wait for each other's WAL switch instead of failing at once.
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_seconds * 1000)}")
         # Score-log rows are ~5 kB: 16 kB pages keep each in one page instead of a chain of overflow pages, which
         # halves the system time of every insert. Only a new database takes it (before WAL, which fixes it).
         cursor.execute("PRAGMA page_size=16384")
@@ -29,7 +27,6 @@ def _sqlite_pragmas(durable_fsync: bool, busy_seconds: float) -> Any:
         # process (it is in the WAL file); FULL also survives power loss, at an fsync per commit.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
-        cursor.execute(f"PRAGMA busy_timeout={round(busy_seconds * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -37,17 +34,18 @@ def _sqlite_pragmas(durable_fsync: bool, busy_seconds: float) -> Any:
 
 
 def make_engine(url: str, *, durable_fsync: bool = False, busy_seconds: float = SQLITE_BUSY_SECONDS) -> Engine:
-    """An engine for `url` with the store's schema up to date; SQLite gets WAL and a busy timeout."""
+    """An engine for `url` with the store's schema upgraded to the newest revision; SQLite gets WAL and a busy timeout.
+
+    Raises timeline.migrate.StoreTooNewError on a store a newer leadscore migrated.
+    """
     engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas(durable_fsync, busy_seconds))
     try:
-        metadata.create_all(engine)
-    except DBAPIError as err:
-        # Service workers start together on a new store: each finds the tables missing, one creates them and the
-        # others' CREATE TABLE fails on a table that now exists. A second look finds them; any other fault recurs.
-        log.info("service store tables appeared while creating them (%s); looking again", err.orig)
-        metadata.create_all(engine)
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
