@@ -187,7 +187,9 @@ def test_a_profile_change_queues_the_lead_and_its_colleagues(engine: Engine) -> 
 
 
 def test_bulk_is_all_or_nothing_and_names_the_item(engine: Engine) -> None:
-    items = [("L1", {"created_at": CREATED}), ("L2", {"created_at": CREATED}), ("L3", {"industry": "retail"})]
+    items: list[tuple[str, dict[str, Any]]] = [
+        ("L1", {"created_at": CREATED}), ("L2", {"created_at": CREATED}), ("L3", {"industry": "retail"}),
+    ]  # fmt: skip
     error = refused(engine, lambda conn: upsert_leads(conn, items, now=NOW))
     assert error.problems[0].loc == ("leads", 2, "created_at")
     assert count(engine, leads) == 0 and count(engine, rescore_queue) == 0
