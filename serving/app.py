@@ -26,7 +26,7 @@ from serving.launch import ServiceStart
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
-from serving.routers import export, meta, page, score, thresholds
+from serving.routers import export, ingest, meta, page, score, thresholds
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.scoring import ModelKindChangedError
@@ -112,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(meta.router)
     app.include_router(thresholds.router)
     app.include_router(page.router)
+    app.include_router(ingest.router)
+    app.state.ingest = ingest.runtime(settings)  # here: a bad event map (LEADSCORE_EVENT_MAP) fails the start
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -92,13 +92,36 @@ class Settings(BaseSettings):
     )  # fmt: skip
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    # ---- ingest (the lead timeline's write side) ----
+    ingest_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys that may write leads, touches and Segment events (admin keys may too).",
+    )
+    event_map: str | None = Field(
+        default=None,
+        description="YAML file mapping Segment track/page events to activity types and traits to lead fields; "
+        "default: the shipped map (timeline/default_event_map.yaml).",
+    )
+    max_ingest_batch: int = Field(
+        default=1000, ge=1, description="Most leads, touches or Segment messages in one ingest request."
+    )
+    max_touch_future_hours: float = Field(
+        default=24.0, ge=0, description="How far ahead of the service's clock a touch's time may be (clock skew)."
+    )
+    max_touch_property_bytes: int = Field(
+        default=16_384, ge=64, description="Largest properties object of one touch, in bytes of compact JSON."
+    )
+    max_rescore_backlog: int = Field(
+        default=20_000, ge=1,
+        description="Due rescores waiting beyond which ingest answers 429 with Retry-After and stores nothing.",
+    )  # fmt: skip
 
     @field_validator("score_log_retention_days", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("api_keys", "admin_keys", "monitoring_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "monitoring_keys", "ingest_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -107,8 +130,8 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        """Scoring needs a key once any key is configured."""
-        return bool(self.api_keys or self.admin_keys)
+        """Scoring (and ingest) needs a key once any key is configured."""
+        return bool(self.api_keys or self.admin_keys or self.ingest_keys)
 
 
 def tracking_uri(settings: Settings) -> str:

@@ -195,6 +195,14 @@ class ServiceState:
         keys = [k.get_secret_value() for k in (*settings.api_keys, *settings.admin_keys)]
         return key is not None and _matches(key, keys)
 
+    def may_ingest(self, key: str | None) -> bool:
+        """Whether a request with this key may write to the lead timeline: an ingest or admin key, or none is set."""
+        settings = self.settings
+        if not settings.auth_enabled:
+            return True
+        keys = [k.get_secret_value() for k in (*settings.ingest_keys, *settings.admin_keys)]
+        return key is not None and _matches(key, keys)
+
 
 def service_state(request: Request) -> ServiceState:
     """The service state of the app handling `request` (for code that runs outside FastAPI's dependencies)."""
@@ -249,6 +257,15 @@ async def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(
     raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may score but not administer the service")
 
 
+async def require_ingest_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """401 without a valid key, 403 with a scoring key: ingest takes an ingest or admin key."""
+    if state.may_ingest(key):
+        return
+    if key is not None and state.may_score(key):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may score but not ingest: use an ingest key")
+    raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key (header X-API-Key)")
+
+
 _bearer = HTTPBearer(auto_error=False, description="A monitoring or admin key, as Prometheus sends it.")
 
 
@@ -263,3 +280,4 @@ async def monitoring_key(
 MonitoringKey = Annotated[str | None, Depends(monitoring_key)]
 ScoringAuth = Depends(require_scoring_key)
 AdminAuth = Depends(require_admin_key)
+IngestAuth = Depends(require_ingest_key)
