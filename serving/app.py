@@ -26,6 +26,7 @@ from serving.launch import ServiceStart
 from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
+from serving.rescore import SWEEP_FIRST_SECONDS, Rescorer
 from serving.routers import export, ingest, meta, page, score, thresholds
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
@@ -89,9 +90,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 _every(RETENTION_SECONDS, state.prune_score_log, "prune the score log", first=RETENTION_FIRST_SECONDS)
             ),
         ]
+        # Rescore on change: queued leads as soon as they are due, aged scores by a periodic sweep.
+        app.state.rescorer = rescorer = Rescorer(state)
+        rescoring = asyncio.create_task(rescorer.run())
+        chores += [
+            asyncio.create_task(_every(STATUS_SECONDS, rescorer.observe, "observe the rescore queue")),
+            asyncio.create_task(_every(settings.sweep_seconds, rescorer.sweep, "sweep for aged scores",
+                                       first=min(SWEEP_FIRST_SECONDS, settings.sweep_seconds))),
+        ]  # fmt: skip
         try:
             yield
         finally:
+            await rescorer.stop(rescoring)  # the batch in hand is stored before the store closes
             for chore in chores:
                 chore.cancel()
             for chore in chores:

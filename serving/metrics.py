@@ -74,6 +74,19 @@ class ServiceMetrics:
             registry=self.registry,
         )  # fmt: skip
         self._rejected_seen = 0
+        # Rescore on change: the queue is the database's, so every worker sees the same backlog (max, not sum).
+        self.rescores = Counter(
+            "leadscore_rescores", "Leads taken from the rescore queue, by outcome (scored, failed, gone: erased).",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.rescore_backlog = Gauge(
+            "leadscore_rescore_backlog", "Leads due for a rescore.", registry=self.registry,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.rescore_lag = Gauge(
+            "leadscore_rescore_oldest_due_seconds", "How long the longest-waiting due rescore has waited.",
+            registry=self.registry, multiprocess_mode="livemax",
+        )  # fmt: skip
         # Labelled children, kept: `labels()` takes a lock and builds a key on every call, five times per score.
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
@@ -114,6 +127,16 @@ class ServiceMetrics:
         if status.rejected > self._rejected_seen:
             self.score_log_rejected.inc(status.rejected - self._rejected_seen)
             self._rejected_seen = status.rejected
+
+    def observe_rescore_queue(self, backlog: int, oldest_due_seconds: float) -> None:
+        """The rescore queue as a worker last saw it: leads due, and the wait of the longest-waiting one."""
+        self.rescore_backlog.set(backlog)
+        self.rescore_lag.set(oldest_due_seconds)
+
+    def count_rescores(self, outcome: str, n: int) -> None:
+        """`n` queued leads done with: scored, failed (tried again later) or gone (erased meanwhile)."""
+        if n:
+            self.rescores.labels(outcome).inc(n)
 
     def count_request(self, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered: its route template, status and latency."""

@@ -115,6 +115,25 @@ class Settings(BaseSettings):
         default=20_000, ge=1,
         description="Due rescores waiting beyond which ingest answers 429 with Retry-After and stores nothing.",
     )  # fmt: skip
+    # ---- rescore on change ----
+    rescore_batch: int = Field(default=200, ge=1, le=1000, description="Most queued leads a worker rescores at once.")
+    rescore_poll_seconds: float = Field(
+        default=0.2, gt=0, le=60,
+        description="How often an idle worker looks for queued rescores (a busy one goes on at once).",
+    )  # fmt: skip
+    rescore_lease_seconds: float = Field(
+        default=60.0, ge=1, le=3600,
+        description="How long a worker holds the leads it claimed: a worker killed meanwhile leaves them to another "
+        "after this.",
+    )  # fmt: skip
+    sweep_seconds: float = Field(
+        default=3600.0, gt=0, description="How often each worker queues the open leads whose score has aged."
+    )
+    rescore_max_age_hours: float = Field(
+        default=24.0, gt=0,
+        description="An open lead's score older than this is rescored by the sweep (engagement decays, days in a "
+        "stage grow).",
+    )  # fmt: skip
 
     @field_validator("score_log_retention_days", mode="before")
     @classmethod
