@@ -38,6 +38,10 @@ class EmptyStoreError(ExportError):
     """The store holds no leads: there is nothing to train on."""
 
 
+class OutputFolderError(ExportError):
+    """The output folder cannot take an export (a file, or a folder holding more than an earlier export)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExportCounts:
     """What an export wrote, and the touches it left out because the contract has no place for them."""
@@ -146,10 +150,10 @@ def _check_target(out_dir: Path) -> None:
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise ExportError(f"{out_dir} is a file, not a folder")
+        raise OutputFolderError(f"{out_dir} is a file, not a folder")
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (*TABLES, MANIFEST))
     if foreign:
-        raise ExportError(
+        raise OutputFolderError(
             f"{out_dir} holds more than an earlier export ({', '.join(foreign[:5])}); "
             "choose an empty or new folder, or one an earlier export wrote"
         )
