@@ -524,7 +524,15 @@ def _export(store: str, out: Path, contract: LeadContract | None) -> ExportCount
 
 @app.command()
 def export(
-    store: Annotated[str, typer.Option(help=StoreUrlHelp, show_default=False)],
+    store: Annotated[
+        str,
+        typer.Option(
+            envvar="LEADSCORE_STORE_URL",
+            help=f"{StoreUrlHelp} Default: $LEADSCORE_STORE_URL (keeps a password off the command line).",
+            show_default=False,
+            show_envvar=False,
+        ),
+    ],
     out: Annotated[
         Path,
         typer.Option(
@@ -536,8 +544,8 @@ def export(
 ) -> None:
     """Write the service store's leads and touches as the contract's leads and activities tables.
 
-    The folder reads as a data folder does (validate, build-dataset, train --data). Touches of visitors never
-    identified are left out and counted. Exit 3 when the store is unreachable or holds no leads.
+    The folder reads as a data folder does (build-dataset, train --data, evaluate). Touches of visitors never identified
+    are left out and counted. Exit 3 when the store is unreachable or holds no leads.
     """
     declared = _read_contract(contract) if contract is not None else None
     counts = _export(store, out, declared)

@@ -24,7 +24,7 @@ from timeline.engine import make_engine
 from timeline.schema import touches
 from training.cli import DATA_STORE_PARAM, DATA_STORE_TAG, app
 from training.config import MODEL_NAME, SimulationConfig
-from training.data import load_tables
+from training.data import load_tables, read_table
 from training.exits import EXIT_MISSING_INPUT
 from training.simulator import SimulatedFunnel, simulate
 
@@ -78,6 +78,12 @@ def test_export_writes_a_data_folder_of_the_store(stored: Stored, tmp_path: Path
     assert f"left out {ANONYMOUS_TOUCHES} anonymous touches" in said
     leads, activities = load_tables(out)
     assert (len(leads), len(activities)) == (len(stored.funnel.leads), n_activities)
+
+
+def test_export_reads_the_service_setting_when_store_is_left_out(stored: Stored, tmp_path: Path) -> None:
+    done = runner.invoke(app, ["export", "--out", str(tmp_path / "out")], env={"LEADSCORE_STORE_URL": stored.url})
+    assert done.exit_code == 0, done.output
+    assert len(read_table(tmp_path / "out" / "leads")) == len(stored.funnel.leads)
 
 
 def test_export_errors_name_the_option(stored: Stored, tmp_path: Path) -> None:
