@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from features.scoring import LeadScorer
     from features.spec import LeadContract
+    from timeline.export import ExportCounts
     from training.dataset import TrainingSet
     from training.pipeline import TrainResult
     from training.promotion import Decision
@@ -229,6 +230,10 @@ def _data_table(training_set: TrainingSet, leads: pd.DataFrame | None, oracle: p
 
 
 ExperimentOption = Annotated[str, typer.Option(help="MLflow experiment.")]
+# Where a model trained by `train --store` got its data: the service store's URL, its password masked.
+DATA_STORE_TAG = "leadscore.data_store"
+DATA_STORE_PARAM = "data_store"
+EXIT_USAGE = 2  # options that cannot go together or a folder that cannot be used: Click's own usage-error code
 _BOOSTER = BoosterConfig()
 _SNAPSHOTS = SnapshotConfig()
 
@@ -242,11 +247,13 @@ def _train(
     built: TrainingSet | None = None,
     contract: LeadContract | None = None,
     contract_file: Path | None = None,
+    store: str | None = None,
 ) -> LoggedModel:
     """Train on `data` and log the result; `built` is its training set when the caller already built it.
 
     `contract` (read from `contract_file`, which the run keeps as an artifact) validates the tables and declares the
-    custom attributes and the readiness label; `snapshot_config` must label readiness as it declares.
+    custom attributes and the readiness label; `snapshot_config` must label readiness as it declares. `store` (a
+    redacted URL) says that `data` is a temporary export of that service store: the run records the store instead.
     """
     import mlflow
     import pandas as pd
@@ -261,6 +268,9 @@ def _train(
     with training_run(experiment):
         if contract_file is not None:
             mlflow.log_artifact(str(contract_file), artifact_path="contract")
+        if store is not None:
+            mlflow.set_tag(DATA_STORE_TAG, store)
+            mlflow.log_param(DATA_STORE_PARAM, store)
         leads, activities = _load(data, contract)
         end = pd.Timestamp(data_end, tz="UTC") if data_end else None
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
@@ -281,8 +291,16 @@ def _train(
                 raise typer.Exit(EXIT_BAD_DATA) from err
             bar.update(step, description="logging to MLflow and registering the model")
             oracle = read_table(data / "oracle") if (data / "oracle").is_dir() else None
+            # A store's export is a temporary folder, gone after the run: the run names the store (above) instead.
             logged = log_training(
-                result, training_set, leads, activities, config, experiment=experiment, data_dir=data, oracle=oracle
+                result,
+                training_set,
+                leads,
+                activities,
+                config,
+                experiment=experiment,
+                data_dir=None if store is not None else data,
+                oracle=oracle,
             )
     console.print(_training_table(result, logged))
     _print_quality_warnings(logged)
@@ -349,6 +367,21 @@ def _days_or_none(value: str) -> int | None:
     return days
 
 
+ContractOption = Annotated[
+    Path | None,
+    typer.Option(
+        parser=_path_or_none,
+        metavar="<path>",
+        help="Contract file (YAML): custom lead attributes and the lifecycle stamp that marks readiness (see"
+        " examples/contract.yaml); default: the built-in contract, readiness = SQL.",
+    ),
+]
+StoreUrlHelp = (
+    "SQLAlchemy URL of the service's store (the service's LEADSCORE_STORE_URL), e.g. sqlite:///leadscore-service.db"
+    " or postgresql+psycopg://user:password@host/db."
+)
+
+
 def _read_contract(path: Path) -> LeadContract:
     """The contract a contract file declares; exits 3 when it is missing and 2 when it is not valid."""
     from features.contract_file import ContractFileError, contract_from_yaml
@@ -384,18 +417,17 @@ def _readiness_snapshots(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Folder with the leads and activities tables.")] = DEFAULT_WORKDIR / "data",
+    data: Annotated[
+        Path | None,
+        typer.Option(help=f"Folder with the leads and activities tables; default: {DEFAULT_WORKDIR / 'data'}."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help=f"Train from the service's store instead of --data: {StoreUrlHelp}", show_default=False),
+    ] = None,
     tracking_uri: TrackingOption = None,
     experiment: ExperimentOption = DEFAULT_EXPERIMENT,
-    contract: Annotated[
-        Path | None,
-        typer.Option(
-            parser=_path_or_none,
-            metavar="<path>",
-            help="Contract file (YAML): custom lead attributes and the lifecycle stamp that marks readiness (see"
-            " examples/contract.yaml); default: the built-in contract, readiness = SQL.",
-        ),
-    ] = None,
+    contract: ContractOption = None,
     horizon_days: Annotated[
         int | None,
         typer.Option(
@@ -421,10 +453,15 @@ def train(
 ) -> None:
     """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger).
 
-    Exit 2 when the data break the contract or their labels are of one class (the message says what to declare).
+    With --store, the service store's leads and touches are exported to a temporary folder and trained on as a data
+    folder would be; the run records the store's URL (password masked). Exit 2 when the data break the contract or
+    their labels are of one class (the message says what to declare), 3 when the store is unreachable or empty.
     """
     from training.tracking import configure_tracking
 
+    if store is not None and data is not None:
+        console.print("[red]--data and --store:[/red] give --data or --store, not both", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     declared = _read_contract(contract) if contract is not None else None
     snapshots = _readiness_snapshots(declared, contract, horizon_days, max_snapshots)
     configure_tracking(tracking_uri)
@@ -432,7 +469,96 @@ def train(
     default = TrainConfig()
     fit = replace(default.fit, learning_rate=learning_rate, max_rounds=max_rounds)
     config = TrainConfig(readiness=readiness, fit=fit, holdout_fraction=holdout_fraction, rules_path=rules)
-    _train(data, snapshots, config, experiment, data_end, contract=declared, contract_file=contract)
+    if store is None:
+        data = data or DEFAULT_WORKDIR / "data"
+        _train(data, snapshots, config, experiment, data_end, contract=declared, contract_file=contract)
+        return
+    from timeline.export import redact
+
+    with tempfile.TemporaryDirectory(prefix="leadscore-store-export-") as tmp:
+        exported = Path(tmp) / "data"
+        _export(store, exported, declared)
+        _train(
+            exported,
+            snapshots,
+            config,
+            experiment,
+            data_end,
+            contract=declared,
+            contract_file=contract,
+            store=redact(store),
+        )
+
+
+def _export(store: str, out: Path, contract: LeadContract | None) -> ExportCounts:
+    """Export the store at `store` to `out`; an unreachable or empty store exits 3, a refused --out exits 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from timeline.export import EmptyStoreError, ExportError, OutputFolderError, export_tables, open_store, redact
+
+    shown = redact(store)
+    try:
+        engine = open_store(store)
+    except ExportError as err:
+        console.print(f"[red]--store:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT) from None
+    try:
+        with console.status(f"exporting leads and touches from {shown} ..."):
+            return export_tables(engine, out, contract=contract, source=shown)
+    except OutputFolderError as err:
+        console.print(f"[red]--out:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except EmptyStoreError as err:
+        console.print(f"[red]--store {shown}:[/red] {err}; nothing to export", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT) from None
+    except ExportError as err:
+        console.print(f"[red]--store {shown}:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from None
+    except SQLAlchemyError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        console.print(f"[red]--store:[/red] lost the store {shown} while exporting: {first}", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT) from None
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def export(
+    store: Annotated[
+        str,
+        typer.Option(
+            envvar="LEADSCORE_STORE_URL",
+            help=f"{StoreUrlHelp} Default: $LEADSCORE_STORE_URL (keeps a password off the command line).",
+            show_default=False,
+            show_envvar=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for leads/ and activities/ (Parquet parts) and export.json: new, empty, or an earlier export"
+            " (replaced whole)."
+        ),
+    ],
+    contract: ContractOption = None,
+) -> None:
+    """Write the service store's leads and touches as the contract's leads and activities tables.
+
+    The folder reads as a data folder does (build-dataset, train --data, evaluate). Touches of visitors never identified
+    are left out and counted. Exit 3 when the store is unreachable or holds no leads.
+    """
+    declared = _read_contract(contract) if contract is not None else None
+    counts = _export(store, out, declared)
+    skipped = counts.anonymous_touches + counts.orphan_touches
+    note = (
+        f"; left out {counts.anonymous_touches:,} anonymous touches and {counts.orphan_touches:,} touches of leads"
+        " the store does not hold"
+        if skipped
+        else ""
+    )
+    console.print(
+        f"exported {counts.leads:,} leads and {counts.activities:,} activities to {out}{note}", highlight=False
+    )
 
 
 def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float, accept_warnings: bool = False) -> Decision:
@@ -452,7 +578,16 @@ def _decide(data: Path | None, auc_tolerance: float, ece_tolerance: float, accep
     if challenger is not None and champion is not None and champion.version != challenger.version and not blocked:
         if data is None:
             run = client.get_run(challenger.tags.get("leadscore.run_id") or str(challenger.run_id))
-            data = Path(run.data.params.get("data_dir", ""))
+            params = run.data.params
+            if not params.get("data_dir") and params.get(DATA_STORE_PARAM):
+                # Trained by `train --store`: its data were a temporary export, gone with the run.
+                console.print(
+                    f"[red]missing input:[/red] version {challenger.version} was trained from the store"
+                    f" {params[DATA_STORE_PARAM]}; give --data, an export of it (leadscore export)",
+                    highlight=False,
+                )
+                raise typer.Exit(EXIT_MISSING_INPUT)
+            data = Path(params.get("data_dir", ""))
         # Both models score the same leads: the columns of both contracts' custom attributes are read.
         contracts = [_contract_of(load_scorer(f"models:/{MODEL_NAME}/{v.version}")) for v in (challenger, champion)]
         leads, activities = _load(data, _merged(contracts))
