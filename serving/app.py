@@ -27,6 +27,7 @@ from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
 from serving.routers import export, meta, page, score, thresholds
+from serving.routers import webhooks as webhook_routes
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.scoring import ModelKindChangedError
@@ -40,6 +41,7 @@ from serving.state import (
     ServiceState,
 )
 from serving.store import PolicyStore, ReloadStore
+from serving.webhooks import DeliveryConfig, deliver_forever
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 _every(RETENTION_SECONDS, state.prune_score_log, "prune the score log", first=RETENTION_FIRST_SECONDS)
             ),
         ]
+        if settings.webhook_delivery:
+            config = DeliveryConfig.from_settings(settings)
+            chores.append(asyncio.create_task(deliver_forever(state.score_log.engine, config)))
         try:
             yield
         finally:
@@ -111,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(score.router)
     app.include_router(meta.router)
     app.include_router(thresholds.router)
+    app.include_router(webhook_routes.router)
     app.include_router(page.router)
 
     @app.exception_handler(RequestValidationError)
