@@ -28,6 +28,7 @@ from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
 from serving.rescore import SWEEP_FIRST_SECONDS, Rescorer
 from serving.routers import export, ingest, meta, page, score, thresholds
+from serving.routers import webhooks as webhook_routes
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
 from serving.scoring import ModelKindChangedError
@@ -41,6 +42,7 @@ from serving.state import (
     ServiceState,
 )
 from serving.store import PolicyStore, ReloadStore
+from serving.webhooks import DeliveryConfig, deliver_forever
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_every(settings.sweep_seconds, rescorer.sweep, "sweep for aged scores",
                                        first=min(SWEEP_FIRST_SECONDS, settings.sweep_seconds))),
         ]  # fmt: skip
+        if settings.webhook_delivery:
+            config = DeliveryConfig.from_settings(settings)
+            chores.append(asyncio.create_task(deliver_forever(state.score_log.engine, config)))
         try:
             yield
         finally:
@@ -121,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(score.router)
     app.include_router(meta.router)
     app.include_router(thresholds.router)
+    app.include_router(webhook_routes.router)
     app.include_router(page.router)
     app.include_router(ingest.router)
     app.state.ingest = ingest.runtime(settings)  # here: a bad event map (LEADSCORE_EVENT_MAP) fails the start

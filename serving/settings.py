@@ -134,6 +134,36 @@ class Settings(BaseSettings):
         description="An open lead's score older than this is rescored by the sweep (engagement decays, days in a "
         "stage grow).",
     )  # fmt: skip
+    # ---- webhooks ----
+    webhook_delivery: bool = Field(
+        default=True,
+        description="Deliver queued webhooks from this process (every replica does by default; leases keep two "
+        "from sending the same delivery at once).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300,
+        description="Seconds a receiver has to answer a webhook (connect, send and answer) before the attempt "
+        "counts as failed and is retried.",
+    )  # fmt: skip
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Failed attempts after which a delivery is dead (until replayed)."
+    )
+    webhook_backoff_base_seconds: float = Field(
+        default=5.0, gt=0, description="Wait after a webhook's first failed attempt; each later wait is longer."
+    )
+    webhook_backoff_factor: float = Field(default=2.0, ge=1, description="How much longer each next wait is.")
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0, description="The longest wait between attempts.")
+    webhook_backoff_jitter: float = Field(
+        default=0.2, ge=0, lt=1,
+        description="Each wait is shortened by a random share up to this, so that deliveries that failed together "
+        "do not all come back at once.",
+    )  # fmt: skip
+    webhook_poll_seconds: float = Field(
+        default=0.2, gt=0, le=60, description="How often a process looks for due webhook deliveries."
+    )
+    webhook_batch: int = Field(
+        default=50, ge=1, le=1000, description="Most webhook deliveries one process sends at once."
+    )
 
     @field_validator("score_log_retention_days", mode="before")
     @classmethod
