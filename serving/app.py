@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import json
 import logging
@@ -17,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Connection
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -43,6 +45,8 @@ from serving.state import (
 )
 from serving.store import PolicyStore, ReloadStore
 from serving.webhooks import DeliveryConfig, deliver_forever
+from timeline.outbox import emit_score_events
+from timeline.scores import ScoreState
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         ]
         # Rescore on change: queued leads as soon as they are due, aged scores by a periodic sweep.
-        app.state.rescorer = rescorer = Rescorer(state)
+        # A rescore that routes a lead anew tells the CRM: its webhooks are queued in the rescore's transaction.
+        app.state.rescorer = rescorer = Rescorer(state, on_scored=_notify_subscribers)
         rescoring = asyncio.create_task(rescorer.run())
         chores += [
             asyncio.create_task(_every(STATUS_SECONDS, rescorer.observe, "observe the rescore queue")),
@@ -220,6 +225,10 @@ def _start(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
         _close(state)
         raise
     return state
+
+
+def _notify_subscribers(conn: Connection, lead_id: str, before: ScoreState | None, after: ScoreState) -> None:
+    emit_score_events(conn, lead_id, before, after, now=dt.datetime.now(dt.UTC))
 
 
 def _close(state: ServiceState) -> None:
