@@ -21,6 +21,7 @@ from serving.state import ServiceState
 from serving.store import PolicyStore, ReloadStore, make_engine
 from tests.conftest import Trained
 from tests.serving.conftest import Registry, service_settings
+from tests.stores import store_url_fixture  # noqa: F401 (pytest finds the fixture store_url in it)
 from training.config import CHAMPION, MODEL_NAME, TrainConfig
 from training.tracking import configure_tracking, log_training
 
@@ -53,8 +54,8 @@ class FakeHolder:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'service.db'}")
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = make_engine(store_url)
     yield engine
     engine.dispose()
 

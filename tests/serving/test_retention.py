@@ -16,13 +16,15 @@ from sqlalchemy import Engine, select
 from serving.retention import prune_score_log, read_archive
 from serving.score_log import ScoreLog
 from serving.store import ScoreRecord, make_engine, score_log, score_log_archives
+from tests.stores import store_url_fixture  # noqa: F401 (pytest finds the fixture store_url in it)
+from timeline.engine import stored_time
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = make_engine(store_url)
     yield engine
     engine.dispose()
 
@@ -71,7 +73,7 @@ def test_records_past_the_retention_are_archived_whole_then_deleted(engine: Engi
         assert (row["id"], row["lead_id"], row["inputs"], row["outputs"]) == (
             original.id, original.lead_id, original.inputs, original.outputs,
         )  # fmt: skip
-        assert row["scored_at"] == original.scored_at.replace(tzinfo=dt.UTC)
+        assert row["scored_at"] == stored_time(original.scored_at)
     with engine.connect() as conn:
         recorded = list(conn.execute(select(score_log_archives).order_by(score_log_archives.c.id)))
     assert [r.file for r in recorded] == [p.name for p in result.files]
@@ -142,12 +144,13 @@ print(result.archived)
 """
 
 
-def test_pruners_on_two_machines_at_once_archive_each_record_once(engine: Engine, tmp_path: Path) -> None:
+def test_pruners_on_two_machines_at_once_archive_each_record_once(
+    engine: Engine, store_url: str, tmp_path: Path
+) -> None:
     fill(engine, [40.0 + i / 10 for i in range(300)] + [1.0] * 5)
-    url = str(engine.url)
     pruners = [
         subprocess.Popen(
-            [sys.executable, "-c", PRUNER, url, str(tmp_path / f"machine-{m}")],
+            [sys.executable, "-c", PRUNER, store_url, str(tmp_path / f"machine-{m}")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,4 +1,4 @@
-"""The score log (group-commit writer) and the versioned policy store, on SQLite files."""
+"""The score log (group-commit writer) and the versioned policy store, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from serving.policy import GradeCutoffs, RoutingPolicy, StageCutoffs
 from serving.score_log import ScoreLog, record_row
@@ -20,17 +20,17 @@ from serving.store import (
     PolicyVersion,
     ScoreRecord,
     make_engine,
-    metadata,
     score_log,
     threshold_versions,
 )
+from tests.stores import store_url_fixture  # noqa: F401 (pytest finds the fixture store_url in it)
 
 SCORED_AT = dt.datetime(2025, 6, 3, 9, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = make_engine(store_url)
     yield engine
     engine.dispose()
 
@@ -131,17 +131,16 @@ def test_versions_increase_and_history_is_newest_first(engine: Engine) -> None:
     assert store.get(3) is None
 
 
-def test_concurrent_saves_from_threads_lose_no_version(tmp_path: Path) -> None:
-    """8 workers x 5 saves on one SQLite file: versions 1..40 exactly, each save stored once under its number."""
-    url = f"sqlite:///{tmp_path / 'policies.db'}"
-    make_engine(url).dispose()
+def test_concurrent_saves_from_threads_lose_no_version(store_url: str) -> None:
+    """8 workers x 5 saves on one store: versions 1..40 exactly, each save stored once under its number."""
+    make_engine(store_url).dispose()
     threads, saves = 8, 5
     start = threading.Barrier(threads)
     returned: list[PolicyVersion] = []
     errors: list[BaseException] = []
 
     def worker(thread: int) -> None:
-        engine = make_engine(url)  # each worker its own engine, as separate service processes have
+        engine = make_engine(store_url)  # each worker its own engine, as separate service processes have
         store = PolicyStore(engine)
         start.wait()
         try:
@@ -157,7 +156,7 @@ def test_concurrent_saves_from_threads_lose_no_version(tmp_path: Path) -> None:
         w.start()
     for w in workers:
         w.join()
-    engine = make_engine(url)
+    engine = make_engine(store_url)
     history = PolicyStore(engine).history()
     engine.dispose()
     assert errors == []
@@ -195,16 +194,15 @@ def test_ensure_default_stores_only_once(engine: Engine) -> None:
     assert [v.version for v in store.history()] == [2, 1]
 
 
-def test_ensure_default_from_workers_starting_together_stores_once(tmp_path: Path) -> None:
+def test_ensure_default_from_workers_starting_together_stores_once(store_url: str) -> None:
     """Several service processes starting on an empty store all get version 1; no duplicate default is stored."""
-    url = f"sqlite:///{tmp_path / 'policies.db'}"
-    make_engine(url).dispose()
+    make_engine(store_url).dispose()
     workers = 6
     start = threading.Barrier(workers)
     versions: list[int] = []
 
     def worker() -> None:
-        engine = make_engine(url)
+        engine = make_engine(store_url)
         store = PolicyStore(engine)
         start.wait()
         versions.append(store.ensure_default(policy(80)).version)
@@ -215,7 +213,7 @@ def test_ensure_default_from_workers_starting_together_stores_once(tmp_path: Pat
         t.start()
     for t in threads:
         t.join()
-    engine = make_engine(url)
+    engine = make_engine(store_url)
     history = PolicyStore(engine).history()
     engine.dispose()
     assert [v.version for v in history] == [1]
@@ -283,29 +281,3 @@ def test_many_records_in_one_append_land_in_order_with_their_times(engine: Engin
         assert back[699].inputs == {"lead": {"lead_id": "L-699"}} and back[699].outputs == {"fit": {"score": 699}}
     finally:
         log.close()
-
-
-def test_workers_creating_a_new_store_at_once_all_start(tmp_path: Path) -> None:
-    """Another process creating the tables between our look and our CREATE (workers starting together) is no error."""
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    raced: list[bool] = []
-
-    def other_worker_first(*_: object, **__: object) -> None:
-        if not raced:  # only the first pass: the other process's own create_all fires this event too
-            raced.append(True)
-            make_engine(url).dispose()
-
-    event.listen(metadata, "before_create", other_worker_first)
-    try:
-        engine = make_engine(url)
-    finally:
-        event.remove(metadata, "before_create", other_worker_first)
-    try:
-        assert raced == [True]
-        log = ScoreLog(engine)
-        asyncio.run(log.append([record("r-1")]))
-        assert [r.request_id for r in log.read(request_id="r-1")] == ["r-1"]
-        log.close()
-        assert PolicyStore(engine).ensure_default(policy(80)).version == 1
-    finally:
-        engine.dispose()
