@@ -79,13 +79,17 @@ class _Context:
     """The stores a command works on, opened from the options or the service's settings."""
 
     def __init__(self, store_url: str | None, tracking: str | None) -> None:
+        from serving.preflight import StartupError, open_store
         from serving.settings import Settings, tracking_uri
-        from serving.store import PolicyStore, make_engine
+        from serving.store import PolicyStore
 
         settings = Settings()
         self.settings = settings
         self.tracking_uri = tracking or tracking_uri(settings)
-        self.engine = make_engine(store_url or settings.store_url)
+        try:  # a store this leadscore cannot use (newer, unreachable) is said in one line, not a traceback
+            self.engine = open_store(store_url or settings.store_url)
+        except StartupError as err:
+            raise _fail(str(err), 1) from None
         self.policies = PolicyStore(self.engine)
 
     def in_force(self) -> PolicyVersion:
