@@ -654,8 +654,12 @@ def _identify(
         _identified(conn, [message.anonymous_id], now)  # a visitor's traits without a lead: nothing to keep
         return
     changes = trait_changes(message.traits or {}, event_map, (*at, "traits"))
-    if "created_at" not in changes and _lead_row(conn, message.user_id) is None:
-        changes["created_at"] = _when(message, now)
+    if _lead_row(conn, message.user_id) is None:
+        changes.setdefault("created_at", _when(message, now))
+    else:
+        # A stored lead's created_at never changes: a createdAt trait sent again (or a CRM's rounding of it) says
+        # nothing new, and must not refuse every later identify call of the lead.
+        changes.pop("created_at", None)
     change = _upsert(conn, message.user_id, changes, now=now, loc=(*at, "traits"))
     _queue_lead_changes(conn, [change])
     if change.changed:
