@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -88,8 +89,10 @@ class IngestRuntime:
     def write(self, engine: Engine, work: Callable[[Connection], _T]) -> _T:
         """`work` in one transaction; a refusal (IngestError) rolls it back and becomes its 4xx.
 
-        On PostgreSQL, two requests queueing overlapping leads (colleagues of each other) in turn can deadlock: the
-        database aborts one, which is run again from the start (its transaction left nothing behind).
+        A transaction the database aborted whole is run again from the start (it left nothing behind): on
+        PostgreSQL, two requests queueing overlapping leads (colleagues of each other) can deadlock; on SQLite, a
+        transaction that read before another worker process wrote cannot write ("database is locked" at once,
+        whatever the busy timeout).
         """
         lock = self._write_lock if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -99,10 +102,17 @@ class IngestRuntime:
             except ingest.IngestError as err:
                 raise HTTPException(err.status, [problem.as_detail("body") for problem in err.problems]) from None
             except DBAPIError as err:
-                if attempt == WRITE_ATTEMPTS or getattr(err.orig, "sqlstate", None) not in RETRIED_SQLSTATES:
+                if attempt == WRITE_ATTEMPTS or not _aborted(err):
                     raise
                 log.info("ingest transaction aborted by the database (%s); running it again", err.orig)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _aborted(err: DBAPIError) -> bool:
+    """Whether the database aborted the transaction whole, so that running it again may succeed."""
+    if getattr(err.orig, "sqlstate", None) in RETRIED_SQLSTATES:
+        return True
+    return isinstance(err.orig, sqlite3.OperationalError) and "database is locked" in str(err.orig)
 
 
 def runtime(settings: Settings) -> IngestRuntime:
