@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, Table, func, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from features.spec import ACTIVITY_TYPES, LIFECYCLE_CHAIN, LIFECYCLE_PREREQUISITES
 from timeline.engine import stored_time
@@ -405,12 +406,8 @@ def _add_touches(
     batch = list(rows.values())
     touched: set[str] = set()
     stored = 0
-    # Executed with many rows, SQLAlchemy sends multi-row INSERTs ("insertmanyvalues") of a statement it compiled once.
-    statement = (
-        _insert(conn, touches).on_conflict_do_nothing(index_elements=[touches.c.touch_key]).returning(touches.c.lead_id)
-    )
     for start in range(0, len(batch), INSERT_CHUNK):
-        inserted = conn.execute(statement, batch[start : start + INSERT_CHUNK]).scalars().all()
+        inserted = _insert_new_touches(conn, batch[start : start + INSERT_CHUNK])
         stored += len(inserted)
         touched.update(lead_id for lead_id in inserted if lead_id is not None)
     lead_ids = sorted(touched)
@@ -418,6 +415,33 @@ def _add_touches(
         enqueue(conn, lead_ids, "touch")
         _queue_account_colleagues(conn, lead_ids)
     return TouchesAdded(stored=stored, duplicates=len(new) - stored, lead_ids=tuple(lead_ids))
+
+
+_TOUCH_COLUMNS = ("touch_key", "activity_id", "lead_id", "anonymous_id", "occurred_at", "activity_type", "properties",
+                  "received_at")  # fmt: skip
+
+
+def _insert_new_touches(conn: Connection, rows: list[dict[str, Any]]) -> Sequence[str | None]:
+    """Insert the rows whose touch_key is new, in one statement; the lead_id of each inserted row."""
+    if conn.dialect.name == "postgresql":
+        # One array per column, unnested into rows: a short statement whatever the batch size, which the driver
+        # prepares once, instead of a VALUES list of 8 parameters a row that it parses again for every batch.
+        arrays = func.unnest(
+            *(bindparam(name, type_=ARRAY(touches.c[name].type)) for name in _TOUCH_COLUMNS)
+        ).table_valued(*_TOUCH_COLUMNS).render_derived(name="new")  # fmt: skip
+        statement = (
+            postgresql.insert(touches)
+            .from_select(list(_TOUCH_COLUMNS), select(*(arrays.c[name] for name in _TOUCH_COLUMNS)))
+            .on_conflict_do_nothing(index_elements=[touches.c.touch_key])
+            .returning(touches.c.lead_id)
+        )
+        columns = {name: [row[name] for row in rows] for name in _TOUCH_COLUMNS}
+        return conn.execute(statement, columns).scalars().all()
+    # Executed with many rows, SQLAlchemy sends multi-row INSERTs ("insertmanyvalues") of a statement compiled once.
+    statement = (
+        _insert(conn, touches).on_conflict_do_nothing(index_elements=[touches.c.touch_key]).returning(touches.c.lead_id)
+    )
+    return conn.execute(statement, rows).scalars().all()
 
 
 def _touch_problems(
@@ -630,8 +654,12 @@ def _identify(
         _identified(conn, [message.anonymous_id], now)  # a visitor's traits without a lead: nothing to keep
         return
     changes = trait_changes(message.traits or {}, event_map, (*at, "traits"))
-    if "created_at" not in changes and _lead_row(conn, message.user_id) is None:
-        changes["created_at"] = _when(message, now)
+    if _lead_row(conn, message.user_id) is None:
+        changes.setdefault("created_at", _when(message, now))
+    else:
+        # A stored lead's created_at never changes: a createdAt trait sent again (or a CRM's rounding of it) says
+        # nothing new, and must not refuse every later identify call of the lead.
+        changes.pop("created_at", None)
     change = _upsert(conn, message.user_id, changes, now=now, loc=(*at, "traits"))
     _queue_lead_changes(conn, [change])
     if change.changed:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import math
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from serving.ingest_schemas import (
     ActivitiesAdded,
@@ -41,6 +44,11 @@ router = APIRouter(prefix="/v1", tags=["ingest"], dependencies=[IngestAuth])
 BACKLOG_CHECK_SECONDS = 1.0
 # What a 429 asks a sender to wait: the rescore worker drains the queue in a few seconds once it can keep up.
 RETRY_AFTER_SECONDS = 5
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was aborted whole and may run again.
+RETRIED_SQLSTATES = frozenset({"40P01", "40001"})
+WRITE_ATTEMPTS = 3
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,15 +86,33 @@ class IngestRuntime:
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
 
-    @contextlib.contextmanager
-    def transaction(self, engine: Engine) -> Iterator[Connection]:
-        """One transaction for a request; a refusal (IngestError) rolls it back and becomes its 4xx."""
+    def write(self, engine: Engine, work: Callable[[Connection], _T]) -> _T:
+        """`work` in one transaction; a refusal (IngestError) rolls it back and becomes its 4xx.
+
+        A transaction the database aborted whole is run again from the start (it left nothing behind): on
+        PostgreSQL, two requests queueing overlapping leads (colleagues of each other) can deadlock; on SQLite, a
+        transaction that read before another worker process wrote cannot write ("database is locked" at once,
+        whatever the busy timeout).
+        """
         lock = self._write_lock if engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        try:
-            with lock, engine.begin() as conn:
-                yield conn
-        except ingest.IngestError as err:
-            raise HTTPException(err.status, [problem.as_detail("body") for problem in err.problems]) from None
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with lock, engine.begin() as conn:
+                    return work(conn)
+            except ingest.IngestError as err:
+                raise HTTPException(err.status, [problem.as_detail("body") for problem in err.problems]) from None
+            except DBAPIError as err:
+                if attempt == WRITE_ATTEMPTS or not _aborted(err):
+                    raise
+                log.info("ingest transaction aborted by the database (%s); running it again", err.orig)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _aborted(err: DBAPIError) -> bool:
+    """Whether the database aborted the transaction whole, so that running it again may succeed."""
+    if getattr(err.orig, "sqlstate", None) in RETRIED_SQLSTATES:
+        return True
+    return isinstance(err.orig, sqlite3.OperationalError) and "database is locked" in str(err.orig)
 
 
 def runtime(settings: Settings) -> IngestRuntime:
@@ -134,6 +160,10 @@ def _written(change: ingest.LeadChange) -> LeadWritten:
     return LeadWritten(created=change.created, lead=Lead.model_validate(change.lead), changed=changed)
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def _json(value: object) -> Any:
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
@@ -151,8 +181,8 @@ def put_lead(
     """
     engine = state.score_log.engine
     runtime.admit(engine)
-    with runtime.transaction(engine) as conn:
-        change = ingest.upsert_lead(conn, lead_id, body.changes(), now=dt.datetime.now(dt.UTC))
+    changes = body.changes()
+    change = runtime.write(engine, lambda conn: ingest.upsert_lead(conn, lead_id, changes, now=_now()))
     response.status_code = status.HTTP_201_CREATED if change.created else status.HTTP_200_OK
     return _written(change)
 
@@ -165,8 +195,7 @@ def post_leads(body: BulkLeadsRequest, state: StateDep, runtime: RuntimeDep) -> 
     engine = state.score_log.engine
     runtime.admit(engine)
     items = [(lead.lead_id, lead.changes()) for lead in body.leads]
-    with runtime.transaction(engine) as conn:
-        changes = ingest.upsert_leads(conn, items, now=dt.datetime.now(dt.UTC))
+    changes = runtime.write(engine, lambda conn: ingest.upsert_leads(conn, items, now=_now()))
     created = sum(c.created for c in changes)
     updated = sum(not c.created and bool(c.changed) for c in changes)
     return BulkLeadsWritten(
@@ -187,8 +216,7 @@ def post_activities(body: ActivitiesRequest, state: StateDep, runtime: RuntimeDe
     engine = state.score_log.engine
     runtime.admit(engine)
     touches = [activity.touch() for activity in body.activities]
-    with runtime.transaction(engine) as conn:
-        added = ingest.add_touches(conn, touches, now=dt.datetime.now(dt.UTC), limits=runtime.limits)
+    added = runtime.write(engine, lambda conn: ingest.add_touches(conn, touches, now=_now(), limits=runtime.limits))
     return ActivitiesAdded(stored=added.stored, duplicates=added.duplicates, lead_ids=list(added.lead_ids))
 
 
@@ -206,10 +234,10 @@ def post_events(body: EventsRequest, state: StateDep, runtime: RuntimeDep) -> Ev
     engine = state.score_log.engine
     runtime.admit(engine)
     loc: tuple[str, ...] = ("batch",) if body.batch is not None else ()
-    with runtime.transaction(engine) as conn:
-        applied = ingest.apply_events(
-            conn, messages, runtime.event_map, now=dt.datetime.now(dt.UTC), limits=runtime.limits, loc=loc
-        )
+    applied = runtime.write(
+        engine,
+        lambda conn: ingest.apply_events(conn, messages, runtime.event_map, now=_now(), limits=runtime.limits, loc=loc),
+    )
     unmapped = [
         UnmappedCount(kind="track" if kind == "track" else "page", name=name, count=count)
         for (kind, name), count in sorted(applied.unmapped.items())

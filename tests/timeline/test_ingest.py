@@ -327,6 +327,14 @@ def test_anonymous_page_views_join_the_lead_when_identified(engine: Engine) -> N
     assert queued(engine)["L1"] in ("touch", "identify")
 
 
+def test_identify_never_moves_a_stored_leads_created_at(engine: Engine) -> None:
+    create(engine, "L1")
+    later = SegmentMessage("identify", user_id="L1", traits={"createdAt": "2025-05-03T00:00:00Z", "title": "CFO"})
+    events(engine, later)
+    row = stored_lead(engine, "L1")
+    assert stored_time(row["created_at"]) == CREATED and row["job_title"] == "CFO"
+
+
 def test_a_batch_is_applied_in_order(engine: Engine) -> None:
     events(
         engine,
