@@ -16,6 +16,8 @@ from timeline.schema import Stamp, lead_scores, leads, rescore_queue
 
 log = logging.getLogger(__name__)
 
+# Leads per enqueue statement: six parameters each stays far below SQLite's and PostgreSQL's limits.
+ENQUEUE_ROWS_PER_STATEMENT = 1000
 # Why a lead is rescored, as score_history.cause records it.
 CAUSES = ("touch", "profile", "lifecycle", "colleague", "sweep", "identify", "request")
 
@@ -32,7 +34,9 @@ def enqueue(conn: Connection, lead_ids: Iterable[str], cause: str, *, due_at: dt
     due = due_at or now
     rows = [
         {"lead_id": lead_id, "cause": cause, "enqueued_at": now, "due_at": due, "generation": 1, "attempts": 0}
-        for lead_id in dict.fromkeys(lead_ids)  # each lead once, in order
+        # Each lead once, in lead order: concurrent transactions then lock queue rows in the same order (PostgreSQL
+        # would otherwise find them deadlocked now and then).
+        for lead_id in sorted(set(lead_ids))
     ]
     if not rows:
         return
@@ -44,6 +48,12 @@ def enqueue(conn: Connection, lead_ids: Iterable[str], cause: str, *, due_at: dt
         statement = sqlite.insert(rescore_queue)
     else:
         raise NotImplementedError(f"the rescore queue supports SQLite and PostgreSQL, not {dialect}")
+    for start in range(0, len(rows), ENQUEUE_ROWS_PER_STATEMENT):
+        # One multi-row statement per chunk, not one per lead: a batch of touches queues hundreds of leads.
+        _upsert(conn, statement.values(rows[start : start + ENQUEUE_ROWS_PER_STATEMENT]))
+
+
+def _upsert(conn: Connection, statement: postgresql.Insert | sqlite.Insert) -> None:
     excluded = statement.excluded
     table = rescore_queue.c
     upsert = statement.on_conflict_do_update(
@@ -54,7 +64,7 @@ def enqueue(conn: Connection, lead_ids: Iterable[str], cause: str, *, due_at: dt
             "cause": excluded.cause,
         },
     )
-    conn.execute(upsert, rows)
+    conn.execute(upsert)
 
 
 def _earlier(conn: Connection, current: ColumnElement[dt.datetime], new: ColumnElement[dt.datetime]) -> object:
