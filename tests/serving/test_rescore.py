@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
@@ -204,19 +205,22 @@ def test_a_colleagues_touch_reaches_the_leads_rescore(app_client: TestClient, st
     stored_score(store, colleague)
 
 
-def test_a_lead_the_score_api_would_refuse_fails_alone_and_stays_queued(app_client: TestClient, store: Engine) -> None:
-    good, bad = new_id("L"), new_id("L")
+def test_a_lead_that_cannot_be_scored_fails_alone_and_stays_queued(app_client: TestClient, store: Engine) -> None:
+    good, refused, unreadable = new_id("L"), new_id("L"), new_id("L")
     with store.begin() as conn:
         add_lead(conn, good)
-        add_lead(conn, bad)
-        add_touch(conn, bad, "fax_received", 1)  # not an activity type the model knows
-        enqueue(conn, [bad, good], "touch")
+        add_lead(conn, refused)
+        add_touch(conn, refused, "fax_received", 1)  # not an activity type the score API takes
+        add_lead(conn, unreadable)
+        conn.execute(leads.update().where(leads.c.lead_id == unreadable).values(custom="{not json"))
+        enqueue(conn, [refused, unreadable, good], "touch")
     stored_score(store, good)
-    row = wait_for("failed attempt", lambda: failed_row(store, bad))
-    assert row.claimed_by is None
-    assert row.due_at.replace(tzinfo=dt.UTC) > dt.datetime.now(dt.UTC)  # backed off, never dropped
-    with store.connect() as conn:
-        assert current_score(conn, bad) is None
+    for lead_id in (refused, unreadable):
+        row = wait_for("failed attempt", partial(failed_row, store, lead_id))
+        assert row.claimed_by is None and row.attempts == 1
+        assert row.due_at.replace(tzinfo=dt.UTC) > dt.datetime.now(dt.UTC)  # backed off, never dropped
+        with store.connect() as conn:
+            assert current_score(conn, lead_id) is None
 
 
 def test_an_erased_lead_leaves_the_queue_unscored(app_client: TestClient, store: Engine) -> None:
