@@ -74,9 +74,16 @@ class Rescorer:
     leaves either all of that or none of it, and its claimed leads to another worker once the lease runs out.
     """
 
-    def __init__(self, state: ServiceState, *, on_scored: OnScored = ignore_scored, worker_id: str | None = None):
+    def __init__(
+        self,
+        state: ServiceState,
+        *,
+        on_scored: OnScored = ignore_scored,
+        worker_id: str | None = None,
+        engine: Engine | None = None,
+    ):
         self.state = state
-        self.engine: Engine = state.score_log.engine
+        self.engine: Engine = engine or state.score_log.engine  # the store whose queue it serves: the service's
         self.on_scored = on_scored
         self.worker_id = worker_id or worker_name()
         self._said_idle: str | None = None  # why this worker cannot rescore, once said in the log

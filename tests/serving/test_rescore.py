@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, select
 from serving.app import create_app
 from serving.rescore import RescoreOutcome, Rescorer, ignore_scored
 from serving.state import ServiceState
+from tests.postgres import fresh_database
 from tests.serving.conftest import ADMIN, SCORING, Registry, service_settings
 from timeline.engine import make_engine
 from timeline.history import scoring_requests
@@ -291,6 +292,28 @@ def test_metrics_show_the_rescore_queue(app_client: TestClient, store: Engine) -
     text = app_client.get("/metrics", headers=ADMIN).text
     assert 'leadscore_rescores_total{outcome="scored"}' in text
     assert "leadscore_rescore_backlog" in text and "leadscore_rescore_oldest_due_seconds" in text
+
+
+def test_a_rescorer_on_postgresql_stores_scores_and_completes_erased_leads(app_client: TestClient) -> None:
+    with fresh_database() as name:
+        engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+        try:
+            lead_id, colleague, gone = new_id("L"), new_id("L"), new_id("L")
+            with engine.begin() as conn:
+                add_lead(conn, lead_id, account_id="ACME")
+                add_lead(conn, colleague, account_id="ACME")
+                add_touch(conn, colleague, "demo_request", 1)
+                enqueue(conn, [lead_id, gone], "colleague")
+            rescorer = Rescorer(_state(app_client), engine=engine, worker_id="pg-worker")
+            assert rescorer.rescore_batch() == RescoreOutcome(scored=1, gone=1)
+            with engine.connect() as conn:
+                state = current_score(conn, lead_id)
+                assert state is not None and [row.cause for row in history(conn, lead_id)] == ["colleague"]
+                assert conn.execute(select(rescore_queue)).all() == []
+            assert_same_answer(dict(state.response), posted(app_client, engine, lead_id))
+            assert rescorer.rescore_batch() == RescoreOutcome()  # nothing left
+        finally:
+            engine.dispose()
 
 
 def test_an_export_model_leaves_the_queue_alone_and_says_so_once(
