@@ -275,7 +275,7 @@ def test_the_sweep_queues_unscored_open_leads_for_a_rescore(app_client: TestClie
     with store.begin() as conn:  # stored without a rescore queued (as by an import, or an older version)
         add_lead(conn, lead_id)
         add_lead(conn, won, won_at=dt.datetime.now(dt.UTC) - DAY)
-    assert _rescorer(app_client).sweep() >= 1
+    _rescorer(app_client).sweep()  # (the service's own hourly sweep may have come first: the same either way)
     stored_score(store, lead_id)
     with store.connect() as conn:
         assert [row.cause for row in history(conn, lead_id)] == ["sweep"]
