@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -11,9 +12,11 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from serving.model import LoadedModel
 from serving.schemas import ScoreRequest
@@ -71,9 +74,16 @@ class Rescorer:
     leaves either all of that or none of it, and its claimed leads to another worker once the lease runs out.
     """
 
-    def __init__(self, state: ServiceState, *, on_scored: OnScored = ignore_scored, worker_id: str | None = None):
+    def __init__(
+        self,
+        state: ServiceState,
+        *,
+        on_scored: OnScored = ignore_scored,
+        worker_id: str | None = None,
+        engine: Engine | None = None,
+    ):
         self.state = state
-        self.engine: Engine = state.score_log.engine
+        self.engine: Engine = engine or state.score_log.engine  # the store whose queue it serves: the service's
         self.on_scored = on_scored
         self.worker_id = worker_id or worker_name()
         self._said_idle: str | None = None  # why this worker cannot rescore, once said in the log
@@ -115,13 +125,24 @@ class Rescorer:
         claims = queue.claim(self.engine, self.worker_id, settings.rescore_batch, settings.rescore_lease_seconds, now)
         if not claims:
             return RescoreOutcome()
-        with self.engine.connect() as conn:
-            bodies = scoring_requests(
-                conn, [c.lead_id for c in claims], max_activities=settings.max_activities,
-                max_colleagues=settings.max_colleagues,
-            )  # fmt: skip
-        gone = [c for c in claims if c.lead_id not in bodies]
-        failed: list[tuple[Claim, str]] = []
+        try:
+            outcome = self._rescore(model, policy, claims)
+        except BaseException:
+            # The store failed, not a lead: the batch goes back to the queue as it was, for the next try (or, when
+            # even that cannot be written, when its lease runs out).
+            with contextlib.suppress(Exception):
+                queue.release(self.engine, claims)
+            raise
+        metrics = self.state.metrics
+        metrics.count_rescores("scored", outcome.scored)
+        metrics.count_rescores("failed", outcome.failed)
+        metrics.count_rescores("gone", outcome.gone)
+        return outcome
+
+    def _rescore(self, model: LoadedModel, policy: PolicyVersion, claims: Sequence[Claim]) -> RescoreOutcome:
+        """Read, score and store claimed leads; a lead that cannot be is failed (due again after a backoff)."""
+        bodies, failed = self._read(claims)
+        gone = [c for c in claims if c.lead_id not in bodies and c not in {f for f, _ in failed}]
         valid: list[tuple[Claim, ScoreRequest]] = []
         for c in claims:
             if c.lead_id in bodies:
@@ -131,19 +152,38 @@ class Rescorer:
                 else:
                     valid.append((c, request))
         scored, refused = self._score(model, policy, valid)
-        failed += refused
         stored, erased, unstored = self._store(scored, gone)
-        failed += unstored
+        failed += refused + unstored
         for error, together in _by_error(failed):
             queue.fail(self.engine, together, error, dt.datetime.now(dt.UTC))
-        outcome = RescoreOutcome(scored=stored, failed=len(failed), gone=erased)
-        metrics = self.state.metrics
-        metrics.count_rescores("scored", outcome.scored)
-        metrics.count_rescores("failed", outcome.failed)
-        metrics.count_rescores("gone", outcome.gone)
-        return outcome
+        return RescoreOutcome(scored=stored, failed=len(failed), gone=erased)
 
-    def _request(self, model: LoadedModel, body: dict[str, object]) -> tuple[ScoreRequest | None, str]:
+    def _read(self, claims: Sequence[Claim]) -> tuple[dict[str, dict[str, Any]], list[tuple[Claim, str]]]:
+        """The claimed leads' stored histories as score-request bodies (an erased lead has none), in one read.
+
+        A history that cannot be read as a request fails its own lead only: the batch is read again lead by lead.
+        """
+        settings = self.state.settings
+        try:
+            with self.engine.connect() as conn:
+                bodies = scoring_requests(
+                    conn, [c.lead_id for c in claims], max_activities=settings.max_activities,
+                    max_colleagues=settings.max_colleagues,
+                )  # fmt: skip
+        except SQLAlchemyError:
+            raise  # the store's fault, not a lead's
+        except Exception as err:
+            if len(claims) == 1:
+                return {}, [(claims[0], f"its stored history cannot be read: {type(err).__name__}: {err}")]
+            bodies, failed = {}, []
+            for c in claims:
+                one, problem = self._read([c])
+                bodies.update(one)
+                failed += problem
+            return bodies, failed
+        return bodies, []
+
+    def _request(self, model: LoadedModel, body: dict[str, Any]) -> tuple[ScoreRequest | None, str]:
         """The stored history as a score request, or why POST /v1/score would refuse it."""
         try:
             request = ScoreRequest.model_validate(body)

@@ -133,7 +133,7 @@ def complete(conn: Connection, claims: Sequence[Claim]) -> None:
     table = rescore_queue.c
     conn.execute(
         delete(rescore_queue).where(table.lead_id == bindparam("b_lead"), table.generation == bindparam("b_gen")),
-        [{"b_lead": c.lead_id, "b_gen": c.generation} for c in claims],
+        [{"b_lead": c.lead_id, "b_gen": c.generation} for c in _in_lock_order(claims)],
     )
     # What is left of them has a newer generation: free for the next claim, its failures forgotten (this one worked).
     _release(conn, claims, attempts=0)
@@ -166,7 +166,10 @@ def fail(conn_or_engine: Connection | Engine, claims: Sequence[Claim], error: st
             claimed_by=None, claimed_until=None, attempts=table.attempts + 1, due_at=bindparam("b_due", type_=Stamp)
         )
     )
-    rows = [{"b_lead": c.lead_id, "b_worker": c.claimed_by, "b_due": now + retry_delay(c.attempts + 1)} for c in claims]
+    rows = [
+        {"b_lead": c.lead_id, "b_worker": c.claimed_by, "b_due": now + retry_delay(c.attempts + 1)}
+        for c in _in_lock_order(claims)
+    ]
     with _transaction(conn_or_engine) as conn:
         conn.execute(statement, rows)
 
@@ -249,8 +252,14 @@ def _release(conn: Connection, claims: Sequence[Claim], *, attempts: int | None 
         update(rescore_queue)
         .where(table.lead_id == bindparam("b_lead"), table.claimed_by == bindparam("b_worker"))
         .values(**values),
-        [{"b_lead": c.lead_id, "b_worker": c.claimed_by} for c in claims],
+        [{"b_lead": c.lead_id, "b_worker": c.claimed_by} for c in _in_lock_order(claims)],
     )
+
+
+def _in_lock_order(claims: Sequence[Claim]) -> list[Claim]:
+    # Rows are locked in lead order, as other writers of the queue should: two transactions that lock the same rows
+    # in opposite orders deadlock on PostgreSQL.
+    return sorted(claims, key=lambda c: c.lead_id)
 
 
 @contextmanager
