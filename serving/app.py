@@ -29,7 +29,7 @@ from serving.metrics import MetricsAndLimitsMiddleware, ServiceMetrics
 from serving.model import ModelHolder, ModelNotAvailableError
 from serving.preflight import StartupError, check_journal, open_store, registry_of
 from serving.rescore import SWEEP_FIRST_SECONDS, Rescorer
-from serving.routers import export, ingest, meta, page, score, thresholds
+from serving.routers import export, ingest, leads, meta, page, score, thresholds
 from serving.routers import webhooks as webhook_routes
 from serving.schemas import MAX_PROPERTY_DEPTH
 from serving.score_log import ScoreLog, ScoreLogUnavailableError
@@ -134,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhook_routes.router)
     app.include_router(page.router)
     app.include_router(ingest.router)
+    app.include_router(leads.router)
     app.state.ingest = ingest.runtime(settings)  # here: a bad event map (LEADSCORE_EVENT_MAP) fails the start
 
     @app.exception_handler(RequestValidationError)

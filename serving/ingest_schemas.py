@@ -290,3 +290,54 @@ class UnmappedEvents(BaseModel):
 
     unknown: Literal["ignore", "refuse"]
     events: list[UnmappedEvent]
+
+
+class StoredTouchOut(BaseModel):
+    """A stored touch, as the lead's timeline shows it."""
+
+    occurred_at: dt.datetime
+    activity_type: str
+    properties: dict[str, JsonValue] | None = None
+    activity_id: str | None = Field(default=None, description="The sender's id of the touch, when it gave one.")
+    anonymous_id: str | None = Field(default=None, description="The visitor id it came under before identify.")
+    received_at: dt.datetime
+
+
+class HistoricScoreOut(BaseModel):
+    """One rescore of the lead: when, why, and what it said."""
+
+    scored_at: dt.datetime
+    cause: str = Field(description="What queued it: touch, profile, lifecycle, colleague, identify, sweep, ...")
+    fit_score: float
+    grade: str
+    readiness_probability: float | None
+    readiness_score: float | None
+    stage: str | None
+    queue: str
+    model_version: str
+    thresholds_version: int
+
+
+class LeadTimeline(BaseModel):
+    """A stored lead: profile, account, identities, latest touches, current score with reasons, score history."""
+
+    lead: Lead = Field(description="The lead as stored (the score API's lead object).")
+    updated_at: dt.datetime
+    account_traits: dict[str, JsonValue] | None = Field(description="The account's traits, from Segment group calls.")
+    anonymous_ids: list[str] = Field(description="Visitor ids identified as this lead.")
+    touch_count: int = Field(description="Every stored touch of the lead; `touches` holds the latest of them.")
+    touches: list[StoredTouchOut]
+    score: dict[str, JsonValue] | None = Field(
+        description="The latest rescore's answer, as POST /v1/score gives it (reasons included); null until scored."
+    )
+    scored_at: dt.datetime | None
+    rescore_pending: bool = Field(description="A change is queued and the score above does not reflect it yet.")
+    score_history: list[HistoricScoreOut] = Field(description="Rescores, newest first.")
+
+
+class LeadErased(BaseModel):
+    """What an erasure deleted (the erasure itself is recorded with these counts only, no personal data)."""
+
+    lead_id: str
+    deleted: dict[str, int] = Field(description="Rows deleted, by table.")
+    colleagues_requeued: int = Field(description="Colleagues queued for a rescore (their buying group changed).")

@@ -246,13 +246,15 @@ async def require_scoring_key(state: StateDep, key: Annotated[str | None, Depend
 
 
 async def require_admin_key(state: StateDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    """401 without a valid key, 403 with a scoring key that is not an admin key."""
+    """401 without a valid key, 403 with a scoring or ingest key that is not an admin key."""
     settings = state.settings
     if not settings.auth_enabled:
         return
     admin = [k.get_secret_value() for k in settings.admin_keys]
     if key is not None and _matches(key, admin):
         return
+    if key is not None and state.may_ingest(key):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may ingest but not administer the service")
     await require_scoring_key(state, key)
     raise HTTPException(status.HTTP_403_FORBIDDEN, "this key may score but not administer the service")
 

@@ -106,23 +106,11 @@ def _send(client: TestClient, method: str, url: str, key: str, body: Any = None)
     raise AssertionError(f"{method} {url}: still 429 after {MAX_RETRIES} tries")
 
 
-def _route(client: TestClient, method: str, path: str) -> bool:
-    return any(getattr(r, "path", None) == path and method in getattr(r, "methods", ()) for r in client.app.routes)  # type: ignore[attr-defined]
-
-
 def _replay(client: TestClient, funnel: SimulatedFunnel) -> tuple[frozenset[str], int]:
     """Feed the funnel through the API in time order; the leads erased on the way and their touches sent."""
-    first = _send(client, "PUT", "/v1/leads/probe-route", INGEST_KEY, {"created_at": "2024-01-01T00:00:00Z"})
-    if first.status_code == 404 and first.json().get("detail") == "Not Found":
-        pytest.skip("PUT /v1/leads/{lead_id} is not in this branch yet (the ingest API of issue 20)")
-    assert first.status_code == 201, first.text
-    can_erase = _route(client, "DELETE", "/v1/leads/{lead_id}")
-    erase = _send(client, "DELETE", "/v1/leads/probe-route", ADMIN_KEY) if can_erase else None
-    assert erase is None or erase.status_code in (200, 204), erase.text if erase else ""
-
     # Leads with at least two touches are erased right after their second one, when some of their history is stored.
     touch_counts = funnel.activities["lead_id"].value_counts()
-    to_erase = set(touch_counts[touch_counts >= 2].index[:ERASED]) if can_erase else set()
+    to_erase = set(touch_counts[touch_counts >= 2].index[:ERASED])
     seen: dict[str, int] = {}
     erased: set[str] = set()
     erased_touches = 0
@@ -144,7 +132,7 @@ def _replay(client: TestClient, funnel: SimulatedFunnel) -> tuple[frozenset[str]
             if lead_id in to_erase and seen[lead_id] == 2:
                 flush()
                 answer = _send(client, "DELETE", f"/v1/leads/{lead_id}", ADMIN_KEY)
-                assert answer.status_code in (200, 204), answer.text
+                assert answer.status_code == 200, answer.text
                 erased.add(lead_id)
                 erased_touches += seen[lead_id]
             elif len(pending) == BATCH:
@@ -201,7 +189,11 @@ def _by_key(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def test_the_export_of_a_replayed_funnel_is_the_simulator_s_leads_table(replayed: Replayed) -> None:
-    expected = replayed.funnel.leads[~replayed.funnel.leads["lead_id"].isin(replayed.erased)]
+    expected = replayed.funnel.leads[~replayed.funnel.leads["lead_id"].isin(replayed.erased)].copy()
+    # The simulator writes some text with stray white space, as CRMs do; the API stores text as the score API reads
+    # it, stripped (serving.schemas: str_strip_whitespace), so the export has it stripped too.
+    for name in expected.columns[expected.dtypes.map(pd.api.types.is_string_dtype)]:
+        expected[name] = expected[name].str.strip()
     assert len(replayed.leads) == len(expected)
     pd.testing.assert_frame_equal(
         _by_key(replayed.leads, ["lead_id"]), _by_key(expected, ["lead_id"]), check_exact=True
@@ -219,8 +211,6 @@ def test_the_export_of_a_replayed_funnel_is_the_simulator_s_activities_table(rep
 
 
 def test_leads_erased_during_the_replay_are_not_exported(replayed: Replayed) -> None:
-    if not replayed.erased:
-        pytest.skip("DELETE /v1/leads/{lead_id} is not in this branch yet (erasure, issue 20)")
     assert len(replayed.erased) == ERASED and replayed.erased_touches_sent == 2 * ERASED
     assert not replayed.erased & set(replayed.leads["lead_id"])
     assert not replayed.erased & set(replayed.activities["lead_id"])
