@@ -94,7 +94,7 @@ def pair(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory
                     replica.process.wait(timeout=30)
             for log in logs:
                 log.close()
-            mlflow.set_tracking_uri(None)
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 def _lead(account: str, created: dt.datetime) -> dict[str, Any]:
