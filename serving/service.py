@@ -41,15 +41,43 @@ def request_lead(request: LeadToScore, now: dt.datetime) -> RequestLead:
     """What the feature builder reads of a request: records of the people, the touches as columns, as_of."""
     lead_id = request.lead.lead_id
     touches = request.activities
+    lead = request.lead.record()
+    colleagues = [c.record() for c in request.colleagues]
+    times = [a.occurred_at for a in touches]
+    as_of = request.as_of
+    if as_of is None:
+        as_of = counting_now(now, [*times, *_stamps(lead), *(t for c in colleagues for t in _stamps(c))])
     return RequestLead(
-        lead=request.lead.record(),
-        colleagues=[c.record() for c in request.colleagues],
+        lead=lead,
+        colleagues=colleagues,
         touch_lead_ids=[a.lead_id or lead_id for a in touches],
-        touch_times=[a.occurred_at for a in touches],
+        touch_times=times,
         touch_types=[a.activity_type for a in touches],
-        as_of=request.as_of or now,
+        as_of=as_of,
         touch_properties=[a.properties for a in touches],
     )
+
+
+def counting_now(now: dt.datetime, known: Sequence[dt.datetime]) -> dt.datetime:
+    """The as_of of a score "as of now": now, or the first moment the features count everything known by now.
+
+    The features count a touch or stamp only from the second after the one it happened in (stamps round up, as_of
+    down: training's snapshots never see a touch of their own second). A lead scored the moment its demo request
+    arrives, as the rescore on change does, would miss that very request; scoring as of the first moment it counts
+    (at most two seconds ahead, which no feature's decay notices) does not. Times after now stay out.
+    """
+    latest = max((t for t in known if t <= now), default=None)
+    if latest is None:
+        return now
+    counted = latest.replace(microsecond=0) + dt.timedelta(seconds=1 if latest.microsecond == 0 else 2)
+    return max(now, counted)
+
+
+def _stamps(record: dict[str, object]) -> Iterator[dt.datetime]:
+    for name in ("created_at", *LIFECYCLE_CHAIN):
+        value = record.get(name)
+        if isinstance(value, dt.datetime):
+            yield value
 
 
 def notes(score: LeadScore) -> list[str]:

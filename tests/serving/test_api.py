@@ -19,7 +19,7 @@ from features.bots import BotLimits
 from features.scoring import GRADES, READINESS_STAGES
 from serving.policy import QUEUES, RoutingPolicy
 from serving.schemas import EXAMPLE_REQUEST, ScoreRequest
-from serving.service import request_lead
+from serving.service import counting_now, request_lead
 from serving.state import ServiceState
 from tests.conftest import Trained
 from tests.serving.conftest import ADMIN, SCORING, Registry
@@ -517,3 +517,30 @@ def test_model_info_lists_the_quality_warnings_training_logged(client: TestClien
     # The session's small funnel holds too few wins to judge its fit model: the service must say so.
     if trained.result.fit.metrics["model"]["positives"] < MIN_HOLDOUT_POSITIVES:
         assert any(message.startswith("fit model: ") for message in info["quality_warnings"])
+
+
+def test_a_demo_request_made_this_very_second_counts_in_a_score_as_of_now(client: TestClient) -> None:
+    """A CRM (or the rescore on change) scoring a lead the moment its demo request arrives sees that request."""
+    now = dt.datetime.now(dt.UTC)
+    lead = {"lead_id": "L-fresh", "created_at": (now - dt.timedelta(days=3)).isoformat(), "seniority": "director"}
+    demo = {"occurred_at": now.isoformat(), "activity_type": "demo_request"}
+    before = client.post("/v1/score", json={"lead": lead, "activities": []}, headers=SCORING).json()
+    fresh = client.post("/v1/score", json={"lead": lead, "activities": [demo]}, headers=SCORING).json()
+    assert fresh["readiness"]["probability"] > before["readiness"]["probability"]
+    assert any(r["group"] == "demo_request" for r in fresh["reasons"]["behaviour"]), fresh["reasons"]
+    # An explicit as_of is point in time as ever: a touch of as_of's own second is not counted.
+    at = now.replace(microsecond=500_000)
+    same_second = {"occurred_at": at.replace(microsecond=0).isoformat(), "activity_type": "demo_request"}
+    explicit = client.post("/v1/score", json={"lead": lead, "activities": [same_second], "as_of": at.isoformat()},
+                           headers=SCORING).json()  # fmt: skip
+    assert not any(r["group"] == "demo_request" for r in explicit["reasons"]["behaviour"])
+
+
+def test_scoring_as_of_now_counts_what_is_known_and_ignores_what_is_ahead() -> None:
+    now = dt.datetime(2025, 6, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
+    assert counting_now(now, []) == now
+    assert counting_now(now, [now - dt.timedelta(hours=1)]) == now  # counted long ago
+    assert counting_now(now, [now]) == dt.datetime(2025, 6, 1, 12, 0, 2, tzinfo=dt.UTC)
+    on_the_second = dt.datetime(2025, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
+    assert counting_now(now, [on_the_second]) == dt.datetime(2025, 6, 1, 12, 0, 1, tzinfo=dt.UTC)
+    assert counting_now(now, [now + dt.timedelta(hours=2)]) == now  # a touch ahead of the clock waits for its time
