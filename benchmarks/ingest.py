@@ -89,7 +89,7 @@ class Population:
 def population(data_dir: Path, n_batches: int, seed: int = 0) -> Population:
     """Demo profiles as stored leads (five to an account), probes with 50 touches, and `n_batches` touch batches."""
     rng = random.Random(seed)
-    demo = demo_leads(data_dir, count=LEADS + PROBE_LEADS + 400)
+    demo = demo_leads(data_dir, count=LEADS + PROBE_LEADS + 300)  # fresh leads: 5 a second for up to 60 s
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     profiles = []
     for body in demo.ours:
@@ -435,11 +435,16 @@ def main(
     tracking_uri: Annotated[
         str | None, typer.Option(help="Existing store with models:/lead-scorer@champion; default: train one.")
     ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the work folder (servers' logs, stores) and print where.")] = False,
 ) -> None:
     """Measure the lead timeline on each store and print the table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with tempfile.TemporaryDirectory(prefix="leadscore-ingest-bench-") as tmp:
-        root = Path(tmp)
+    with contextlib.ExitStack() as folder:
+        if keep:
+            root = Path(tempfile.mkdtemp(prefix="leadscore-ingest-bench-"))
+            log.info("keeping the work folder %s", root)
+        else:
+            root = Path(folder.enter_context(tempfile.TemporaryDirectory(prefix="leadscore-ingest-bench-")))
         if tracking_uri is None:
             tracking_uri = quickstart(root)
         else:

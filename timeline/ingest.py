@@ -8,12 +8,13 @@ the caller rolls the transaction back, so nothing of a refused request is stored
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,7 +24,7 @@ from features.spec import ACTIVITY_TYPES, LIFECYCLE_CHAIN, LIFECYCLE_PREREQUISIT
 from timeline.engine import stored_time
 from timeline.event_map import ACCOUNT_TARGETS, CUSTOM_PREFIX, EventMap
 from timeline.history import lead_record
-from timeline.queue import enqueue
+from timeline.queue import enqueue_causes
 from timeline.schema import (
     LIFECYCLE_STAMPS,
     PROFILE_TEXT,
@@ -122,9 +123,44 @@ class TouchLimits:
     max_property_bytes: int = DEFAULT_MAX_PROPERTY_BYTES
 
 
+# What a write queues for a rescore is gathered on the connection and queued in one statement when the write is
+# done (timeline.queue.enqueue_causes says why). A lead given several causes is recorded under the most direct.
+_QUEUED = "leadscore.rescores_to_queue"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_CAUSE_RANK = {cause: rank for rank, cause in enumerate(("touch", "identify", "lifecycle", "profile", "colleague"))}
+
+
+def _defer(conn: Connection, lead_ids: Iterable[str], cause: str) -> None:
+    queued: dict[str, str] = conn.info.setdefault(_QUEUED, {})
+    for lead_id in lead_ids:
+        if lead_id not in queued or _CAUSE_RANK[cause] < _CAUSE_RANK[queued[lead_id]]:
+            queued[lead_id] = cause
+
+
+def _queueing(write: Callable[Concatenate[Connection, _P], _R]) -> Callable[Concatenate[Connection, _P], _R]:
+    """A public write: what it queues for a rescore is queued once, when it is done."""
+
+    @functools.wraps(write)
+    def queued_once(conn: Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        conn.info.pop(_QUEUED, None)  # left by a write that failed half-way on this connection: rolled back
+        result = write(conn, *args, **kwargs)
+        _queue_deferred(conn)
+        return result
+
+    return queued_once
+
+
+def _queue_deferred(conn: Connection) -> None:
+    queued: dict[str, str] = conn.info.pop(_QUEUED, {})
+    if queued:
+        enqueue_causes(conn, queued)
+
+
 # ---- leads -------------------------------------------------------------------------------------------------------
 
 
+@_queueing
 def upsert_lead(conn: Connection, lead_id: str, changes: Mapping[str, Any], *, now: dt.datetime) -> LeadChange:
     """Create the lead, or change only the fields given (None clears a profile field); queue its rescore.
 
@@ -138,6 +174,7 @@ def upsert_lead(conn: Connection, lead_id: str, changes: Mapping[str, Any], *, n
     return change
 
 
+@_queueing
 def upsert_leads(
     conn: Connection, items: Sequence[tuple[str, Mapping[str, Any]]], *, now: dt.datetime
 ) -> list[LeadChange]:
@@ -318,10 +355,8 @@ def _queue_lead_changes(conn: Connection, changes: Sequence[LeadChange]) -> None
     done = [c for c in changes if c.changed]
     lifecycle = sorted({c.lead_id for c in done if _STAMP_SET & c.changed.keys()})
     profile = sorted({c.lead_id for c in done} - set(lifecycle))
-    if lifecycle:
-        enqueue(conn, lifecycle, "lifecycle")
-    if profile:
-        enqueue(conn, profile, "profile")
+    _defer(conn, lifecycle, "lifecycle")
+    _defer(conn, profile, "profile")
     _queue_colleagues(conn, [a for c in done for a in c.accounts], {c.lead_id for c in done})
 
 
@@ -330,9 +365,7 @@ def _queue_colleagues(conn: Connection, account_ids: Iterable[str], exclude: set
     if not wanted:
         return
     found = conn.execute(select(leads.c.lead_id).where(leads.c.account_id.in_(wanted))).scalars()
-    colleagues = sorted(set(found) - exclude)
-    if colleagues:
-        enqueue(conn, colleagues, "colleague")
+    _defer(conn, sorted(set(found) - exclude), "colleague")
 
 
 # ---- touches -----------------------------------------------------------------------------------------------------
@@ -348,6 +381,7 @@ SEGMENT_NAMES: Mapping[str, str] = {
 }  # fmt: skip
 
 
+@_queueing
 def add_touches(
     conn: Connection, new: Sequence[TouchIn], *, now: dt.datetime, limits: TouchLimits = TouchLimits()
 ) -> TouchesAdded:
@@ -412,7 +446,7 @@ def _add_touches(
         touched.update(lead_id for lead_id in inserted if lead_id is not None)
     lead_ids = sorted(touched)
     if lead_ids:
-        enqueue(conn, lead_ids, "touch")
+        _defer(conn, lead_ids, "touch")
         _queue_account_colleagues(conn, lead_ids)
     return TouchesAdded(stored=stored, duplicates=len(new) - stored, lead_ids=tuple(lead_ids))
 
@@ -510,9 +544,7 @@ def _queue_account_colleagues(conn: Connection, lead_ids: Sequence[str]) -> None
     """Queue the other leads of these leads' accounts ("colleague"): their buying-group features changed."""
     their_accounts = select(leads.c.account_id).where(leads.c.lead_id.in_(lead_ids), leads.c.account_id.is_not(None))
     found = conn.execute(select(leads.c.lead_id).where(leads.c.account_id.in_(their_accounts.scalar_subquery())))
-    colleagues = sorted(set(found.scalars()) - set(lead_ids))
-    if colleagues:
-        enqueue(conn, colleagues, "colleague")
+    _defer(conn, sorted(set(found.scalars()) - set(lead_ids)), "colleague")
 
 
 # ---- Segment -----------------------------------------------------------------------------------------------------
@@ -550,6 +582,7 @@ class EventsApplied:
     unmapped: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, name) -> how often, ignored
 
 
+@_queueing
 def apply_events(
     conn: Connection,
     messages: Sequence[SegmentMessage],
@@ -747,7 +780,7 @@ def _link(conn: Connection, anonymous_id: str, lead_id: str, loc: Loc, now: dt.d
         .values(lead_id=lead_id)
     ).rowcount
     if claimed:
-        enqueue(conn, [lead_id], "identify")
+        _defer(conn, [lead_id], "identify")
         _queue_account_colleagues(conn, [lead_id])
     return int(claimed)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,16 +28,26 @@ def enqueue(conn: Connection, lead_ids: Iterable[str], cause: str, *, due_at: dt
     A lead already queued keeps its place (the earlier due time) and its generation moves on, so that a worker
     scoring it right now keeps the row for one more rescore (see timeline.schema.rescore_queue).
     """
-    if cause not in CAUSES:
-        raise ValueError(f"unknown rescore cause {cause!r} (one of {', '.join(CAUSES)})")
+    enqueue_causes(conn, dict.fromkeys(lead_ids, cause), due_at=due_at)
+
+
+def enqueue_causes(conn: Connection, causes: Mapping[str, str], *, due_at: dt.datetime | None = None) -> None:
+    """As `enqueue`, each lead with its own cause.
+
+    A transaction should queue everything it queues in one call: concurrent transactions then lock queue rows in
+    one order (lead order), where two calls each (touched leads, then their colleagues) would now and then find
+    PostgreSQL deadlocking them.
+    """
+    for cause in set(causes.values()):
+        if cause not in CAUSES:
+            raise ValueError(f"unknown rescore cause {cause!r} (one of {', '.join(CAUSES)})")
     now = dt.datetime.now(dt.UTC)
     due = due_at or now
     rows = [
-        {"lead_id": lead_id, "cause": cause, "enqueued_at": now, "due_at": due, "generation": 1, "attempts": 0}
-        # Each lead once, in lead order: concurrent transactions then lock queue rows in the same order (PostgreSQL
-        # would otherwise find them deadlocked now and then).
-        for lead_id in sorted(set(lead_ids))
-    ]
+        {"lead_id": lead_id, "cause": causes[lead_id], "enqueued_at": now, "due_at": due, "generation": 1,
+         "attempts": 0}
+        for lead_id in sorted(causes)
+    ]  # fmt: skip
     if not rows:
         return
     dialect = conn.dialect.name
