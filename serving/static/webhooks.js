@@ -128,8 +128,25 @@
       "td",
       { "data-field": "last_delivery", "data-status": delivery.status, title: `${delivery.event_type}, ${delivery.id}` },
       el("span", { className: `delivery-status status-${delivery.status}` }, delivery.status),
-      ` ${answerOf(delivery.last_status_code, null)}`,
+      delivery.last_status_code !== null ? ` HTTP ${delivery.last_status_code}` : delivery.last_error ? " no answer" : "",
       el("small", { className: "when" }, fmtTime(attempt ? attempt.attempted_at : delivery.created_at)),
+    );
+  }
+
+  function rowActions(s) {
+    const button = (action, label, attrs = {}) =>
+      el("button", { type: "button", className: "secondary", "data-action": action, ...attrs }, label);
+    return el(
+      "div",
+      { className: "row-actions" },
+      button("toggle", s.active ? "Pause" : "Resume"),
+      // A paused subscription refuses test events (409): the button says so before anyone tries.
+      button("test", "Send test", {
+        disabled: !s.active,
+        title: s.active ? "Send a webhook.test event to this URL" : "Resume it to send to it",
+      }),
+      button("log", "Delivery log"),
+      button("delete", "Delete", { className: "secondary danger" }),
     );
   }
 
@@ -154,24 +171,7 @@
             el("span", { className: `badge ${s.active ? "in-force" : "paused"}` }, s.active ? "active" : "paused"),
           ),
           drawLatest(latest[i] ?? null),
-          el(
-            "td",
-            { className: "row-actions" },
-            el("button", { type: "button", className: "secondary", "data-action": "toggle" }, s.active ? "Pause" : "Resume"),
-            el(
-              "button",
-              {
-                type: "button",
-                className: "secondary",
-                "data-action": "test",
-                disabled: !s.active,
-                title: s.active ? "Send a webhook.test event to this URL" : "Resume it to send to it",
-              },
-              "Send test",
-            ),
-            el("button", { type: "button", className: "secondary", "data-action": "log" }, "Delivery log"),
-            el("button", { type: "button", className: "secondary danger", "data-action": "delete" }, "Delete"),
-          ),
+          el("td", {}, rowActions(s)),
         ),
       ),
     );
@@ -186,9 +186,9 @@
       url: $("webhook-url").value.trim(),
       events: [...document.querySelectorAll("#webhook-events input[name=events]:checked")].map((box) => box.value),
     };
-    // Left empty: the service's default. Anything else typed goes as typed, for the API to judge and name.
+    // Left empty: the service's default. Out of range goes as typed, for the API to judge and name.
     const change = $("webhook-min-change").value.trim();
-    if (change !== "") body.min_score_change = Number.isFinite(Number(change)) ? Number(change) : change;
+    if (change !== "") body.min_score_change = Number(change);
     const description = $("webhook-description").value.trim();
     if (description) body.description = description;
     return body;
@@ -196,9 +196,20 @@
 
   async function add(event) {
     event.preventDefault();
+    hideSecret();
+    // A number input holds "" for text it cannot read as a number: sent as such it would become the default.
+    if ($("webhook-min-change").validity.badInput) {
+      markInvalid(null);
+      $("webhook-min-change").setAttribute("aria-invalid", "true");
+      showStatus(
+        "webhook-form-status",
+        "error",
+        "Min score change (min_score_change): not a number. Points from 0 to 100, or empty for the service's default.",
+      );
+      return;
+    }
     const button = $("webhook-add");
     button.disabled = true;
-    hideSecret();
     showStatus("webhook-form-status", "info", "Adding…");
     try {
       const created = await api("POST", "/v1/webhooks", readForm());
@@ -264,7 +275,7 @@
     try {
       const queued = await api("POST", `/v1/webhooks/${encodeURIComponent(s.id)}/test`);
       showStatus("webhooks-status", "ok", `Test event ${queued.id} queued for ${s.url}: its delivery log follows it.`);
-      await openLog(s);
+      await Promise.all([openLog(s), loadList()]);
     } catch (err) {
       showStatus("webhooks-status", "error", describe(err, "The test event"));
     }
@@ -338,7 +349,8 @@
         await loadList(); // what the polling saw arrive, in the list's last-delivery column too
       }
       const more = found.next_before ? " Older deliveries are left out: the API pages them (next_before)." : "";
-      showStatus("webhook-log-status", "info", found.deliveries.length ? `${found.deliveries.length} deliveries, newest first.${more}` : "No deliveries yet.");
+      const count = found.deliveries.length;
+      showStatus("webhook-log-status", "info", count ? `${count} ${count === 1 ? "delivery" : "deliveries"}, newest first.${more}` : "No deliveries yet.");
     } catch (err) {
       if (seq !== state.logSeq) return;
       showStatus("webhook-log-status", "error", describe(err, "The delivery log"));
@@ -401,7 +413,7 @@
     } catch (err) {
       showStatus("webhooks-status", "error", describe(err, "The replay"));
     }
-    await loadLog();
+    await Promise.all([loadLog(), loadList()]);
   }
 
   // ---- wiring ----
