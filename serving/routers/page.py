@@ -1,4 +1,4 @@
-"""The sales-ops thresholds page, the interactive API docs, and their static assets, all served by the service.
+"""The sales-ops page (thresholds, webhooks), the interactive API docs, and their static assets, all served here.
 
 No data in them, so no API key (the pages' calls need one); no CDN either, so they work on a closed network.
 """
@@ -22,6 +22,7 @@ PAGE_FILE = "thresholds.html"
 # The page's own files: revalidated on every load (cheap with the ETag), so a deploy reaches every browser at once.
 PAGE_ASSETS: dict[str, str] = {
     "thresholds.js": "text/javascript; charset=utf-8",
+    "webhooks.js": "text/javascript; charset=utf-8",
     "thresholds.css": "text/css; charset=utf-8",
 }
 REVALIDATE = "no-cache"
@@ -94,7 +95,7 @@ async def plotly_js() -> Response:
 
 @router.get("/static/{name}")
 async def page_asset(name: str) -> Response:
-    """The page's script and style sheet (only those: nothing else in the package is served)."""
+    """The page's scripts and style sheet (only those: nothing else in the package is served)."""
     media_type = PAGE_ASSETS.get(name)
     if media_type is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {name!r}")

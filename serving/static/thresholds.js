@@ -24,12 +24,16 @@
 //   #history-table                      tbody tr[data-version]; button[data-testid="rollback-<version>"]
 //   #rollback-dialog                    the dialog a rollback button opens: #rollback-reason, #rollback-confirm,
 //                                       #rollback-cancel, #rollback-status
-//   body[data-busy]                     "true" while a request is in flight
+//   body[data-busy]                     "true" while a request is in flight (the webhooks section's requests too)
+//   window.leadscorePage                the helpers webhooks.js shares (api, el, showStatus...); "leadscore:key-applied"
+//                                       is dispatched on document when a key is applied
 //   body[data-simulations]              how many simulations have been drawn (grows by one per redraw)
 "use strict";
 
 (() => {
   const KEY_STORAGE = "leadscore.apiKey";
+  // Dispatched on document when a key is applied, so every section of the page reloads with it.
+  const KEY_EVENT = "leadscore:key-applied";
   // Typed numbers settle within a quarter second; simulating every keystroke would queue stale requests.
   const DEBOUNCE_MS = 250;
   // Readiness cut-offs are probabilities in the API and percentages on the page ("1.7 %"), rounded for reading; an
@@ -69,10 +73,12 @@
 
   // ---- HTTP ----
 
+  // `detail` is the API's own (FastAPI's detail: a string, or a 422's list of problems with their field's loc).
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, detail) {
       super(message);
       this.status = status;
+      this.detail = detail;
     }
   }
 
@@ -119,7 +125,7 @@
       if (!response.ok) {
         const detail = describeDetail(payload && payload.detail) || text || response.statusText;
         const prefix = STATUS_HINTS[response.status] || `Error ${response.status}`;
-        throw new ApiError(response.status, `${prefix}: ${detail}`);
+        throw new ApiError(response.status, `${prefix}: ${detail}`, payload ? payload.detail : undefined);
       }
       return payload;
     } finally {
@@ -171,6 +177,10 @@
     return percent.toFixed(percent >= 1 ? 1 : percent >= 0.1 ? 2 : 3);
   };
   const fmtCutoff = (p) => `${percentText(p)} %`;
+
+  // The page's other sections (webhooks.js, loaded after this script) call the API with the same key, busy mark and
+  // error messages, and build their rows the same way.
+  window.leadscorePage = Object.freeze({ api, el, showStatus, withHint, dash, KEY_EVENT });
 
   // ---- reading and filling the inputs ----
 
@@ -688,6 +698,7 @@
       const key = $("api-key").value.trim();
       if (key) sessionStorage.setItem(KEY_STORAGE, key);
       else sessionStorage.removeItem(KEY_STORAGE);
+      document.dispatchEvent(new Event(KEY_EVENT));
       loadAll();
     });
     $("inputs-form").addEventListener("input", scheduleSimulation);

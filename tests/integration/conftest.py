@@ -1,17 +1,23 @@
-"""Integration fixtures: the session's model registered once as @champion, and cheap copies of that MLflow store."""
+"""Integration fixtures: the model registered once as @champion, copies of its store, a served service, a browser."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.conftest import Trained
 from training.config import CHAMPION, MODEL_NAME, TrainConfig
@@ -95,3 +101,61 @@ def register_new_champion(tracking_uri: str) -> str:
     new = client.create_model_version(MODEL_NAME, champion.source, run_id=champion.run_id, tags=champion.tags)
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, new.version)
     return str(new.version)
+
+
+# Debian's Chromium: Playwright cannot download its own browser builds here (scripts/test.sh installs this one).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@dataclass
+class Server:
+    """A running service, where its logs go, and the key its reads use unless told another."""
+
+    url: str
+    log: Path
+    key: str
+
+    def get(self, path: str, key: str | None = None) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={"X-API-Key": key or self.key}, timeout=30)
+
+    def send(self, method: str, path: str, key: str, body: Any = None) -> httpx.Response:
+        """A request with a JSON body (none when `body` is None)."""
+        return httpx.request(method, f"{self.url}{path}", json=body, headers={"X-API-Key": key}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One service per module that asks for it (the page's browser tests), on its own copy of the model store."""
+    # Imported here: test_serving imports this module, so a module-level import would be circular.
+    from tests.integration.test_serving import SCORING_KEY, _free_port, _wait_ready, service_env  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("page-server")
+    uri = champion_store.copy_to(root / "registry")
+    port = _free_port()
+    env = service_env(uri, root)
+    log_path = root / "server.log"
+    with log_path.open("wb") as server_log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "leadscore", "serve", "--port", str(port)],
+            env=env, cwd=root, stdout=server_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url, process)
+            yield Server(url, log_path, SCORING_KEY)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium per module; each test opens its own context in it."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does so when run as root)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,64 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route
 
 from serving.schemas import EXAMPLE_REQUEST
-from tests.integration.conftest import ChampionStore
-from tests.integration.test_serving import ADMIN_KEY, SCORING_KEY, _free_port, _wait_ready, service_env
+from tests.integration.conftest import Server
+from tests.integration.test_serving import ADMIN_KEY, SCORING_KEY
 
 pytestmark = pytest.mark.integration
 
-# Debian's Chromium: Playwright cannot download its own browser builds here (scripts/test.sh installs this one).
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 WAIT_SECONDS = 20.0  # for one redraw or save; each takes well under a second on an idle machine
 # The service re-reads the policy at most this long after a save (serving.state.POLICY_REFRESH_SECONDS, with slack).
 POLICY_PICKUP_SECONDS = 5.0
-
-
-@dataclass
-class Server:
-    """A running service and where its logs go."""
-
-    url: str
-    log: Path
-
-    def get(self, path: str, key: str = SCORING_KEY) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", headers={"X-API-Key": key}, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def server(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("thresholds-page")
-    uri = champion_store.copy_to(root / "registry")
-    port = _free_port()
-    env = service_env(uri, root)
-    log_path = root / "server.log"
-    with log_path.open("wb") as server_log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "leadscore", "serve", "--port", str(port)],
-            env=env, cwd=root, stdout=server_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url, process)
-            yield Server(url, log_path)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does so when run as root)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @dataclass

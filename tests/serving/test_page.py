@@ -9,6 +9,7 @@ from importlib import metadata
 from fastapi.testclient import TestClient
 
 from serving.routers.page import LONG_CACHE
+from timeline.outbox import EVENT_TYPES
 
 
 class _Controls(HTMLParser):
@@ -52,6 +53,9 @@ def test_the_script_and_style_sheet_are_served_without_a_key(client: TestClient)
     script = client.get("/static/thresholds.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert script.headers["cache-control"] == "no-cache" and "/v1/thresholds/simulate" in script.text
+    webhooks = client.get("/static/webhooks.js")
+    assert webhooks.status_code == 200 and webhooks.headers["content-type"].startswith("text/javascript")
+    assert webhooks.headers["cache-control"] == "no-cache" and "/v1/webhooks" in webhooks.text
     style = client.get("/static/thresholds.css")
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
 
@@ -77,24 +81,34 @@ def test_every_control_has_a_label_and_every_asset_is_local(client: TestClient) 
     page = _page(client)
     assert page.controls and not [c for c in page.controls if c not in page.labelled]
     assert page.urls and all(url.startswith(("/static/", "data:")) for url in page.urls)
-    for asset in ("/static/thresholds.js", "/static/thresholds.css"):
+    for asset in ("/static/thresholds.js", "/static/webhooks.js", "/static/thresholds.css"):
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", client.get(asset).text), asset
 
 
-def test_every_element_the_script_looks_up_is_on_the_page(client: TestClient) -> None:
+def test_every_element_the_scripts_look_up_is_on_the_page(client: TestClient) -> None:
     page = _page(client)
-    script = client.get("/static/thresholds.js").text
-    looked_up = set(re.findall(r"\$\(\"([\w-]+)\"\)", script))
-    looked_up |= {f"grade-{g}" for g in "ABC"} | {f"stage-{s}" for s in ("MQL", "SQL")}  # built as $(`grade-${g}`)
-    assert looked_up and not looked_up - page.ids
+    for name in ("thresholds.js", "webhooks.js"):
+        script = client.get(f"/static/{name}").text
+        looked_up = set(re.findall(r"\$\(\"([\w-]+)\"\)", script))
+        if name == "thresholds.js":  # built as $(`grade-${g}`)
+            looked_up |= {f"grade-{g}" for g in "ABC"} | {f"stage-{s}" for s in ("MQL", "SQL")}
+        assert looked_up and not looked_up - page.ids, name
 
 
 def test_the_page_asks_in_its_own_dialogs_not_the_browsers(client: TestClient) -> None:
-    # A browser prompt cannot be styled, validated or tested as part of the page; the rollback reason has a dialog.
-    script = client.get("/static/thresholds.js").text
-    assert not re.search(r"\b(window\.)?(prompt|alert|confirm)\(", script)
+    # A browser prompt cannot be styled, validated or tested as part of the page: a rollback's reason and a
+    # webhook's deletion are asked in dialogs of the page.
+    for name in ("thresholds.js", "webhooks.js"):
+        script = client.get(f"/static/{name}").text
+        assert not re.search(r"\b(window\.)?(prompt|alert|confirm)\(", script), name
     page = _page(client)
     assert {"rollback-dialog", "rollback-reason", "rollback-confirm", "rollback-cancel"} <= page.ids
+    assert {"webhook-delete-dialog", "webhook-delete-confirm", "webhook-delete-cancel"} <= page.ids
+
+
+def test_the_webhook_form_offers_every_event_type_the_api_takes(client: TestClient) -> None:
+    offered = set(re.findall(r'name="events" type="checkbox" value="([\w.]+)"', client.get("/thresholds").text))
+    assert offered == set(EVENT_TYPES)
 
 
 def test_the_api_docs_load_every_asset_from_the_service(client: TestClient) -> None:
