@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from serving.model import LoadedModel
-from serving.schemas import ScoreRequest
+from serving.schemas import LeadToScore, ScoreRequest, canonical_request
 from serving.scoring import contract_of, limit_problems
 from serving.service import ScoredLead, new_request_id, score_requests
 from serving.state import ServiceState
@@ -143,7 +143,7 @@ class Rescorer:
         """Read, score and store claimed leads; a lead that cannot be is failed (due again after a backoff)."""
         bodies, failed = self._read(claims)
         gone = [c for c in claims if c.lead_id not in bodies and c not in {f for f, _ in failed}]
-        valid: list[tuple[Claim, ScoreRequest]] = []
+        valid: list[tuple[Claim, LeadToScore]] = []
         for c in claims:
             if c.lead_id in bodies:
                 request, problem = self._request(model, bodies[c.lead_id])
@@ -183,10 +183,11 @@ class Rescorer:
             return bodies, failed
         return bodies, []
 
-    def _request(self, model: LoadedModel, body: dict[str, Any]) -> tuple[ScoreRequest | None, str]:
+    def _request(self, model: LoadedModel, body: dict[str, Any]) -> tuple[LeadToScore | None, str]:
         """The stored history as a score request, or why POST /v1/score would refuse it."""
+        request: LeadToScore | None = canonical_request(body)
         try:
-            request = ScoreRequest.model_validate(body)
+            request = request or ScoreRequest.model_validate(body)
         except ValidationError as err:
             return None, "its stored history is not a valid score request: " + _problems(
                 [{"loc": e["loc"], "msg": e["msg"]} for e in err.errors(include_url=False, include_input=False)]
@@ -197,7 +198,7 @@ class Rescorer:
         return request, ""
 
     def _score(
-        self, model: LoadedModel, policy: PolicyVersion, valid: Sequence[tuple[Claim, ScoreRequest]]
+        self, model: LoadedModel, policy: PolicyVersion, valid: Sequence[tuple[Claim, LeadToScore]]
     ) -> tuple[list[tuple[Claim, ScoredLead]], list[tuple[Claim, str]]]:
         """Score the batch at once; when that fails, each lead alone, so that one bad lead fails on its own."""
         if not valid:

@@ -409,6 +409,24 @@ def parse_canonical(model: type[_Canonical], body: bytes) -> _Canonical | None:
     return parsed if canonical else None
 
 
+def canonical_request(body: Mapping[str, Any]) -> CanonicalScoreRequest | None:
+    """A request made of Python values (times as datetimes in UTC) as the twin, if valid and canonical; else None.
+
+    For requests the service builds itself from its store (the rescore, score by id): nothing to parse, and the
+    twin checks thousands of touches a second where the reference models check hundreds. None: the reference
+    models decide, as for any doubt.
+    """
+    try:
+        request = msgspec.convert(body, CanonicalScoreRequest)
+    except msgspec.ValidationError:
+        return None
+    try:
+        return request if _canonicalise(request) else None
+    except Exception:
+        log.exception("the canonical check failed on a stored history; handing it to the reference models")
+        return None
+
+
 # What pydantic's str_strip_whitespace strips (Rust's `trim`, the Unicode White_Space set). Python's own `strip()`
 # also strips U+001C-U+001F, so it cannot stand in for it.
 _WHITE_SPACE = (

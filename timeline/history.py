@@ -18,9 +18,13 @@ MAX_ACTIVITIES = 5000
 MAX_COLLEAGUES = 200
 
 
-def lead_record(row: Row[Any], as_of: dt.datetime | None = None) -> dict[str, Any]:
-    """A stored lead as the score API's `lead` object; stamps after `as_of` were not known then and are left out."""
-    record: dict[str, Any] = {"lead_id": row.lead_id, "created_at": _iso(row.created_at)}
+def lead_record(row: Row[Any], as_of: dt.datetime | None = None, *, text: bool = True) -> dict[str, Any]:
+    """A stored lead as the score API's `lead` object; stamps after `as_of` were not known then and are left out.
+
+    Times as ISO text, or (text=False) as UTC datetimes.
+    """
+    when = _iso if text else _utc
+    record: dict[str, Any] = {"lead_id": row.lead_id, "created_at": when(row.created_at)}
     if row.account_id is not None:
         record["account_id"] = row.account_id
     for name in (*PROFILE_TEXT, "employee_count", "annual_revenue"):
@@ -30,7 +34,7 @@ def lead_record(row: Row[Any], as_of: dt.datetime | None = None) -> dict[str, An
     for name in LIFECYCLE_STAMPS:
         value = getattr(row, name)
         if value is not None and (as_of is None or stored_time(value) <= as_of):
-            record[name] = _iso(value)
+            record[name] = when(value)
     if row.custom:
         record["custom"] = json.loads(row.custom)
     return record
@@ -45,6 +49,9 @@ def scoring_requests(
     max_colleagues: int = MAX_COLLEAGUES,
 ) -> dict[str, dict[str, Any]]:
     """Score-request bodies (`lead`, `activities`, `colleagues`, `as_of`) for the stored leads among `lead_ids`.
+
+    Times are UTC datetimes (`msgspec.json.encode` writes a body as the JSON the score API takes): the rescore reads
+    thousands of touches a second, and text would only be parsed back.
 
     Point in time: with `as_of`, a lead created later is missing from the answer, and touches, colleagues and
     stamps after it are left out. Without it, the whole history (scored as of now).
@@ -73,20 +80,34 @@ def scoring_requests(
             query = query.where(touches.c.occurred_at <= as_of)
         for row in conn.execute(query.order_by(touches.c.occurred_at.desc())):
             touched[row.lead_id].append(row)
-    stamp = None if as_of is None else _iso(as_of)
+    stamp = None if as_of is None else _utc(as_of)
+    # Each person's touches are made once, as theirs and as a colleague's: a buying group's members share them.
+    owned: dict[str, list[dict[str, Any]]] = {}
+    shared: dict[str, list[dict[str, Any]]] = {}
+
+    def own(person: str) -> list[dict[str, Any]]:
+        if person not in owned:
+            owned[person] = [_activity(t, None) for t in touched[person]]
+        return owned[person]
+
+    def as_colleague(person: str) -> list[dict[str, Any]]:
+        if person not in shared:
+            shared[person] = [{**a, "lead_id": person} for a in own(person)]
+        return shared[person]
+
     bodies: dict[str, dict[str, Any]] = {}
     for lead_id in lead_ids:
         if (lead := found.get(lead_id)) is None:
             continue
         mates = [m for m in colleagues.get(lead.account_id, []) if m.lead_id != lead_id][:max_colleagues]
-        activities = [_activity(t, None) for t in touched[lead_id]]
+        activities = list(own(lead_id))
         for mate in mates:
-            activities += [_activity(t, mate.lead_id) for t in touched[mate.lead_id]]
+            activities += as_colleague(mate.lead_id)
         activities.sort(key=lambda a: a["occurred_at"], reverse=True)
         body: dict[str, Any] = {
-            "lead": lead_record(lead, as_of),
+            "lead": lead_record(lead, as_of, text=False),
             "activities": activities[:max_activities],
-            "colleagues": [lead_record(m, as_of) for m in mates],
+            "colleagues": [lead_record(m, as_of, text=False) for m in mates],
         }
         if stamp is not None:
             body["as_of"] = stamp
@@ -95,12 +116,20 @@ def scoring_requests(
 
 
 def _activity(row: Row[Any], colleague: str | None) -> dict[str, Any]:
-    activity: dict[str, Any] = {"occurred_at": _iso(row.occurred_at), "activity_type": row.activity_type}
+    activity: dict[str, Any] = {"occurred_at": _utc(row.occurred_at), "activity_type": row.activity_type}
     if colleague is not None:
         activity["lead_id"] = colleague
     if row.properties:
         activity["properties"] = json.loads(row.properties)
     return activity
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # The score API's own zone object: its canonical check asks for it (PostgreSQL's driver gives another).
+    return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
+
+
+_UTC = dt.UTC
 
 
 def _iso(value: dt.datetime) -> str:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, delete, func, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,7 +18,6 @@ from timeline.schema import Stamp, lead_scores, leads, rescore_queue
 log = logging.getLogger(__name__)
 
 # Leads per enqueue statement: six parameters each stays far below SQLite's and PostgreSQL's limits.
-ENQUEUE_ROWS_PER_STATEMENT = 1000
 # Why a lead is rescored, as score_history.cause records it.
 CAUSES = ("touch", "profile", "lifecycle", "colleague", "sweep", "identify", "request")
 
@@ -58,15 +58,15 @@ def enqueue_causes(conn: Connection, causes: Mapping[str, str], *, due_at: dt.da
         statement = sqlite.insert(rescore_queue)
     else:
         raise NotImplementedError(f"the rescore queue supports SQLite and PostgreSQL, not {dialect}")
-    for start in range(0, len(rows), ENQUEUE_ROWS_PER_STATEMENT):
-        # One multi-row statement per chunk, not one per lead: a batch of touches queues hundreds of leads.
-        _upsert(conn, statement.values(rows[start : start + ENQUEUE_ROWS_PER_STATEMENT]))
+    # One statement, compiled once and cached, executed for every row in order (executemany): the rows stay in lead
+    # order, and a multi-row VALUES list would be compiled anew for each count of rows (seconds for a few thousand).
+    conn.execute(_upsert(conn, statement), rows)
 
 
-def _upsert(conn: Connection, statement: postgresql.Insert | sqlite.Insert) -> None:
+def _upsert(conn: Connection, statement: postgresql.Insert | sqlite.Insert) -> Any:
     excluded = statement.excluded
     table = rescore_queue.c
-    upsert = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[table.lead_id],
         set_={
             "generation": table.generation + 1,
@@ -74,7 +74,6 @@ def _upsert(conn: Connection, statement: postgresql.Insert | sqlite.Insert) -> N
             "cause": excluded.cause,
         },
     )
-    conn.execute(upsert)
 
 
 def _earlier(conn: Connection, current: ColumnElement[dt.datetime], new: ColumnElement[dt.datetime]) -> object:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from serving.ingest_schemas import HistoricScoreOut, LeadErased, LeadTimeline, StoredTouchOut
 from serving.routers.ingest import LeadId, RuntimeDep
-from serving.schemas import Lead, ScoreRequest, ScoreResponse, Timestamp
+from serving.schemas import Lead, LeadToScore, ScoreRequest, ScoreResponse, Timestamp, canonical_request
 from serving.scoring import contract_of, limit_problems, score_one
 from serving.state import AdminAuth, IngestAuth, ModelDep, ScoringAuth, ServiceState, StateDep
 from timeline.erasure import erase_lead
@@ -93,8 +93,9 @@ async def score_by_id(
         raise HTTPException(status.HTTP_409_CONFLICT, "the model in use reads an export's columns, not the stored "
                             "lead timeline: score by id needs a lead-contract model")  # fmt: skip
     body = await asyncio.to_thread(_stored_request, state, lead_id, as_of)
+    request: LeadToScore | None = canonical_request(body)
     try:
-        request = ScoreRequest.model_validate(body)
+        request = request or ScoreRequest.model_validate(body)
     except ValidationError as err:
         problems = err.errors(include_url=False, include_input=False)
         refused = [{**p, "loc": ["query", "as_of"]} for p in problems if p["loc"][:1] == ("as_of",)]
@@ -107,7 +108,7 @@ async def score_by_id(
         raise HTTPException(
             status.HTTP_409_CONFLICT, [{**p, "msg": f"the stored history: {p['msg']}"} for p in refusals]
         )
-    raw = json.dumps(body, separators=(",", ":")).encode()
+    raw = msgspec.json.encode(body)
     return Response(content=await score_one(state, request, raw), media_type=JSON)
 
 

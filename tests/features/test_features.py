@@ -328,7 +328,7 @@ def test_people_created_at_or_after_as_of_never_change_features(
     # negative: days until creation) says when.
     unborn = [i for i, c in enumerate(created) if c >= as_of]
     later = leads.copy()
-    stamp_columns = ["created_at", "mql_at", "sal_at", "sql_at", "lost_at", "recycled_at", "won_at"]
+    stamp_columns = ["created_at", "mql_at", "sal_at", "sql_at", "lost_at", "recycled_at", "requalified_at", "won_at"]
     later.loc[unborn, stamp_columns] += pd.Timedelta(seconds=delay)  # the whole lifecycle, to keep its order
     moved = _features(builder, later, touches, as_of, BASE_IDS)
     days = builder.feature_names_.index("days_since_created")
@@ -339,6 +339,14 @@ def test_people_created_at_or_after_as_of_never_change_features(
         expected[unborn, days] -= delay / 86_400
         np.testing.assert_allclose(moved[path][:, days], expected[:, days], rtol=0, atol=1e-9, err_msg=path)
         expected[:, days] = moved[path][:, days]
+        # The account's age counts from its first known lead: an unborn lead with no colleague known at as_of is
+        # that lead itself, so its account's age moves with its creation as days_since_created does.
+        age = builder.feature_names_.index("account_age_days")
+        for i in unborn:
+            if not any(j != i and (j < 3) == (i < 3) and created[j] < as_of for j in range(len(created))):
+                expected[i, age] -= delay / 86_400
+        np.testing.assert_allclose(moved[path][:, age], expected[:, age], rtol=0, atol=1e-9, err_msg=path)
+        expected[:, age] = moved[path][:, age]
         np.testing.assert_array_equal(moved[path], expected, err_msg=f"a later creation changed the {path} features")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, select
@@ -124,11 +125,14 @@ def failed_row(store: Engine, lead_id: str) -> Any:
     return row if row is not None and row.attempts > 0 else None
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def posted(client: TestClient, store: Engine, lead_id: str) -> dict[str, Any]:
     """What POST /v1/score answers for the lead's stored history now."""
     with store.connect() as conn:
         body = scoring_requests(conn, [lead_id])[lead_id]
-    response = client.post("/v1/score", json=body, headers=SCORING)
+    response = client.post("/v1/score", content=msgspec.json.encode(body), headers={**SCORING, **JSON})
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
