@@ -36,8 +36,8 @@ pytestmark = pytest.mark.integration
 
 INGEST_KEY = "ingest-key-for-the-replay"
 ADMIN_KEY = "admin-key-for-the-replay"
-# A few hundred leads: every stage, recycling and wins occur, and the replay takes seconds per store.
-SIMULATION = SimulationConfig(n_leads=300, seed=21, oracle_max_rows=0, p_won_sample=0)
+# 150 leads: every stage, recycling, requalification and wins occur, and the replay takes seconds per store.
+SIMULATION = SimulationConfig(n_leads=150, seed=21, oracle_max_rows=0, p_won_sample=0)
 BATCH = 500  # touches per POST /v1/activities (the API takes up to LEADSCORE_MAX_INGEST_BATCH, 1,000 by default)
 ERASED = 4  # leads erased during the replay, each after its second touch
 MAX_RETRIES = 50  # 429 answers (backpressure) in a row before the replay gives up
