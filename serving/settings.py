@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         default=20_000, ge=1,
         description="Due rescores waiting beyond which ingest answers 429 with Retry-After and stores nothing.",
     )  # fmt: skip
+    max_rescore_lag_seconds: float = Field(
+        default=30.0, gt=0,
+        description="How long the longest-waiting due rescore may wait before ingest answers 429 with Retry-After "
+        "and stores nothing (how stale scores may grow under load).",
+    )  # fmt: skip
     # ---- rescore on change ----
     rescore_batch: int = Field(default=200, ge=1, le=1000, description="Most queued leads a worker rescores at once.")
     rescore_poll_seconds: float = Field(

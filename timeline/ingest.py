@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Row, Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -905,10 +905,22 @@ def unmapped(conn: Connection) -> list[UnmappedEvent]:
     ]
 
 
+def _changes_due(now: dt.datetime) -> ColumnElement[bool]:
+    # Rescores of changes only: those the sweep queued for aged scores are upkeep, drained at leisure, and must not
+    # hold back ingest (a sweep of a large store queues tens of thousands at once).
+    return (rescore_queue.c.due_at <= now) & (rescore_queue.c.cause != "sweep")
+
+
 def rescore_backlog(conn: Connection, now: dt.datetime) -> int:
-    """Leads waiting for a rescore that is due: what ingest holds back on when it grows too long."""
-    query = select(func.count()).select_from(rescore_queue).where(rescore_queue.c.due_at <= now)
+    """Leads waiting for a due rescore of a change: what ingest holds back on when it grows too long."""
+    query = select(func.count()).select_from(rescore_queue).where(_changes_due(now))
     return int(conn.execute(query).scalar_one())
+
+
+def rescore_lag(conn: Connection, now: dt.datetime) -> dt.timedelta:
+    """How long the longest-waiting due rescore of a change has waited (zero: none waits): how stale scores are."""
+    oldest = conn.execute(select(func.min(rescore_queue.c.due_at)).where(_changes_due(now))).scalar()
+    return dt.timedelta(0) if oldest is None else max(now - stored_time(oldest), dt.timedelta(0))
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------

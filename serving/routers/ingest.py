@@ -59,30 +59,44 @@ class IngestRuntime:
     limits: ingest.TouchLimits
     max_batch: int
     max_backlog: int
+    max_lag_seconds: float = math.inf
     backlog_seconds: float = BACKLOG_CHECK_SECONDS
     _backlog: int = 0
+    _lag_seconds: float = 0.0
     _counted_at: float = -math.inf
     _count_lock: threading.Lock = field(default_factory=threading.Lock)
     # SQLite has one writer: this worker's write transactions take turns instead of failing to upgrade their lock.
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def backlog(self, engine: Engine) -> int:
-        """Due rescores waiting, counted at most once per `backlog_seconds` in this worker."""
+    def backlog(self, engine: Engine) -> tuple[int, float]:
+        """Due rescores waiting and the longest wait in seconds, read at most once per `backlog_seconds` here."""
         with self._count_lock:
             if time.monotonic() - self._counted_at >= self.backlog_seconds:
+                now = dt.datetime.now(dt.UTC)
                 with engine.connect() as conn:
-                    self._backlog = ingest.rescore_backlog(conn, dt.datetime.now(dt.UTC))
+                    self._backlog = ingest.rescore_backlog(conn, now)
+                    self._lag_seconds = ingest.rescore_lag(conn, now).total_seconds()
                 self._counted_at = time.monotonic()
-            return self._backlog
+            return self._backlog, self._lag_seconds
 
     def admit(self, engine: Engine) -> None:
-        """429 with Retry-After while the rescore backlog is over its limit: the sender retries, nothing is stored."""
-        backlog = self.backlog(engine)
+        """429 with Retry-After while rescoring is too far behind: the sender retries, nothing is stored.
+
+        Too far behind: more due rescores than LEADSCORE_MAX_RESCORE_BACKLOG, or the longest-waiting one waiting
+        longer than LEADSCORE_MAX_RESCORE_LAG_SECONDS. The queue keeps one row per lead, so its length alone stays
+        below the number of leads however far behind the scores fall; the wait says how stale they are.
+        """
+        backlog, lag = self.backlog(engine)
+        why = None
         if backlog > self.max_backlog:
+            why = f"{backlog:,} rescores are waiting (more than LEADSCORE_MAX_RESCORE_BACKLOG={self.max_backlog:,})"
+        elif lag > self.max_lag_seconds:
+            why = (f"rescores have waited {lag:.0f} s (more than LEADSCORE_MAX_RESCORE_LAG_SECONDS="
+                   f"{self.max_lag_seconds:g})")  # fmt: skip
+        if why is not None:
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS,
-                f"{backlog:,} rescores are waiting (more than LEADSCORE_MAX_RESCORE_BACKLOG={self.max_backlog:,}); "
-                f"nothing was stored: send again in {RETRY_AFTER_SECONDS} s",
+                f"{why}; nothing was stored: send again in {RETRY_AFTER_SECONDS} s",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
 
@@ -126,6 +140,7 @@ def runtime(settings: Settings) -> IngestRuntime:
         limits=limits,
         max_batch=settings.max_ingest_batch,
         max_backlog=settings.max_rescore_backlog,
+        max_lag_seconds=settings.max_rescore_lag_seconds,
     )
 
 

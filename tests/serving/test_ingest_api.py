@@ -350,6 +350,26 @@ def test_the_backlog_is_counted_once_per_interval_not_per_request(registry: Regi
         assert "C4" not in lead_ids(client)
 
 
+def test_429_while_rescores_wait_too_long_but_not_for_the_sweep(registry: Registry, tmp_path: Path) -> None:
+    settings = service_settings(registry, tmp_path, api_keys=[], admin_keys=[], max_rescore_lag_seconds=5,
+                                rescore_poll_seconds=60)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        client.app.state.ingest.backlog_seconds = 0.0  # type: ignore[attr-defined]
+        minute_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        waiting = {"lead_id": "OLD", "cause": "touch", "enqueued_at": minute_ago, "due_at": minute_ago,
+                   "generation": 1, "attempts": 0}  # fmt: skip
+        with store(client).begin() as conn:
+            conn.execute(rescore_queue.insert().values(**waiting))
+        refused = client.put("/v1/leads/LAG1", json={"created_at": CREATED})
+        assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+        assert "LEADSCORE_MAX_RESCORE_LAG_SECONDS=5" in refused.json()["detail"]
+        assert "LAG1" not in lead_ids(client)
+        # The same wait for a rescore the sweep queued (an aged score, not a change) holds nothing back.
+        with store(client).begin() as conn:
+            conn.execute(rescore_queue.update().values(cause="sweep"))
+        assert client.put("/v1/leads/LAG1", json={"created_at": CREATED}).status_code == 201
+
+
 class _DeadlockError(Exception):
     """What a driver raises for a transaction the database aborted (PostgreSQL names it by its SQLSTATE)."""
 
