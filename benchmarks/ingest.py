@@ -204,6 +204,7 @@ class StoreResult:
     duplicate_webhooks: int = 0
     by_id_ms: list[float] = field(default_factory=list)
     stateless_ms: list[float] = field(default_factory=list)
+    rescores_per_second: float = 0.0  # leads rescored during the sustained ingest, by every worker
 
     def webhook_pct(self, q: float) -> float:
         """Ingest-to-webhook latency percentile, seconds (NaN without any)."""
@@ -254,6 +255,13 @@ def load_store(port: int, pop: Population) -> None:
         _checked(port, "POST", "/v1/activities", {"activities": touches})
 
 
+def metric(port: int, sample: str) -> float:
+    """One sample of the service's /metrics (summed over its lines: every worker), e.g. a counter with its labels."""
+    request = raw_request("GET", "/metrics", None, {"X-API-Key": ADMIN_KEY})
+    _, body = asyncio.run(_send(port, request))
+    return sum(float(line.split()[-1]) for line in body.decode().splitlines() if line.startswith(sample + " "))
+
+
 def wait_rescored(port: int, seconds: float) -> None:
     """Wait until the rescore backlog is empty (the service's metric), at most `seconds`."""
     deadline = time.monotonic() + seconds
@@ -297,7 +305,9 @@ def sustained_ingest(port: int, pop: Population, result: StoreResult, receiver: 
             for _, writer in connections:
                 writer.close()
 
+    rescored = metric(port, 'leadscore_rescores_total{outcome="scored"}')
     m = uvloop.run(run())
+    result.rescores_per_second = (metric(port, 'leadscore_rescores_total{outcome="scored"}') - rescored) / m.seconds
     if m.requests >= len(pop.batches):
         log.warning("every prepared batch was sent before the time was up: the rate is a lower bound")
     result.accepted = m.statuses.get(200, 0) + m.statuses.get(201, 0)
@@ -409,6 +419,7 @@ def report(results: Sequence[StoreResult], notes: Mapping[str, str]) -> None:
             f"p95 <= {WEBHOOK_P95_TARGET_S:.0f} s",
             "yes" if p95 <= WEBHOOK_P95_TARGET_S and len(r.webhook_latencies) == r.probes_sent else "NO",
         )
+        table.add_row(r.store, "  leads rescored/s meanwhile", f"{r.rescores_per_second:,.0f}", "", "", "", "")
         table.add_row(r.store, "  webhooks delivered twice", str(r.duplicate_webhooks), "", "", "0",
                       "yes" if r.duplicate_webhooks == 0 else "NO")  # fmt: skip
         by_id, stateless = float(np.median(r.by_id_ms)), float(np.median(r.stateless_ms))
