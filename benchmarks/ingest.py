@@ -7,7 +7,9 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -157,36 +159,70 @@ def _checked(port: int, method: str, path: str, body: Any, key: str = INGEST_KEY
 
 @dataclass
 class Receiver:
-    """A local webhook receiver: when each lead's first lead.routed arrived, and how many arrived per webhook id."""
+    """A local webhook receiver in a process of its own: each delivery as a line of its log.
+
+    In this process it would wait for the load generator's turns at the interpreter lock, and so delay the very
+    deliveries it times.
+    """
 
     port: int
-    arrived: dict[str, float] = field(default_factory=dict)  # lead_id -> perf_counter at its first lead.routed
-    seen: dict[str, int] = field(default_factory=dict)  # webhook-id -> deliveries
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    log_path: Path
 
-    def on_event(self, event: dict[str, Any], headers: dict[str, str]) -> None:
-        """Record one verified delivery."""
-        now = time.perf_counter()
-        with self.lock:
-            msg = headers.get("webhook-id", "")
-            self.seen[msg] = self.seen.get(msg, 0) + 1
-            if event.get("type") == "lead.routed":
-                self.arrived.setdefault(str(event["data"]["lead_id"]), now)
+    def _lines(self) -> list[tuple[str, str, str, float]]:
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text().splitlines()
+        return [(msg, kind, lead, float(at)) for msg, kind, lead, at in (line.split("\t") for line in lines if line)]
+
+    @property
+    def arrived(self) -> dict[str, float]:
+        """lead_id -> wall-clock time its first lead.routed arrived."""
+        first: dict[str, float] = {}
+        for _, kind, lead_id, at in self._lines():
+            if kind == "lead.routed":
+                first.setdefault(lead_id, at)
+        return first
+
+    @property
+    def seen(self) -> dict[str, int]:
+        """webhook-id -> deliveries of it."""
+        counts: dict[str, int] = {}
+        for msg, _, _, _ in self._lines():
+            counts[msg] = counts.get(msg, 0) + 1
+        return counts
+
+
+def _receive(port: int, log_path: str) -> None:
+    """The receiver process: log each delivery (webhook-id, type, lead, arrival) as it comes."""
+    out = open(log_path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+    lock = threading.Lock()
+
+    def on_event(event: dict[str, Any], headers: dict[str, str]) -> None:
+        lead_id = str((event.get("data") or {}).get("lead_id", ""))
+        with lock:
+            out.write(f"{headers.get('webhook-id', '')}\t{event.get('type')}\t{lead_id}\t{time.time()}\n")
+
+    make_server(HOST, port, None, on_event).serve_forever()
 
 
 @contextmanager
-def receiving() -> Iterator[Receiver]:
-    """A receiver on a free port (signatures are checked by the tests; here only arrival times count)."""
+def receiving(root: Path) -> Iterator[Receiver]:
+    """A receiver process on a free port (signatures are checked by the tests; here only arrival times count)."""
     port = free_port()
-    receiver = Receiver(port)
-    server = make_server(HOST, port, None, receiver.on_event)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    receiver = Receiver(port, root / f"received-{port}.tsv")
+    process = multiprocessing.get_context("spawn").Process(target=_receive, args=(port, str(receiver.log_path)),
+                                                           daemon=True)  # fmt: skip
+    process.start()
     try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+                break
+            time.sleep(0.1)
         yield receiver
     finally:
-        server.shutdown()
-        server.server_close()
+        process.terminate()
+        process.join(10)
 
 
 @dataclass
@@ -285,7 +321,7 @@ async def _probe_loop(port: int, fresh: Sequence[tuple[str, dict[str, Any]]], se
         request = raw_request("PUT", f"/v1/leads/{lead_id}", _json(body), {"X-API-Key": INGEST_KEY})
         status, _ = await _send(port, request)
         if status in (200, 201):
-            sent[lead_id] = time.perf_counter()
+            sent[lead_id] = time.time()  # wall clock: the receiver's process stamps arrivals with it
         await asyncio.sleep(1 / PROBES_PER_SECOND)
 
 
@@ -318,7 +354,8 @@ def sustained_ingest(port: int, pop: Population, result: StoreResult, receiver: 
     while time.monotonic() < deadline and len(receiver.arrived.keys() & sent.keys()) < len(sent):
         time.sleep(0.2)
     result.probes_sent = len(sent)
-    result.webhook_latencies = [receiver.arrived[k] - t for k, t in sent.items() if k in receiver.arrived]
+    arrived = receiver.arrived
+    result.webhook_latencies = [arrived[k] - t for k, t in sent.items() if k in arrived]
     result.duplicate_webhooks = sum(n - 1 for n in receiver.seen.values() if n > 1)
 
 
@@ -383,7 +420,7 @@ def bench_store(name: str, url: str, root: Path, tracking_uri: str, pop: Populat
     command = ["leadscore", "serve", "--port", str(port), "--workers", str(workers)]
     with (
         running(f"service-{name}", command, env, cwd=root, port=port, probe_path="/readyz", workers=workers),
-        receiving() as receiver,
+        receiving(root) as receiver,
     ):
         load_store(port, pop)
         wait_rescored(port, 300)

@@ -56,7 +56,14 @@ def make_server(
         def log_message(self, format: str, *args: Any) -> None:
             pass  # the events are the output; the access log would interleave with them
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return _Server((host, port), Handler)
+
+
+class _Server(ThreadingHTTPServer):
+    # The service sends a batch of deliveries at once: the standard library's listen backlog of 5 would refuse most
+    # of a burst's connections, and every refused delivery waits for its retry.
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 @app.command()
