@@ -180,6 +180,7 @@ def create_subscription(
     now: dt.datetime | None = None,
 ) -> Subscription:
     """Store a new subscription with a new id (wh_...) and secret; SubscriptionError names a field it refuses."""
+    conn.info.pop(_SUBSCRIPTIONS, None)  # what this transaction read of the subscriptions is stale
     now = _utc(now)
     subscription = Subscription(
         id=f"wh_{uuid.uuid4().hex}",
@@ -229,6 +230,7 @@ def update_subscription(
     A new secret signs every attempt from now on, those of deliveries already queued included (they are signed when
     sent, not when queued). A deactivated subscription's pending deliveries wait, and go when it is active again.
     """
+    conn.info.pop(_SUBSCRIPTIONS, None)  # what this transaction read of the subscriptions is stale
     current = get_subscription(conn, subscription_id)
     if current is None:
         return None
@@ -252,6 +254,7 @@ def update_subscription(
 
 def delete_subscription(conn: Connection, subscription_id: str) -> bool:
     """Delete the subscription with its deliveries and their log; False when there was none."""
+    conn.info.pop(_SUBSCRIPTIONS, None)  # what this transaction read of the subscriptions is stale
     deliveries = select(webhook_deliveries.c.id).where(webhook_deliveries.c.subscription_id == subscription_id)
     # Explicitly, not by the foreign keys' ON DELETE CASCADE: a SQLite connection opened without
     # PRAGMA foreign_keys would leave the rows behind.
@@ -309,7 +312,7 @@ def emit_score_events(
     change = abs(score_change(before, after)) if before is not None else 0.0
     payloads = {event: _json(_score_payload(event, lead_id, before, after, now)) for event in events}
     rows = []
-    for subscription in list_subscriptions(conn, active_only=True):
+    for subscription in _active_subscriptions(conn):
         for event in events:
             if event not in subscription.events:
                 continue
@@ -319,6 +322,22 @@ def emit_score_events(
     if rows:
         conn.execute(insert(webhook_deliveries), rows)
     return len(rows)
+
+
+_SUBSCRIPTIONS = "leadscore.active_subscriptions"
+
+
+def _active_subscriptions(conn: Connection) -> list[Subscription]:
+    """The active subscriptions, read once per transaction: a rescore batch emits for hundreds of leads in one."""
+    transaction = conn.get_transaction()
+    cached = conn.info.get(_SUBSCRIPTIONS)
+    if cached is not None and transaction is not None and cached[0] is transaction:
+        found: list[Subscription] = cached[1]
+        return found
+    found = list_subscriptions(conn, active_only=True)
+    if transaction is not None:
+        conn.info[_SUBSCRIPTIONS] = (transaction, found)
+    return found
 
 
 def queue_test_event(conn: Connection, subscription_id: str, *, now: dt.datetime | None = None) -> Delivery | None:
