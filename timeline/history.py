@@ -126,10 +126,7 @@ def _activity(row: Row[Any], colleague: str | None) -> dict[str, Any]:
 
 def _utc(value: dt.datetime) -> dt.datetime:
     # The score API's own zone object: its canonical check asks for it (PostgreSQL's driver gives another).
-    return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
-
-
-_UTC = dt.UTC
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _iso(value: dt.datetime) -> str:
