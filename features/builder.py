@@ -18,6 +18,8 @@ from features.engine import (
     MAX_TIMESTAMP,
     NEVER,
     NOT_YET_CREATED,
+    READINESS_STAGES,
+    STAGE_CODE,
     STAGES,
     TS_BITS,
     FeatureConfig,
@@ -25,6 +27,7 @@ from features.engine import (
     compute_engagement,
     engagement_feature_names,
     plan_engine,
+    stage_at,
 )
 from features.fit import DEFAULT_MIN_CATEGORY_COUNT, FitEncoder
 from features.spec import ACTIVITY_TYPES, DEFAULT_CONTRACT, LIFECYCLE_CHAIN, LeadContract
@@ -204,6 +207,8 @@ class _Tables:
     act_key: np.ndarray
     act_type: np.ndarray
     fit: np.ndarray
+    # Touches left out as automated, as sorted keys (lead << TS_BITS | seconds): counted per pair, as the API does.
+    dropped_key: np.ndarray
 
 
 class FeatureBuilder:
@@ -298,6 +303,7 @@ class FeatureBuilder:
             else np.zeros(len(activities), dtype=np.bool_)
         )
         human = keep_touches(codes, np.minimum(ts, MAX_TIMESTAMP), act_type, flagged, self.bot_limits_)
+        dropped_key = np.sort((codes[~human].astype(np.int64) << TS_BITS) | ts[~human])
         codes, ts, act_type = codes[human], ts[human], act_type[human]
         key = (codes.astype(np.int64) << TS_BITS) | ts
         act_order = np.lexsort((act_type, key))
@@ -309,6 +315,7 @@ class FeatureBuilder:
             act_key=key[act_order],
             act_type=act_type[act_order],
             fit=self.fit_encoder_.transform(leads),
+            dropped_key=dropped_key,
         )
 
     def _blocks(self, tables: _Tables, max_activities: int) -> Iterator[tuple[int, int, int, int]]:
@@ -337,6 +344,21 @@ class FeatureBuilder:
 
         Only activities and lifecycle stamps strictly before each row's as_of are used.
         """
+        return self.table_features(leads, activities, pairs, max_block_activities=max_block_activities)[0]
+
+    def table_features(
+        self,
+        leads: pd.DataFrame,
+        activities: pd.DataFrame,
+        pairs: pd.DataFrame,
+        *,
+        max_block_activities: int = DEFAULT_BLOCK_ACTIVITIES,
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """`transform`, with the number of each pair's own touches before its as_of left out as automated.
+
+        The count is what `request_features` reports for the same lead, so a batch scored from tables carries the
+        API's notes.
+        """
         tables = self._tables(leads, activities)
         lead = tables.lead_ids.get_indexer(pd.Index(pairs["lead_id"]))
         if (lead < 0).any():
@@ -364,7 +386,12 @@ class FeatureBuilder:
         frame = pd.DataFrame(np.hstack([tables.fit[lead], engagement]), columns=self.feature_names_)
         frame.insert(0, "as_of", as_of_col.to_numpy())
         frame.insert(0, "lead_id", pairs["lead_id"].to_numpy())
-        return frame
+        # The pair's own dropped touches strictly before its as_of: keys from (lead, 0) up to (lead, as_of).
+        base = lead.astype(np.int64) << TS_BITS
+        ignored = np.searchsorted(tables.dropped_key, base | np.maximum(as_of, 0)) - np.searchsorted(
+            tables.dropped_key, base
+        )
+        return frame, ignored.astype(np.int64)
 
     # ---- request time ------------------------------------------------------------------------------------------
     def transform_records(
@@ -506,6 +533,20 @@ class FeatureBuilder:
                     f"{len(r.touch_times)} touches; give one per touch (None: no properties), or none at all"
                 )
         return np.concatenate(marks) if marks else np.zeros(0, dtype=np.bool_)
+
+
+def open_at(leads: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
+    """Which canonical leads are open at as_of: created before it, and their latest stamp before it an open stage.
+
+    Open stages (lead, MQL, SAL, recycled) are those readiness speaks of.
+    """
+    lifecycle = (
+        np.column_stack([stamps_to_seconds(series_ns(leads[c])) for c in LIFECYCLE_CHAIN])
+        if len(leads)
+        else np.empty((0, len(LIFECYCLE_CHAIN)), dtype=np.int64)
+    )
+    at = as_of_to_seconds(np.full(len(leads), pd.Timestamp(as_of).value, dtype=np.int64))
+    return np.isin(stage_at(lifecycle, at), [STAGE_CODE[s] for s in READINESS_STAGES])
 
 
 def lifecycle_stages(codes: np.ndarray) -> list[str]:

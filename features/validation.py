@@ -53,6 +53,10 @@ class ContractError(ValueError):
         lines = "\n  ".join(str(p) for p in problems)
         super().__init__(f"{len(problems)} contract violation(s):\n  {lines}")
 
+    def __reduce__(self) -> tuple[type[ContractError], tuple[list[Problem]]]:
+        """Pickled with its problems (a Dask worker's error reaches the client whole)."""
+        return (type(self), (self.problems,))
+
 
 def normalize_activity_type(value: str) -> str:
     """Map 'Page View', 'page-view' or ' PAGE_VIEW' to the canonical 'page_view'."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
 
@@ -19,10 +19,13 @@ from features.engine import STAGE_CODE
 from features.reasons import Reason
 from features.scoring import LeadScore
 from features.spec import LIFECYCLE_CHAIN
-from serving.model import LoadedModel
 from serving.policy import RoutingPolicy, lead_size_band, segment_value
 from serving.schemas import LeadToScore, Person
 from serving.store import PolicyVersion, ScoreRecord
+
+# The model's loader brings MLflow along: a Dask worker that only routes answers (serving.batch) need not import it.
+if TYPE_CHECKING:
+    from serving.model import LoadedModel
 
 
 def new_request_id() -> str:
@@ -140,10 +143,15 @@ def lifecycle_answer(lead: Person, stage: str, *, readiness_applies: bool) -> di
     return {"stage": stage, "since": since, "readiness_applies": readiness_applies, "note": note}
 
 
-def to_response(
-    score: LeadScore, lead: Person, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
-) -> ScoredLead:
-    """Apply the routing policy to a lead's scores and lifecycle stage.
+def route_answer(
+    score: LeadScore,
+    lead: Person,
+    policy: PolicyVersion,
+    model_version: str,
+    request_id: str,
+    scored_at: dt.datetime,
+) -> dict[str, object]:
+    """Apply the routing policy to a lead's scores and lifecycle stage: the answer (a ScoreResponse) as a dict.
 
     A lead readiness does not apply to (SQL, requalified, lost, won) takes its stage's lifecycle route; an open lead
     the grade x stage matrix, with the cut-offs of its segment.
@@ -163,7 +171,7 @@ def to_response(
     else:
         # Behaviour reasons explain readiness, which says nothing here; fit still serves (expansion, win-back).
         (cell, sla), readiness, behaviour, context, route_segment = closed, None, [], [], None
-    answer = {
+    return {
         "request_id": request_id,
         "lead_id": score.lead_id,
         "fit": {"probability": round(score.fit_probability, 6), "score": score.fit_score, "grade": grade},
@@ -171,20 +179,29 @@ def to_response(
         "lifecycle": lifecycle_answer(lead, score.lifecycle_stage, readiness_applies=closed is None),
         "route": {"queue": cell.queue, "priority": cell.priority, "sla_hours": sla, "segment": route_segment},
         "reasons": {"fit": _reasons(score.fit_reasons), "behaviour": behaviour, "context": context},
-        "model_version": model.version,
+        "model_version": model_version,
         "thresholds_version": policy.version,
         "scored_at": scored_at,
         "notes": notes(score),
     }
+
+
+def to_response(
+    score: LeadScore, lead: Person, policy: PolicyVersion, model: LoadedModel, request_id: str, scored_at: dt.datetime
+) -> ScoredLead:
+    """The routed answer to a scored lead, encoded once for the reply and the log, with what the metrics count."""
+    answer = route_answer(score, lead, policy, model.version, request_id, scored_at)
+    route = answer["route"]
+    assert isinstance(route, dict)  # built just above
     return ScoredLead(
         request_id=request_id,
         lead_id=score.lead_id,
         scored_at=scored_at,
         model_version=model.version,
         thresholds_version=policy.version,
-        queue=cell.queue,
+        queue=str(route["queue"]),
         fit_score=score.fit_score,
-        readiness_score=score.readiness_score if closed is None else None,
+        readiness_score=score.readiness_score if answer["readiness"] is not None else None,
         response=_ENCODER.encode(answer),
     )
 

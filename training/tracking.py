@@ -17,7 +17,6 @@ from typing import Any
 
 import joblib
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
@@ -29,10 +28,9 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from sklearn.metrics import roc_auc_score
 
-from features.builder import FeatureBuilder, as_of_to_seconds, series_ns, stamps_to_seconds
-from features.engine import READINESS_STAGES, STAGE_CODE, stage_at
+from features.builder import FeatureBuilder, open_at
 from features.scoring import LeadScorer
-from features.spec import DEFAULT_CONTRACT, LIFECYCLE_CHAIN, LeadContract
+from features.spec import DEFAULT_CONTRACT, LeadContract
 from training import plots
 from training.config import CHALLENGER, DEFAULT_EXPERIMENT, MODEL_NAME, TrainConfig
 from training.dataset import TrainingSet
@@ -174,13 +172,6 @@ def model_signature(contract: LeadContract = DEFAULT_CONTRACT) -> ModelSignature
     outputs += [ColSpec("string", n, required=False) for n in ("readiness_stage",)]
     outputs += [ColSpec("string", n) for n in ("lifecycle_stage", "reasons")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
-
-
-def open_at(leads: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
-    """Which leads are open at as_of: created before it, and their latest lifecycle stamp before it an open stage."""
-    lifecycle = np.column_stack([stamps_to_seconds(series_ns(leads[c])) for c in LIFECYCLE_CHAIN])
-    at = as_of_to_seconds(np.full(len(leads), pd.Timestamp(as_of).value, dtype=np.int64))
-    return np.isin(stage_at(lifecycle, at), [STAGE_CODE[s] for s in READINESS_STAGES])
 
 
 def input_example(

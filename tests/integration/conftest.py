@@ -114,6 +114,7 @@ class Server:
     url: str
     log: Path
     key: str
+    store_url: str = ""  # the service store (routing thresholds, score log, timeline)
 
     def get(self, path: str, key: str | None = None) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers={"X-API-Key": key or self.key}, timeout=30)
@@ -142,7 +143,7 @@ def server(champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFacto
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(url, process)
-            yield Server(url, log_path, SCORING_KEY)
+            yield Server(url, log_path, SCORING_KEY, env["LEADSCORE_STORE_URL"])
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -1,0 +1,270 @@
+"""`leadscore score-batch` on a real two-worker Dask cluster: the API's answers, a killed worker, refused input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+
+from leadscore.client import build_requests
+from scaleout.cluster import ClusterSpec
+from scaleout.tables import source_of
+from serving.batch import BatchJob, flat_row, score_in_process, score_on_cluster
+from serving.model import load_model
+from serving.policy import RoutingPolicy
+from serving.store import PolicyVersion
+from tests.conftest import Trained
+from tests.integration.conftest import ChampionStore, Server
+
+pytestmark = pytest.mark.integration
+
+# Compared to the API's answers: all of a row but the job's own id and time.
+COMPARED = [
+    "lead_id", "fit_probability", "fit_score", "grade", "readiness_probability", "readiness_score", "readiness_stage",
+    "lifecycle_stage", "lifecycle_since", "queue", "priority", "sla_hours", "segment", "fit_reasons",
+    "behaviour_reasons", "context_reasons", "notes", "model_version", "thresholds_version",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Data:
+    """The session funnel's raw tables on disk, the moment they are scored as of, and the registry with the model."""
+
+    folder: Path
+    leads: pd.DataFrame
+    activities: pd.DataFrame
+    as_of: dt.datetime
+    tracking_uri: str
+
+
+@pytest.fixture(scope="module")
+def data(trained: Trained, champion_store: ChampionStore, tmp_path_factory: pytest.TempPathFactory) -> Data:
+    root = tmp_path_factory.mktemp("score-batch")
+    folder = root / "data"
+    folder.mkdir()
+    leads = trained.funnel.leads
+    as_of = pd.Timestamp(trained.training_set.data_end).to_pydatetime().replace(microsecond=0)
+    # A link scanner's burst on a few leads the day before: 30 page views in 30 seconds, left out and noted.
+    scanned = leads.loc[leads["created_at"] < as_of - dt.timedelta(days=30), "lead_id"].iloc[:5]
+    start = pd.Timestamp(as_of - dt.timedelta(days=1))
+    burst = pd.DataFrame(
+        [{"lead_id": lead_id, "occurred_at": start + pd.Timedelta(seconds=s), "activity_type": "page_view"}
+         for lead_id in scanned for s in range(30)]
+    )  # fmt: skip
+    activities = pd.concat(
+        [trained.funnel.activities, burst.astype({"occurred_at": trained.funnel.activities["occurred_at"].dtype})],
+        ignore_index=True,
+    )
+    # Two files each: a folder of parts, as exports come.
+    (folder / "leads").mkdir()
+    (folder / "activities").mkdir()
+    half, touches = len(leads) // 2, len(activities) // 2
+    leads.iloc[:half].to_parquet(folder / "leads" / "part-0.parquet", index=False)
+    leads.iloc[half:].to_parquet(folder / "leads" / "part-1.parquet", index=False)
+    activities.iloc[:touches].to_parquet(folder / "activities" / "part-0.parquet", index=False)
+    activities.iloc[touches:].to_parquet(folder / "activities" / "part-1.parquet", index=False)
+    return Data(folder, leads, activities, as_of, champion_store.copy_to(root / "registry"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A real local cluster of two worker processes, one thread each."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+        yield local
+
+
+def _job(data: Data, policy: PolicyVersion | None = None) -> BatchJob:
+    loaded = load_model(data.tracking_uri, "lead-scorer", "champion")
+    default = PolicyVersion(0, data.as_of, "model", "defaults", RoutingPolicy.from_cutoffs(loaded.scorer.cutoffs))
+    return BatchJob(loaded.scorer, "lead-scorer", loaded.version, policy or default, data.as_of)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("lead_id").reset_index(drop=True)
+
+
+def _text(column: pd.Series) -> pd.Series:
+    return column.astype(object).map(lambda v: None if v is None or v == "" or pd.isna(v) else str(v))
+
+
+def _cli(*args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+    env.pop("LEADSCORE_STORE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "leadscore", "score-batch", *args], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_the_cluster_scores_every_lead_once_as_the_in_process_path_does(
+    data: Data, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    job = _job(data)
+    leads, activities = (
+        source_of(str(data.folder / "leads"), "leads"),
+        source_of(str(data.folder / "activities"), "activities"),
+    )
+    on_cluster = tmp_path / "cluster.parquet"
+    in_process = tmp_path / "local.parquet"
+    result = score_on_cluster(job, leads, activities, str(on_cluster), ClusterSpec(cluster.scheduler_address),
+                              partitions=6)  # fmt: skip
+    score_in_process(job, leads, activities, str(in_process), partitions=3)
+    distributed, local = _sorted(pd.read_parquet(on_cluster)), _sorted(pd.read_parquet(in_process))
+    assert result.rows == len(data.leads) == len(distributed)
+    assert distributed["lead_id"].is_unique
+    assert set(distributed["lead_id"]) == set(data.leads["lead_id"])
+    assert result.workers == 2
+    pd.testing.assert_frame_equal(distributed, local)
+    # Every route a salesperson expects shows up, and closed leads keep their lifecycle route.
+    assert {"sales", "nurture"} <= set(distributed["queue"])
+    won = distributed[distributed["lifecycle_stage"] == "won"]
+    assert len(won) and won["readiness_stage"].isna().all()
+
+
+def test_score_batch_gives_what_the_score_api_gives_for_the_same_leads(
+    data: Data, cluster: LocalCluster, server: Server, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.csv"
+    done = _cli(
+        "--data", str(data.folder), "--out", str(out), "--as-of", data.as_of.isoformat(),
+        "--scheduler", cluster.scheduler_address, "--policy-store", server.store_url,
+        uri=data.tracking_uri, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"scored {len(data.leads):,} leads" in done.stdout
+    batch = pd.read_csv(out, keep_default_na=False, na_values=[""]).set_index("lead_id")
+    # A sample of accounts, with every lead of each (so colleagues count), and the leads with automated touches.
+    rng = np.random.default_rng(3)
+    accounts = rng.choice(data.leads["account_id"].unique(), 60, replace=False)
+    chosen = data.leads.loc[data.leads["account_id"].isin(accounts), "lead_id"].tolist()
+    noted = batch.index[batch["notes"].notna()].tolist()[:20]
+    wanted = list(dict.fromkeys([*chosen, *noted]))[:600]
+    requests = build_requests(data.leads, data.activities, as_of=data.as_of, lead_ids=wanted)
+    answer = server.send("POST", "/v1/score/batch", server.key, {"leads": requests})
+    assert answer.status_code == 200, answer.text
+    api = pd.DataFrame([flat_row(a) for a in answer.json()["scores"]]).set_index("lead_id")
+    assert noted and api.loc[noted, "notes"].str.contains("automated").all()
+    mine = batch.loc[api.index]
+    for column in COMPARED[1:]:
+        theirs, ours = api[column], mine[column]
+        if column == "lifecycle_since":
+            theirs, ours = pd.to_datetime(theirs, utc=True), pd.to_datetime(ours, utc=True)
+        elif column in ("fit_probability", "fit_score", "readiness_probability", "readiness_score", "sla_hours"):
+            theirs, ours = theirs.astype(float), ours.astype(float)
+        else:
+            # CSV has no null text: an empty cell is both "no reasons" and "no value".
+            theirs, ours = _text(theirs), _text(ours)
+        mismatched = (theirs != ours) & ~(theirs.isna() & ours.isna())
+        assert not mismatched.any(), f"{column}: {pd.DataFrame({'api': theirs, 'batch': ours})[mismatched].head()}"
+    assert (mine["thresholds_version"] == 1).all()  # the service stored the model's defaults as version 1
+
+
+def test_a_worker_killed_mid_job_costs_time_not_leads(data: Data, cluster: LocalCluster, tmp_path: Path) -> None:
+    job = _job(data)
+    leads, activities = (
+        source_of(str(data.folder / "leads"), "leads"),
+        source_of(str(data.folder / "activities"), "activities"),
+    )
+    reference = tmp_path / "reference.parquet"
+    score_in_process(job, leads, activities, str(reference), partitions=4)
+    killed: list[int] = []
+    client: dict[str, Any] = {}
+
+    def kill_once(done: int, total: int, rows: int) -> None:
+        if killed or done < 1:
+            return
+        pids: dict[str, int] = client["client"].run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+
+    out = tmp_path / "scores.parquet"
+    result = score_on_cluster(
+        job, leads, activities, str(out), ClusterSpec(cluster.scheduler_address), partitions=16,
+        progress=kill_once, on_start=lambda c: client.update(client=c),
+    )  # fmt: skip
+    assert killed, "no worker was killed"
+    scores = _sorted(pd.read_parquet(out))
+    assert result.rows == len(scores) == len(data.leads)
+    assert scores["lead_id"].is_unique
+    pd.testing.assert_frame_equal(scores, _sorted(pd.read_parquet(reference)))
+    with Client(cluster.scheduler_address) as after:
+        after.wait_for_workers(2, timeout=60)  # the nanny brought it back
+
+
+def test_bad_input_is_refused_before_any_work_is_scheduled(data: Data, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data.leads.to_parquet(broken / "leads.parquet", index=False)
+    data.activities.drop(columns=["activity_type"]).to_parquet(broken / "activities.parquet", index=False)
+    out = tmp_path / "scores.parquet"
+    # Nothing listens at that scheduler: had the job got as far as connecting, it would say so instead.
+    nowhere = "tcp://127.0.0.1:9"
+    done = _cli("--data", str(broken), "--out", str(out), "--scheduler", nowhere, uri=data.tracking_uri, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "activities.activity_type: missing column" in done.stdout
+    assert not out.exists()
+
+    typed = tmp_path / "typed"
+    typed.mkdir()
+    data.leads.assign(created_at=1.5).to_parquet(typed / "leads.parquet", index=False)
+    data.activities.to_parquet(typed / "activities.parquet", index=False)
+    done = _cli("--data", str(typed), "--out", str(out), "--scheduler", nowhere, uri=data.tracking_uri, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "leads.created_at: wrong type double, expected timestamps" in done.stdout
+
+    done = _cli("--data", str(tmp_path / "missing"), "--out", str(out), "--scheduler", nowhere,
+                uri=data.tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 3
+    assert "no such folder" in done.stdout
+    done = _cli("--data", str(data.folder), "--out", str(tmp_path / "scores.xlsx"), uri=data.tracking_uri, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "name a .parquet or .csv file" in done.stdout
+
+
+def test_a_bad_value_deep_in_the_data_fails_the_job_by_name_and_keeps_the_last_output(
+    data: Data, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    csv = tmp_path / "csv"
+    csv.mkdir()
+    leads = data.leads.astype({"employee_count": object})
+    leads.loc[leads.index[-3], "employee_count"] = "many"
+    leads.to_csv(csv / "leads.csv", index=False)
+    data.activities.to_csv(csv / "activities.csv", index=False)
+    out = tmp_path / "scores.csv"
+    out.write_text("yesterday's scores\n")
+    done = _cli("--data", str(csv), "--out", str(out), "--scheduler", cluster.scheduler_address,
+                uri=data.tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "leads.employee_count: values are not numbers (1 rows" in done.stdout
+    assert out.read_text() == "yesterday's scores\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_csv_tables_on_a_local_cluster_of_the_command_itself(data: Data, tmp_path: Path) -> None:
+    csv = tmp_path / "csv"
+    csv.mkdir()
+    some = data.leads[data.leads["account_id"].isin(data.leads["account_id"].unique()[:200])]
+    some.to_csv(csv / "leads.csv", index=False)
+    data.activities[data.activities["lead_id"].isin(some["lead_id"])].to_csv(csv / "activities.csv", index=False)
+    out = tmp_path / "scores.parquet"
+    done = _cli("--leads", str(csv / "leads.csv"), "--activities", str(csv / "activities.csv"), "--out", str(out),
+                "--as-of", data.as_of.isoformat(), "--workers", "2", "--open-only",
+                uri=data.tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "on 2 worker(s)" in done.stdout
+    scores = pd.read_parquet(out)
+    assert len(scores) and scores["lead_id"].is_unique
+    assert set(scores["lifecycle_stage"]) <= {"lead", "MQL", "SAL", "recycled"}
+    assert scores["readiness_stage"].notna().all()
