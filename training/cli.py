@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
     from features.scoring import LeadScorer
     from features.spec import LeadContract
+    from scaleout.cluster import ClusterSpec
     from timeline.export import ExportCounts
+    from training.cluster_dataset import ClusterTrainingData
     from training.dataset import TrainingSet
     from training.pipeline import TrainResult
     from training.promotion import Decision
@@ -248,8 +250,11 @@ def _train(
     contract: LeadContract | None = None,
     contract_file: Path | None = None,
     store: str | None = None,
+    cluster: ClusterSpec | None = None,
 ) -> LoggedModel:
     """Train on `data` and log the result; `built` is its training set when the caller already built it.
+
+    With `cluster`, the touches are validated and featured on that Dask cluster (training.cluster_dataset).
 
     `contract` (read from `contract_file`, which the run keeps as an artifact) validates the tables and declares the
     custom attributes and the readiness label; `snapshot_config` must label readiness as it declares. `store` (a
@@ -271,18 +276,26 @@ def _train(
         if store is not None:
             mlflow.set_tag(DATA_STORE_TAG, store)
             mlflow.log_param(DATA_STORE_PARAM, store)
-        leads, activities = _load(data, contract)
         end = pd.Timestamp(data_end, tz="UTC") if data_end else None
+        n_activities = None
+        if cluster is None:
+            leads, activities = _load(data, contract)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
             step = bar.add_task("building snapshots and point-in-time features", total=None)
             try:
-                training_set = built or build_training_set(
-                    leads,
-                    activities,
-                    snapshot_config=snapshot_config,
-                    contract=contract or DEFAULT_CONTRACT,
-                    data_end=end,
-                )
+                if cluster is not None:
+                    bar.update(step, description="building snapshots and point-in-time features on the Dask cluster")
+                    scaled = _build_on_cluster(data, cluster, snapshot_config, contract or DEFAULT_CONTRACT, end)
+                    training_set, leads = scaled.training_set, scaled.leads
+                    activities, n_activities = scaled.example_activities, scaled.n_activities
+                else:
+                    training_set = built or build_training_set(
+                        leads,
+                        activities,
+                        snapshot_config=snapshot_config,
+                        contract=contract or DEFAULT_CONTRACT,
+                        data_end=end,
+                    )
                 result = train_models(
                     training_set, leads, config, progress=lambda what: bar.update(step, description=what)
                 )
@@ -301,11 +314,35 @@ def _train(
                 experiment=experiment,
                 data_dir=None if store is not None else data,
                 oracle=oracle,
+                n_activities=n_activities,
             )
     console.print(_training_table(result, logged))
     _print_quality_warnings(logged)
     console.print(f"run {logged.run_id}; model {logged.model_uri}")
     return logged
+
+
+def _build_on_cluster(
+    data: Path, cluster: ClusterSpec, snapshot_config: SnapshotConfig, contract: LeadContract, end: pd.Timestamp | None
+) -> ClusterTrainingData:
+    """The training set built on the Dask cluster; missing tables exit 3, a cluster that cannot be had exits 3."""
+    from scaleout.cluster import ClusterError, dask_client
+    from scaleout.tables import InputError, check_source, locate
+    from training.cluster_dataset import build_on_cluster
+
+    try:
+        sources = locate(str(data), "leads"), locate(str(data), "activities")
+        for source in sources:
+            check_source(source, contract)  # before a cluster starts: a missing column is said at once
+    except InputError as err:
+        console.print(f"[red]missing input:[/red] {err}" if "no " in str(err) else f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT if "no " in str(err) else EXIT_BAD_DATA) from None
+    try:
+        with dask_client(cluster) as client:
+            return build_on_cluster(client, *sources, snapshot_config=snapshot_config, contract=contract, data_end=end)
+    except ClusterError as err:
+        console.print(f"[red]--scheduler:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT) from None
 
 
 def _print_quality_warnings(logged: LoggedModel) -> None:
@@ -450,6 +487,20 @@ def train(
     max_snapshots: Annotated[int, typer.Option(min=1000, help="Most readiness snapshots (a seeded sample).")] = (
         _SNAPSHOTS.max_rows or 2_500_000
     ),
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Build the features on a Dask cluster: 'local' starts one on this machine, tcp://host:8786 uses an"
+            " existing one. The touches never load into this process; the boosters train here.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="--scheduler local: worker processes (default: cores).")
+    ] = None,
+    worker_memory: Annotated[
+        str | None, typer.Option(help="--scheduler local: memory per worker, e.g. 4GB (past it a worker spills).")
+    ] = None,
 ) -> None:
     """Train the fit and readiness models, evaluate them against baselines, log and register them (@challenger).
 
@@ -462,6 +513,7 @@ def train(
     if store is not None and data is not None:
         console.print("[red]--data and --store:[/red] give --data or --store, not both", highlight=False)
         raise typer.Exit(EXIT_USAGE)
+    cluster = _cluster(scheduler, workers, worker_memory)
     declared = _read_contract(contract) if contract is not None else None
     snapshots = _readiness_snapshots(declared, contract, horizon_days, max_snapshots)
     configure_tracking(tracking_uri)
@@ -471,7 +523,9 @@ def train(
     config = TrainConfig(readiness=readiness, fit=fit, holdout_fraction=holdout_fraction, rules_path=rules)
     if store is None:
         data = data or DEFAULT_WORKDIR / "data"
-        _train(data, snapshots, config, experiment, data_end, contract=declared, contract_file=contract)
+        _train(
+            data, snapshots, config, experiment, data_end, contract=declared, contract_file=contract, cluster=cluster
+        )
         return
     from timeline.export import redact
 
@@ -487,7 +541,27 @@ def train(
             contract=declared,
             contract_file=contract,
             store=redact(store),
+            cluster=cluster,
         )
+
+
+def _cluster(scheduler: str | None, workers: int | None, memory: str | None) -> ClusterSpec | None:
+    """The cluster `train` builds its features on (None: in this process); options that cannot be used exit 2."""
+    if scheduler is None:
+        if workers is not None or memory is not None:
+            console.print("[red]--workers and --worker-memory[/red] size a local cluster: add --scheduler local",
+                          highlight=False)  # fmt: skip
+            raise typer.Exit(EXIT_USAGE)
+        return None
+    from scaleout.cluster import ClusterError, ClusterSpec
+
+    spec = ClusterSpec(None if scheduler == "local" else scheduler, workers, memory)
+    try:
+        spec.check()
+    except ClusterError as err:
+        console.print(f"[red]--scheduler:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    return spec
 
 
 def _export(store: str, out: Path, contract: LeadContract | None) -> ExportCounts:

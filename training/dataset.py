@@ -77,31 +77,46 @@ def check_labels(training_set: TrainingSet, leads: pd.DataFrame) -> None:
         raise LabelError("\n".join(found))
 
 
-def build_training_set(
+@dataclass(frozen=True, slots=True)
+class SnapshotPlan:
+    """What a training set is built to: the fitted builder, the readiness snapshots to compute features for, the end."""
+
+    builder: FeatureBuilder
+    snapshots: pd.DataFrame  # lead_id, as_of, stage, label
+    data_end: pd.Timestamp
+    snapshot_config: SnapshotConfig
+
+
+def plan_snapshots(
     leads: pd.DataFrame,
-    activities: pd.DataFrame,
+    data_end: pd.Timestamp,
     *,
     snapshot_config: SnapshotConfig | None = None,
     feature_config: FeatureConfig | None = None,
     contract: LeadContract = DEFAULT_CONTRACT,
-    data_end: pd.Timestamp | None = None,
-) -> TrainingSet:
-    """Snapshots, labels and point-in-time features for validated leads and activities.
+) -> SnapshotPlan:
+    """The builder fitted on the leads and the labelled readiness snapshots: everything but the touches' features.
 
     Readiness is labelled as the contract declares it (see `snapshot_config_for`), and the fitted builder's contract
     states the label it was trained on: the model carries it wherever it is served.
     """
-    end = data_end if data_end is not None else data_end_of(leads, activities)
     snapshot_config = snapshot_config_for(contract, snapshot_config)
     _check_custom_attributes(leads, contract)
     trained_contract = replace(contract, readiness=snapshot_config.readiness)
     builder = FeatureBuilder(config=feature_config, contract=trained_contract).fit(leads)
-    snapshots = build_readiness_snapshots(leads, end, snapshot_config)
-    features = builder.transform(leads, activities, snapshots[["lead_id", "as_of"]])
+    snapshots = build_readiness_snapshots(leads, data_end, snapshot_config)
+    return SnapshotPlan(builder, snapshots, data_end, snapshot_config)
+
+
+def assemble_training_set(plan: SnapshotPlan, leads: pd.DataFrame, features: pd.DataFrame) -> TrainingSet:
+    """The training set of a plan, given the features of its snapshots (`builder.transform` rows, in snapshot order)."""
+    builder, snapshots, end, snapshot_config = plan.builder, plan.snapshots, plan.data_end, plan.snapshot_config
     # The snapshot's stage name is dropped: the feature `stage` carries the same fact as a code (see STAGES).
     readiness = pd.concat(
-        [snapshots.drop(columns=["stage"]).reset_index(drop=True), features.drop(columns=["lead_id", "as_of"])], axis=1
-    )
+        [snapshots.drop(columns=["stage"]).reset_index(drop=True),
+         features.drop(columns=["lead_id", "as_of"]).reset_index(drop=True)],
+        axis=1,
+    )  # fmt: skip
     fit_examples = build_fit_examples(leads, end, snapshot_config)
     # Fit features do not depend on time or activity, so the fit encoder alone computes them.
     profiles = leads.set_index("lead_id").loc[fit_examples["lead_id"]].reset_index()
@@ -117,3 +132,19 @@ def build_training_set(
         end,
     )
     return TrainingSet(readiness=readiness, fit=fit, builder=builder, data_end=end, snapshot_config=snapshot_config)
+
+
+def build_training_set(
+    leads: pd.DataFrame,
+    activities: pd.DataFrame,
+    *,
+    snapshot_config: SnapshotConfig | None = None,
+    feature_config: FeatureConfig | None = None,
+    contract: LeadContract = DEFAULT_CONTRACT,
+    data_end: pd.Timestamp | None = None,
+) -> TrainingSet:
+    """Snapshots, labels and point-in-time features for validated leads and activities (see `plan_snapshots`)."""
+    end = data_end if data_end is not None else data_end_of(leads, activities)
+    plan = plan_snapshots(leads, end, snapshot_config=snapshot_config, feature_config=feature_config, contract=contract)
+    features = plan.builder.transform(leads, activities, plan.snapshots[["lead_id", "as_of"]])
+    return assemble_training_set(plan, leads, features)

@@ -264,6 +264,7 @@ def log_training(
     experiment: str = DEFAULT_EXPERIMENT,
     data_dir: Path | None = None,
     oracle: pd.DataFrame | None = None,
+    n_activities: int | None = None,
 ) -> LoggedModel:
     """Log the model run and register the model as @challenger; baselines (and the oracle) get runs beside it.
 
@@ -297,7 +298,8 @@ def log_training(
             "readiness_holdout_start": str(result.readiness.split.holdout_start),
             "fit_holdout_start": str(result.fit.split.holdout_start),
             "n_leads": len(leads),
-            "n_activities": len(activities),
+            # A training set built on a cluster hands over a sample of touches (for the input example) and their count.
+            "n_activities": len(activities) if n_activities is None else n_activities,
             "n_features": len(builder.feature_names_),
         }
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})

@@ -1,4 +1,4 @@
-"""`leadscore score-batch` on a real two-worker Dask cluster: the API's answers, a killed worker, refused input."""
+"""Scale-out on a real two-worker Dask cluster: score-batch and training, as in process, a killed worker, bad input."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
+from features.validation import validate_activities, validate_leads
 from leadscore.client import build_requests
 from scaleout.cluster import ClusterSpec
 from scaleout.tables import source_of
@@ -26,6 +28,8 @@ from serving.policy import RoutingPolicy
 from serving.store import PolicyVersion
 from tests.conftest import Trained
 from tests.integration.conftest import ChampionStore, Server
+from training.cluster_dataset import build_on_cluster
+from training.dataset import build_training_set
 
 pytestmark = pytest.mark.integration
 
@@ -268,3 +272,45 @@ def test_csv_tables_on_a_local_cluster_of_the_command_itself(data: Data, tmp_pat
     assert len(scores) and scores["lead_id"].is_unique
     assert set(scores["lifecycle_stage"]) <= {"lead", "MQL", "SAL", "recycled"}
     assert scores["readiness_stage"].notna().all()
+
+
+def test_the_cluster_builds_the_in_process_training_set_row_for_row(
+    data: Data, trained: Trained, cluster: LocalCluster
+) -> None:
+    leads = source_of(str(data.folder / "leads"), "leads")
+    activities = source_of(str(data.folder / "activities"), "activities")
+    local_leads = validate_leads(data.leads)
+    local = build_training_set(local_leads, validate_activities(data.activities, local_leads))
+    with Client(cluster.scheduler_address) as client:
+        built = build_on_cluster(client, leads, activities, partitions=5)
+    assert built.n_activities == len(data.activities)
+    assert built.training_set.data_end == local.data_end
+    assert built.training_set.builder.fit_encoder_.vocabularies_ == local.builder.fit_encoder_.vocabularies_
+    pd.testing.assert_frame_equal(built.training_set.readiness, local.readiness)
+    pd.testing.assert_frame_equal(built.training_set.fit, local.fit)
+    assert len(built.example_activities) and built.example_activities["lead_id"].isin(data.leads["lead_id"]).all()
+
+
+def test_train_on_a_cluster_registers_a_challenger_that_scores(data: Data, tmp_path: Path) -> None:
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "leadscore", "train", "--data", str(data.folder), "--scheduler", "local",
+         "--workers", "2", "--worker-memory", "2GB"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    loaded = load_model(registry, "lead-scorer", "challenger")
+    run = mlflow.MlflowClient(registry).get_run(str(loaded.run_id))
+    assert int(run.data.params["n_activities"]) == len(data.activities)
+    assert int(run.data.params["n_leads"]) == len(data.leads)
+    lead = data.leads.iloc[0].to_dict()
+    score = loaded.scorer.score_record(lead, [], data.as_of)
+    assert 0 < score.fit_probability < 1
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "leadscore", "train", "--data", str(data.folder), "--workers", "2"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "add --scheduler local" in refused.stdout
