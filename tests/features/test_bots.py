@@ -192,6 +192,11 @@ def test_batch_and_request_time_agree_with_bots_present_and_count_what_they_left
     # L2: the first 10 page views of the first burst are kept; the rest of it, and the next bursts (each within a
     # week of the last) are left out; so is the marked demo request (the one after as_of is not read).
     assert found.ignored_touches.tolist() == [0, 5 * 30 - 10 + 1]
+    # The batch path counts the same from the tables (score-batch's notes), and nothing at an earlier moment.
+    _, ignored = builder.table_features(leads, activities, pairs)
+    assert ignored.tolist() == found.ignored_touches.tolist()
+    early = pd.DataFrame({"lead_id": ["L2"], "as_of": [min(t["occurred_at"] for t in touches)]})
+    assert builder.table_features(leads, activities, early)[1].tolist() == [0]
     total = builder.feature_names_.index("n_touches_total")
     assert batch[0, total] == 4 and batch[1, total] == 10
     # Without properties every touch would be a person's but for the bursts.
