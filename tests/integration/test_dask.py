@@ -102,9 +102,14 @@ def _text(column: pd.Series) -> pd.Series:
     return column.astype(object).map(lambda v: None if v is None or v == "" or pd.isna(v) else str(v))
 
 
+def _env(uri: str) -> dict[str, str]:
+    """This environment with the registry at `uri`: not MLflow's exported registry URI, nor a service store."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_REGISTRY_URI", "LEADSCORE_STORE_URL")}
+    return {**inherited, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+
+
 def _cli(*args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
-    env.pop("LEADSCORE_STORE_URL", None)
+    env = _env(uri)
     return subprocess.run(
         [sys.executable, "-m", "leadscore", "score-batch", *args], env=env, cwd=cwd, capture_output=True, text=True,
         timeout=600, check=False,
@@ -270,7 +275,7 @@ def test_csv_tables_on_a_local_cluster_of_the_command_itself(data: Data, tmp_pat
     assert "on 2 worker(s)" in done.stdout
     scores = pd.read_parquet(out)
     assert len(scores) and scores["lead_id"].is_unique
-    assert set(scores["lifecycle_stage"]) <= {"lead", "MQL", "SAL", "recycled"}
+    assert set(scores["lifecycle_stage"]) <= {"lead", "mql", "sal", "recycled"}
     assert scores["readiness_stage"].notna().all()
 
 
@@ -293,7 +298,7 @@ def test_the_cluster_builds_the_in_process_training_set_row_for_row(
 
 def test_train_on_a_cluster_registers_a_challenger_that_scores(data: Data, tmp_path: Path) -> None:
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "COLUMNS": "200"}
+    env = _env(registry)
     done = subprocess.run(
         [sys.executable, "-m", "leadscore", "train", "--data", str(data.folder), "--scheduler", "local",
          "--workers", "2", "--worker-memory", "2GB"],
