@@ -319,3 +319,37 @@ def test_train_on_a_cluster_registers_a_challenger_that_scores(data: Data, tmp_p
     )  # fmt: skip
     assert refused.returncode == 2
     assert "add --scheduler local" in refused.stdout
+
+
+def test_score_batch_scores_the_open_leads_of_the_service_store_as_score_by_id_does(
+    data: Data, server: Server, tmp_path: Path
+) -> None:
+    from tests.integration.test_serving import ADMIN_KEY  # noqa: PLC0415 -- imported where needed, as conftest does
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    profile = {"account_id": "NORTHWIND", "industry": "software", "employee_count": 850, "seniority": "director",
+               "department": "it", "email_domain": "northwind.com"}  # fmt: skip
+    created = (now - dt.timedelta(days=40)).isoformat()
+    won = {stamp: (now - dt.timedelta(days=days)).isoformat()
+           for stamp, days in (("mql_at", 30), ("sal_at", 29), ("sql_at", 20), ("won_at", 3))}  # fmt: skip
+    for lead_id, extra in (("W-1", {}), ("W-2", won), ("W-3", {"seniority": "manager"})):
+        put = server.send("PUT", f"/v1/leads/{lead_id}", ADMIN_KEY, {**profile, "created_at": created, **extra})
+        assert put.status_code == 201, put.text
+    touches = [{"lead_id": "W-1", "occurred_at": (now - dt.timedelta(days=d)).isoformat(), "activity_type": kind}
+               for d, kind in ((9, "pricing_page_view"), (4, "webinar_attended"), (1, "demo_request"))]  # fmt: skip
+    assert server.send("POST", "/v1/activities", ADMIN_KEY, {"activities": touches}).status_code == 200
+    as_of = now + dt.timedelta(seconds=1)
+    out = tmp_path / "open.parquet"
+    done = _cli("--store", server.store_url, "--out", str(out), "--as-of", as_of.isoformat(), "--in-process",
+                uri=data.tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    scores = pd.read_parquet(out).set_index("lead_id")
+    assert sorted(scores.index) == ["W-1", "W-3"]  # the won colleague counts for them, but is not rescored
+    by_id = server.get(f"/v1/leads/W-1/score?as_of={as_of.isoformat().replace('+00:00', 'Z')}")
+    assert by_id.status_code == 200, by_id.text
+    api = flat_row(by_id.json())
+    row = scores.loc["W-1"]
+    for column in ("fit_score", "grade", "readiness_probability", "readiness_stage", "queue", "behaviour_reasons"):
+        assert row[column] == api[column], column
+    assert "requested a demo" in row["behaviour_reasons"]
+    assert row["thresholds_version"] == api["thresholds_version"] == 1
