@@ -25,8 +25,9 @@ LEAD_KEY = "_leadscore_lead"
 # Accounts hash into this many buckets, which the shuffle spreads over the partitions: far more buckets than
 # partitions, so that every partition gets its share (hashing n buckets into n partitions would leave a third empty).
 BUCKETS = 1 << 20
-# Input bytes per partition: a partition's leads, touches and features stay well under a gigabyte in memory.
-BYTES_PER_PARTITION = 96 * 2**20
+# Input bytes per partition: about 2 M touches of compressed Parquet, which with their validated copies, features and
+# scores stay around a gigabyte in a worker's memory (a worker of 4 GB holds one with room for Dask's own buffers).
+BYTES_PER_PARTITION = 24 * 2**20
 MAX_PARTITIONS = 100_000
 # Lines read from a CSV file to learn its header.
 _HEADER_ROWS = 5

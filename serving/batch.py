@@ -210,17 +210,19 @@ def score_partition(job: BatchJob, leads: pd.DataFrame, activities: pd.DataFrame
     chosen = leads[open_at(leads, pd.Timestamp(job.as_of))] if job.open_only else leads
     if chosen.empty:
         return empty_output()
-    frames = []
-    for start in range(0, len(chosen), SCORE_CHUNK):
-        frames.append(_score_chunk(job, leads, activities, chosen.iloc[start : start + SCORE_CHUNK]))
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
-
-def _score_chunk(job: BatchJob, leads: pd.DataFrame, activities: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     builder = job.builder
+    # One pass of the feature engine over the partition (it blocks by accounts itself); the scorer in chunks.
     pairs = pd.DataFrame({"lead_id": chosen["lead_id"].to_numpy(), "as_of": pd.Timestamp(job.as_of)})
     features, ignored = builder.table_features(leads, activities, pairs)
     rows = features[builder.feature_names_].to_numpy(dtype=np.float64)
+    frames = []
+    for start in range(0, len(chosen), SCORE_CHUNK):
+        end = start + SCORE_CHUNK
+        frames.append(_score_chunk(job, chosen.iloc[start:end], rows[start:end], ignored[start:end]))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _score_chunk(job: BatchJob, chosen: pd.DataFrame, rows: np.ndarray, ignored: np.ndarray) -> pd.DataFrame:
     lead_ids = [str(x) for x in chosen["lead_id"].tolist()]
     scores = job.scorer.score_features(lead_ids, rows, top_k=job.top_k, threads=job.threads, ignored_touches=ignored)
     people = _table_leads(chosen)

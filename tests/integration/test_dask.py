@@ -269,10 +269,10 @@ def test_csv_tables_on_a_local_cluster_of_the_command_itself(data: Data, tmp_pat
     data.activities[data.activities["lead_id"].isin(some["lead_id"])].to_csv(csv / "activities.csv", index=False)
     out = tmp_path / "scores.parquet"
     done = _cli("--leads", str(csv / "leads.csv"), "--activities", str(csv / "activities.csv"), "--out", str(out),
-                "--as-of", data.as_of.isoformat(), "--workers", "2", "--open-only",
+                "--as-of", data.as_of.isoformat(), "--workers", "1", "--worker-memory", "2GB", "--open-only",
                 uri=data.tracking_uri, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "on 2 worker(s)" in done.stdout
+    assert "on 1 worker(s)" in done.stdout
     scores = pd.read_parquet(out)
     assert len(scores) and scores["lead_id"].is_unique
     assert set(scores["lifecycle_stage"]) <= {"lead", "mql", "sal", "recycled"}
@@ -296,12 +296,14 @@ def test_the_cluster_builds_the_in_process_training_set_row_for_row(
     assert len(built.example_activities) and built.example_activities["lead_id"].isin(data.leads["lead_id"]).all()
 
 
-def test_train_on_a_cluster_registers_a_challenger_that_scores(data: Data, tmp_path: Path) -> None:
+def test_train_on_a_cluster_registers_a_challenger_that_scores(
+    data: Data, cluster: LocalCluster, tmp_path: Path
+) -> None:
     registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = _env(registry)
     done = subprocess.run(
-        [sys.executable, "-m", "leadscore", "train", "--data", str(data.folder), "--scheduler", "local",
-         "--workers", "2", "--worker-memory", "2GB"],
+        [sys.executable, "-m", "leadscore", "train", "--data", str(data.folder), "--scheduler",
+         cluster.scheduler_address],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
