@@ -165,6 +165,9 @@ def score_batch(
     if in_process and (scheduler or workers or worker_memory):
         raise _fail("--in-process runs without a cluster: leave out --scheduler, --workers and --worker-memory",
                     EXIT_INVALID)  # fmt: skip
+    if store is not None and scheduler is not None:
+        raise _fail("--store is read into a folder on this machine, which a remote cluster's workers cannot read:"
+                    " leave out --scheduler (a local cluster) or give --in-process", EXIT_INVALID)  # fmt: skip
     cluster = None if in_process else ClusterSpec(scheduler, workers, worker_memory)
     try:
         output_kind(out)

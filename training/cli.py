@@ -514,6 +514,10 @@ def train(
         console.print("[red]--data and --store:[/red] give --data or --store, not both", highlight=False)
         raise typer.Exit(EXIT_USAGE)
     cluster = _cluster(scheduler, workers, worker_memory)
+    if store is not None and cluster is not None and cluster.scheduler is not None:
+        console.print("[red]--store and --scheduler:[/red] the store is exported to a folder on this machine, which a"
+                      " remote cluster's workers cannot read; use --scheduler local", highlight=False)  # fmt: skip
+        raise typer.Exit(EXIT_USAGE)
     declared = _read_contract(contract) if contract is not None else None
     snapshots = _readiness_snapshots(declared, contract, horizon_days, max_snapshots)
     configure_tracking(tracking_uri)

@@ -240,6 +240,10 @@ def test_bad_input_is_refused_before_any_work_is_scheduled(data: Data, tmp_path:
     done = _cli("--data", str(data.folder), "--out", str(tmp_path / "scores.xlsx"), uri=data.tracking_uri, cwd=tmp_path)
     assert done.returncode == 2
     assert "name a .parquet or .csv file" in done.stdout
+    done = _cli("--store", "sqlite:///service.db", "--out", str(out), "--scheduler", nowhere, uri=data.tracking_uri,
+                cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    assert "a remote cluster's workers cannot read" in done.stdout
 
 
 def test_a_bad_value_deep_in_the_data_fails_the_job_by_name_and_keeps_the_last_output(
