@@ -198,8 +198,7 @@ def read_dask(source: TableSource, contract: LeadContract = DEFAULT_CONTRACT) ->
 
     columns = _declared(source, contract)
     if source.kind == "csv":
-        return dd.read_csv(source.url.rstrip("/") if not source.url.endswith(".csv") else source.url,
-                           dtype=object, usecols=columns, blocksize="64MB")  # fmt: skip
+        return dd.read_csv(source.url, dtype=object, usecols=columns, blocksize="64MB")
     return dd.read_parquet(source.url, columns=columns)
 
 

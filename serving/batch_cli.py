@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from scaleout.cluster import ClusterSpec
     from scaleout.tables import TableSource
     from serving.batch import BatchJob, BatchResult
     from serving.store import PolicyVersion
@@ -277,13 +278,13 @@ def _run(
     leads: TableSource,
     activities: TableSource,
     out: str,
-    cluster: object,
+    cluster: ClusterSpec | None,
     partitions: int | None,
 ) -> BatchResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from features.validation import ContractError
-    from scaleout.cluster import ClusterError, ClusterSpec
+    from scaleout.cluster import ClusterError
     from serving.batch import score_in_process, score_on_cluster
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -294,7 +295,7 @@ def _run(
             bar.update(task, completed=done, total=total, description=f"scoring partitions ({rows:,} leads)")
 
         try:
-            if isinstance(cluster, ClusterSpec):
+            if cluster is not None:
                 return score_on_cluster(job, leads, activities, out, cluster, partitions=partitions, progress=progress)
             return score_in_process(job, leads, activities, out, partitions=partitions, progress=progress)
         except ClusterError as err:
