@@ -80,8 +80,8 @@ def _policy(store_url: str | None, version: int | None, default: PolicyVersion) 
     return found or default
 
 
-def _result_table(result: BatchResult, out: str) -> Table:
-    table = Table(title=f"scored {result.rows:,} leads into {out}")
+def _result_table(result: BatchResult) -> Table:
+    table = Table(title="leads by queue")
     table.add_column("queue")
     table.add_column("leads", justify="right")
     for queue, n in sorted(result.queues.items(), key=lambda kv: -kv[1]):
@@ -195,7 +195,8 @@ def score_batch(
         except BatchError as err:
             raise _fail(str(err), EXIT_INVALID) from None
         result = _run(job, lead_source, activity_source, out, cluster, partitions)
-    console.print(_result_table(result, out))
+    console.print(f"scored {result.rows:,} leads into {out}", highlight=False)
+    console.print(_result_table(result))
     console.print(_summary(result), highlight=False)
 
 
