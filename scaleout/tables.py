@@ -258,7 +258,7 @@ def dask_partitions(leads: dd.DataFrame, activities: dd.DataFrame, partitions: i
 def pandas_partitions(
     leads: pd.DataFrame, activities: pd.DataFrame, partitions: int
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """`dask_partitions` in this process: the same whole accounts, bucket by bucket."""
+    """Partitions of whole accounts in this process (a bucket goes to partition bucket % partitions)."""
     keyed = _with_leads_keys(leads)
     part_of_lead = pd.Series(keyed[PART].to_numpy(), index=keyed[LEAD_KEY].to_numpy())
     part_of_lead = part_of_lead[~part_of_lead.index.duplicated()]
