@@ -145,6 +145,7 @@ def main(
     worker_memory: Annotated[str, typer.Option(help="Memory limit per worker (past it, a worker spills).")] = (
         DEFAULT_WORKER_MEMORY
     ),
+    rescore: Annotated[bool, typer.Option(help="Time rescoring (one process and cluster).")] = True,
     train: Annotated[bool, typer.Option(help="Time training on the cluster too.")] = True,
     train_in_process: Annotated[
         bool, typer.Option(help="Also time training in one process, up to 1 M leads (the train benchmark's figure).")
@@ -165,11 +166,12 @@ def main(
         folder, simulated = _data(out, n)
         log.info("%d leads: simulated in %s s", n, simulated)
         runs: list[tuple[str, str, Callable[..., dict[str, float]], tuple[Any, ...]]] = []
-        if n <= IN_PROCESS_MAX_LEADS:
+        if rescore and n <= IN_PROCESS_MAX_LEADS:
             runs.append(
                 ("rescore", "process", _score, (str(folder), uri, "process", workers, worker_memory, str(spill)))
             )
-        runs.append(("rescore", "cluster", _score, (str(folder), uri, "cluster", workers, worker_memory, str(spill))))
+        if rescore:
+            runs.append(("rescore", "cluster", _score, (str(folder), uri, "cluster", workers, worker_memory, spill)))
         if train:
             if train_in_process and n <= IN_PROCESS_MAX_LEADS:
                 runs.append(("train", "process", _train, (str(folder), "process", workers, worker_memory, spill)))
