@@ -37,6 +37,10 @@ class InputError(ValueError):
     """Input refused before any work is scheduled: the message names the table, the column or path, the problem."""
 
 
+class MissingInputError(InputError):
+    """An input that is not there: no such file, folder or table."""
+
+
 @dataclass(frozen=True, slots=True)
 class TableSource:
     """One input table: where it is (a path or fsspec URL: a file, a folder of parts, a glob) and its format."""
@@ -66,15 +70,15 @@ def _files(source: TableSource) -> list[str]:
     if fs.isdir(path):
         found = sorted(p for p in fs.find(path) if str(p).endswith(suffix))
         if not found:
-            raise InputError(f"{source.table}: {source.url} holds no {suffix} files")
+            raise MissingInputError(f"{source.table}: {source.url} holds no {suffix} files")
         return [str(p) for p in found]
     if any(c in path for c in "*?["):
         found = sorted(fs.glob(path))
         if not found:
-            raise InputError(f"{source.table}: no file matches {source.url}")
+            raise MissingInputError(f"{source.table}: no file matches {source.url}")
         return [str(p) for p in found]
     if not fs.exists(path):
-        raise InputError(f"{source.table}: no such file or folder: {source.url}")
+        raise MissingInputError(f"{source.table}: no such file or folder: {source.url}")
     return [path]
 
 
@@ -88,7 +92,7 @@ def locate(data: str, table: TableName) -> TableSource:
     """`table` in a data folder (path or URL): the folder `table/` of Parquet parts, `table.parquet` or `table.csv`."""
     fs, path = _fs(data)
     if not fs.isdir(path):
-        raise InputError(f"--data {data}: no such folder")
+        raise MissingInputError(f"--data {data}: no such folder")
     base = data.rstrip("/")
     candidates: tuple[tuple[str, Kind], ...] = (
         (f"{base}/{table}", "parquet"), (f"{base}/{table}.parquet", "parquet"), (f"{base}/{table}.csv", "csv"),
@@ -96,7 +100,7 @@ def locate(data: str, table: TableName) -> TableSource:
     for url, kind in candidates:
         if fs.exists(_fs(url)[1]):
             return TableSource(table, url, kind)
-    raise InputError(f"--data {data}: no {table} table (expected {table}/, {table}.parquet or {table}.csv)")
+    raise MissingInputError(f"--data {data}: no {table} table (expected {table}/, {table}.parquet or {table}.csv)")
 
 
 def _spec(table: TableName, contract: LeadContract) -> TableSpec:

@@ -276,6 +276,8 @@ class ScoreWriter:
         self._file = self.fs.open(self.tmp, "wb")
         if self.kind == "parquet":
             self._parquet = pq.ParquetWriter(self._file, _arrow_schema(), compression="zstd")
+        else:  # the header once, whether or not any partition has rows
+            self._file.write(empty_output().to_csv(index=False).encode())
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
@@ -283,9 +285,7 @@ class ScoreWriter:
         if self.kind == "parquet":
             self._parquet.write_table(pa.Table.from_pandas(frame, schema=_arrow_schema(), preserve_index=False))
         else:
-            text = frame.to_csv(
-                index=False, header=self.rows == 0 and not self._file.tell(), date_format="%Y-%m-%dT%H:%M:%S.%fZ"
-            )
+            text = frame.to_csv(index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
             self._file.write(text.encode())
         self.rows += len(frame)
 
@@ -293,8 +293,6 @@ class ScoreWriter:
         try:
             if self._parquet is not None:
                 self._parquet.close()
-            elif kind is None and self.rows == 0:
-                self._file.write(empty_output().to_csv(index=False).encode())
             self._file.close()
         finally:
             if kind is None:

@@ -158,7 +158,7 @@ def score_batch(
     is left as it was).
     """
     from scaleout.cluster import ClusterError, ClusterSpec
-    from scaleout.tables import InputError, check_source
+    from scaleout.tables import InputError, MissingInputError, check_source
     from serving.batch import BatchError, check_paths, output_kind
 
     if store is not None and (data or leads or activities):
@@ -190,8 +190,7 @@ def score_batch(
                 check_source(source, job.contract)
             check_paths(out, (lead_source, activity_source))
         except InputError as err:
-            missing = "no such" in str(err) or "holds no" in str(err) or "no file matches" in str(err)
-            raise _fail(str(err), EXIT_UNAVAILABLE if missing else EXIT_INVALID) from None
+            raise _fail(str(err), EXIT_UNAVAILABLE if isinstance(err, MissingInputError) else EXIT_INVALID) from None
         except BatchError as err:
             raise _fail(str(err), EXIT_INVALID) from None
         result = _run(job, lead_source, activity_source, out, cluster, partitions)

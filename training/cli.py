@@ -327,16 +327,19 @@ def _build_on_cluster(
 ) -> ClusterTrainingData:
     """The training set built on the Dask cluster; missing tables exit 3, a cluster that cannot be had exits 3."""
     from scaleout.cluster import ClusterError, dask_client
-    from scaleout.tables import InputError, check_source, locate
+    from scaleout.tables import InputError, MissingInputError, check_source, locate
     from training.cluster_dataset import build_on_cluster
 
     try:
         sources = locate(str(data), "leads"), locate(str(data), "activities")
         for source in sources:
             check_source(source, contract)  # before a cluster starts: a missing column is said at once
+    except MissingInputError as err:
+        console.print(f"[red]missing input:[/red] {err}", highlight=False)
+        raise typer.Exit(EXIT_MISSING_INPUT) from None
     except InputError as err:
-        console.print(f"[red]missing input:[/red] {err}" if "no " in str(err) else f"[red]{err}[/red]", highlight=False)
-        raise typer.Exit(EXIT_MISSING_INPUT if "no " in str(err) else EXIT_BAD_DATA) from None
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(EXIT_BAD_DATA) from None
     try:
         with dask_client(cluster) as client:
             return build_on_cluster(client, *sources, snapshot_config=snapshot_config, contract=contract, data_end=end)

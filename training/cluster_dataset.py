@@ -27,6 +27,7 @@ from features.builder import FeatureBuilder
 from features.engine import FeatureConfig
 from features.spec import DEFAULT_CONTRACT, LeadContract
 from features.validation import validate_leads
+from scaleout.cluster import total_threads
 from scaleout.tables import TableSource, canonical_tables, dask_partitions, partitions_for, read_dask, read_pandas
 from training.config import SnapshotConfig
 from training.dataset import TrainingSet, assemble_training_set, plan_snapshots
@@ -81,8 +82,7 @@ def build_on_cluster(
 ) -> ClusterTrainingData:
     """`training.dataset.build_training_set` with the touches on the cluster (see the module docstring)."""
     leads = validate_leads(read_pandas(leads_source, contract), contract)
-    threads = max(1, sum(int(n) for n in client.nthreads().values()))
-    n = partitions or partitions_for([leads_source, activities_source], threads)
+    n = partitions or partitions_for([leads_source, activities_source], total_threads(client))
     pairs = dask_partitions(read_dask(leads_source, contract), read_dask(activities_source, contract), n)
     validate = dask.delayed(canonical_tables, pure=True)
     parts = client.persist([validate(lead_part, activity_part, contract) for lead_part, activity_part in pairs])
