@@ -31,6 +31,10 @@ from timeline.scores import ScoreState, current_score
 # A rescore starts within a poll (0.2 s) of the change and takes a few milliseconds; the margin is for a busy machine.
 WAIT_SECONDS = 15.0
 DAY = dt.timedelta(days=1)
+# Stored times sit half an hour off whole hours and days. The features count a stamp from the second after it and
+# read as_of to the second, so a time exactly N days back can read "N-1 days" in a rescore a moment later and "N days"
+# in the request after it: the labels compared below would flip on the boundary, not on a change in the code.
+OFF_THE_HOUR = dt.timedelta(minutes=30)
 PROFILE = {
     "industry": "Software", "employee_count": 850, "annual_revenue": 120_000_000.0, "country": "US",
     "region": "North America", "job_title": "Director of IT", "seniority": "director", "department": "it",
@@ -69,9 +73,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def ago(days: float) -> dt.datetime:
+    """About `days` before now (half an hour more: see OFF_THE_HOUR)."""
+    return dt.datetime.now(dt.UTC) - days * DAY - OFF_THE_HOUR
+
+
 def add_lead(conn: Connection, lead_id: str, *, account_id: str | None = None, **stamps: dt.datetime) -> None:
-    """A lead created 30 days ago, stored as the ingest API stores it."""
-    created = dt.datetime.now(dt.UTC) - 30 * DAY
+    """A lead created about 30 days ago, stored as the ingest API stores it."""
+    created = ago(30)
     conn.execute(
         leads.insert().values(lead_id=lead_id, account_id=account_id, created_at=created, updated_at=created,
                               **PROFILE, **stamps)
@@ -79,7 +88,7 @@ def add_lead(conn: Connection, lead_id: str, *, account_id: str | None = None, *
 
 
 def add_touch(conn: Connection, lead_id: str, activity_type: str, days_ago: float) -> None:
-    at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
+    at = ago(days_ago)
     conn.execute(
         touches.insert().values(touch_key=uuid.uuid4().hex, lead_id=lead_id, occurred_at=at,
                                 activity_type=activity_type, received_at=at)
@@ -158,7 +167,7 @@ def assert_same_answer(stored: dict[str, Any], answered: dict[str, Any]) -> None
 def test_a_queued_lead_gets_the_score_post_score_gives_its_history(app_client: TestClient, store: Engine) -> None:
     lead_id = new_id("L")
     with store.begin() as conn:  # the change and its rescore commit together, as the ingest API writes them
-        add_lead(conn, lead_id, mql_at=dt.datetime.now(dt.UTC) - 10 * DAY)
+        add_lead(conn, lead_id, mql_at=ago(10))
         add_touch(conn, lead_id, "content_download", 20)
         add_touch(conn, lead_id, "pricing_page_view", 2)
         enqueue(conn, [lead_id], "touch")
@@ -278,7 +287,7 @@ def test_the_sweep_queues_unscored_open_leads_for_a_rescore(app_client: TestClie
     lead_id, won = new_id("L"), new_id("L")
     with store.begin() as conn:  # stored without a rescore queued (as by an import, or an older version)
         add_lead(conn, lead_id)
-        add_lead(conn, won, won_at=dt.datetime.now(dt.UTC) - DAY)
+        add_lead(conn, won, won_at=ago(1))
     _rescorer(app_client).sweep()  # (the service's own hourly sweep may have come first: the same either way)
     stored_score(store, lead_id)
     with store.connect() as conn:
