@@ -326,12 +326,10 @@ def test_train_on_a_cluster_registers_a_challenger_that_scores(
     score = loaded.scorer.score_record(lead, [], data.as_of)
     assert 0 < score.fit_probability < 1
 
-    refused = subprocess.run(
-        [sys.executable, "-m", "leadscore", "train", "--data", str(data.folder), "--workers", "2"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert refused.returncode == 2
-    assert "add --scheduler local" in refused.stdout
+    refused = CliRunner().invoke(app, ["train", "--data", str(data.folder), "--workers", "2"],
+                                 env={"MLFLOW_TRACKING_URI": registry, "COLUMNS": "200"})  # fmt: skip
+    assert refused.exit_code == 2, refused.output
+    assert "add --scheduler local" in refused.output
 
 
 def test_score_batch_scores_the_open_leads_of_the_service_store_as_score_by_id_does(
