@@ -7,11 +7,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dask.utils import parse_bytes
-from distributed import Client, LocalCluster
+from distributed import Client, Future, LocalCluster
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long a job waits for an existing scheduler to answer before it says so: a mistyped address should not hang.
 CONNECT_TIMEOUT_SECONDS = 15
@@ -95,3 +97,17 @@ def dask_client(spec: ClusterSpec) -> Iterator[Client]:
 def total_threads(client: Client) -> int:
     """Threads across the cluster's workers (at least one)."""
     return max(1, sum(int(n) for n in client.nthreads().values()))
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def share(client: Client, value: T) -> Future[T]:
+    """`value` on the cluster for many tasks to read, recomputable when every worker holding it dies.
+
+    Not `client.scatter`: scattered data has no lineage, so losing the workers that hold it (the nanny restarts a
+    worker past its memory limit) fails the whole job. A task that returns the value keeps it in the scheduler's
+    graph, and Dask runs that task again wherever the value is needed after such a loss.
+    """
+    return client.submit(_same, value, pure=False)

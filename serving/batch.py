@@ -23,7 +23,7 @@ from fsspec.core import url_to_fs
 from features.builder import FeatureBuilder, open_at
 from features.scoring import LeadScorer
 from features.spec import LIFECYCLE_CHAIN, LeadContract
-from scaleout.cluster import ClusterSpec, dask_client, total_threads
+from scaleout.cluster import ClusterSpec, dask_client, share, total_threads
 from scaleout.tables import (
     TableSource,
     canonical_tables,
@@ -365,7 +365,7 @@ def score_on_cluster(
         threads = total_threads(client)
         n = partitions or partitions_for([leads, activities], threads)
         pairs = dask_partitions(read_dask(leads, job.contract), read_dask(activities, job.contract), n)
-        shared = client.scatter(job, broadcast=True, hash=False)
+        shared = share(client, job)  # not scattered: a job lost with its workers is recomputed, not fatal
         score = dask.delayed(score_partition, pure=True)
         futures = client.compute([score(shared, lead_part, activity_part) for lead_part, activity_part in pairs])
         on_start(client)

@@ -181,7 +181,15 @@ def test_score_batch_gives_what_the_score_api_gives_for_the_same_leads(
     assert (mine["thresholds_version"] == 1).all()  # the service stored the model's defaults as version 1
 
 
-def test_a_worker_killed_mid_job_costs_time_not_leads(data: Data, cluster: LocalCluster, tmp_path: Path) -> None:
+def _kill_every_worker(client: Client) -> list[int]:
+    """SIGKILL every worker process at once, as a host's OOM killer or a nanny past the memory limit would."""
+    pids: dict[str, int] = client.run(os.getpid)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    return sorted(pids.values())
+
+
+def test_workers_killed_mid_job_cost_time_not_leads(data: Data, cluster: LocalCluster, tmp_path: Path) -> None:
     job = _job(data)
     leads, activities = (
         source_of(str(data.folder / "leads"), "leads"),
@@ -193,25 +201,22 @@ def test_a_worker_killed_mid_job_costs_time_not_leads(data: Data, cluster: Local
     client: dict[str, Any] = {}
 
     def kill_once(done: int, total: int, rows: int) -> None:
-        if killed or done < 1:
-            return
-        pids: dict[str, int] = client["client"].run(os.getpid)
-        victim = sorted(pids.values())[0]
-        os.kill(victim, signal.SIGKILL)
-        killed.append(victim)
+        if not killed and done >= 1:
+            # Every worker: the job (model and policy) they all held must come back from the graph, not be lost.
+            killed.extend(_kill_every_worker(client["client"]))
 
     out = tmp_path / "scores.parquet"
     result = score_on_cluster(
         job, leads, activities, str(out), ClusterSpec(cluster.scheduler_address), partitions=16,
         progress=kill_once, on_start=lambda c: client.update(client=c),
     )  # fmt: skip
-    assert killed, "no worker was killed"
+    assert len(killed) == 2, "the workers were not killed"
     scores = _sorted(pd.read_parquet(out))
     assert result.rows == len(scores) == len(data.leads)
     assert scores["lead_id"].is_unique
     pd.testing.assert_frame_equal(scores, _sorted(pd.read_parquet(reference)))
     with Client(cluster.scheduler_address) as after:
-        after.wait_for_workers(2, timeout=60)  # the nanny brought it back
+        after.wait_for_workers(2, timeout=60)  # the nannies brought them back
 
 
 def test_bad_input_is_refused_before_any_work_is_scheduled(data: Data, tmp_path: Path) -> None:
@@ -290,15 +295,23 @@ def test_csv_tables_on_a_local_cluster_of_the_command_itself(data: Data, tmp_pat
     assert scores["readiness_stage"].notna().all()
 
 
-def test_the_cluster_builds_the_in_process_training_set_row_for_row(
+def test_the_cluster_builds_the_in_process_training_set_row_for_row_though_its_workers_die(
     data: Data, trained: Trained, cluster: LocalCluster
 ) -> None:
     leads = source_of(str(data.folder / "leads"), "leads")
     activities = source_of(str(data.folder / "activities"), "activities")
     local_leads = validate_leads(data.leads)
     local = build_training_set(local_leads, validate_activities(data.activities, local_leads))
+    killed: list[int] = []
     with Client(cluster.scheduler_address) as client:
-        built = build_on_cluster(client, leads, activities, partitions=5)
+
+        def kill_once(done: int, total: int) -> None:
+            if not killed:  # after the first partition's features: the rest, and the builder, are lost with them
+                killed.extend(_kill_every_worker(client))
+
+        built = build_on_cluster(client, leads, activities, partitions=5, progress=kill_once)
+        client.wait_for_workers(2, timeout=60)
+    assert len(killed) == 2
     assert built.n_activities == len(data.activities)
     assert built.training_set.data_end == local.data_end
     assert built.training_set.builder.fit_encoder_.vocabularies_ == local.builder.fit_encoder_.vocabularies_
