@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -285,7 +286,14 @@ def _train(
             try:
                 if cluster is not None:
                     bar.update(step, description="building snapshots and point-in-time features on the Dask cluster")
-                    scaled = _build_on_cluster(data, cluster, snapshot_config, contract or DEFAULT_CONTRACT, end)
+                    where = "point-in-time features on the Dask cluster"
+
+                    def partitions_done(done: int, total: int) -> None:
+                        bar.update(step, description=f"{where}: {done} of {total} partitions")
+
+                    scaled = _build_on_cluster(
+                        data, cluster, snapshot_config, contract or DEFAULT_CONTRACT, end, partitions_done
+                    )
                     training_set, leads = scaled.training_set, scaled.leads
                     activities, n_activities = scaled.example_activities, scaled.n_activities
                 else:
@@ -323,7 +331,12 @@ def _train(
 
 
 def _build_on_cluster(
-    data: Path, cluster: ClusterSpec, snapshot_config: SnapshotConfig, contract: LeadContract, end: pd.Timestamp | None
+    data: Path,
+    cluster: ClusterSpec,
+    snapshot_config: SnapshotConfig,
+    contract: LeadContract,
+    end: pd.Timestamp | None,
+    progress: Callable[[int, int], None],
 ) -> ClusterTrainingData:
     """The training set built on the Dask cluster; missing tables exit 3, a cluster that cannot be had exits 3."""
     from scaleout.cluster import ClusterError, dask_client
@@ -342,7 +355,9 @@ def _build_on_cluster(
         raise typer.Exit(EXIT_BAD_DATA) from None
     try:
         with dask_client(cluster) as client:
-            return build_on_cluster(client, *sources, snapshot_config=snapshot_config, contract=contract, data_end=end)
+            return build_on_cluster(
+                client, *sources, snapshot_config=snapshot_config, contract=contract, data_end=end, progress=progress
+            )
     except ClusterError as err:
         console.print(f"[red]--scheduler:[/red] {err}", highlight=False)
         raise typer.Exit(EXIT_MISSING_INPUT) from None
