@@ -51,8 +51,14 @@ def _seconds(value: pd.Timestamp | str) -> int:
     return int(as_of_to_seconds(np.array([ts.value], dtype=np.int64))[0])
 
 
+# Leads whose weekly grid is laid out at once. The grid holds a row per week a lead was alive, each with the lead's
+# lifecycle stamps: for five million leads that is hundreds of millions of rows, more memory than the whole training
+# set, while a block of leads at a time needs a few hundred MB and gives the same snapshots.
+GRID_BLOCK_LEADS = 100_000
+
+
 def build_readiness_snapshots(
-    leads: pd.DataFrame, data_end: pd.Timestamp, config: SnapshotConfig | None = None
+    leads: pd.DataFrame, data_end: pd.Timestamp, config: SnapshotConfig | None = None, *, block: int = GRID_BLOCK_LEADS
 ) -> pd.DataFrame:
     """Readiness examples: lead_id, as_of, stage, label (see module docstring for the rules)."""
     config = config or SnapshotConfig()
@@ -63,23 +69,32 @@ def build_readiness_snapshots(
     anchor = _seconds(config.anchor)
     last_k = (_seconds(data_end) - horizon - anchor) // step
     first_k = (created - anchor) // step + 1  # first grid date strictly after creation
-    counts = np.maximum(last_k - first_k + 1, 0)
-    row = np.repeat(np.arange(len(leads)), counts)
-    k = np.arange(row.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts) + first_k[row]
-    as_of = anchor + k * step
-
-    stage = stage_at(lifecycle[row], as_of)
-    eligible = np.isin(stage, [STAGE_CODE[s] for s in READINESS_STAGES]) & (stage != NOT_YET_CREATED)
-    row, as_of, stage = row[eligible], as_of[eligible], stage[eligible]
-
-    if config.max_per_lead is not None:
-        rng = np.random.default_rng(config.seed)
-        order = np.lexsort((rng.random(row.shape[0]), row))
-        row_sorted = row[order]
-        group_start = np.r_[0, np.flatnonzero(row_sorted[1:] != row_sorted[:-1]) + 1]
-        rank = np.arange(row_sorted.shape[0]) - np.repeat(group_start, np.diff(np.r_[group_start, row_sorted.size]))
-        keep = np.sort(order[rank < config.max_per_lead])
-        row, as_of, stage = row[keep], as_of[keep], stage[keep]
+    # One stream for every block, drawn in lead order: the same draws, so the same snapshots, whatever the block size.
+    rng = np.random.default_rng(config.seed)
+    rows, as_ofs, stages = [], [], []
+    for lo in range(0, len(leads), block):
+        hi = min(lo + block, len(leads))
+        counts = np.maximum(last_k - first_k[lo:hi] + 1, 0)
+        row = np.repeat(np.arange(lo, hi), counts)
+        k = np.arange(row.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts) + first_k[row]
+        as_of = anchor + k * step
+        stage = stage_at(lifecycle[row], as_of)
+        eligible = np.isin(stage, [STAGE_CODE[s] for s in READINESS_STAGES]) & (stage != NOT_YET_CREATED)
+        row, as_of, stage = row[eligible], as_of[eligible], stage[eligible]
+        if config.max_per_lead is not None:
+            order = np.lexsort((rng.random(row.shape[0]), row))
+            row_sorted = row[order]
+            group_start = np.r_[0, np.flatnonzero(row_sorted[1:] != row_sorted[:-1]) + 1]
+            sizes = np.diff(np.r_[group_start, row_sorted.size])
+            rank = np.arange(row_sorted.shape[0]) - np.repeat(group_start, sizes)
+            keep = np.sort(order[rank < config.max_per_lead])
+            row, as_of, stage = row[keep], as_of[keep], stage[keep]
+        rows.append(row)
+        as_ofs.append(as_of)
+        stages.append(stage)
+    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    as_of = np.concatenate(as_ofs) if as_ofs else np.zeros(0, dtype=np.int64)
+    stage = np.concatenate(stages) if stages else np.zeros(0, dtype=np.int64)
 
     if config.max_rows is not None and row.shape[0] > config.max_rows:
         rng = np.random.default_rng([config.seed, 1])
