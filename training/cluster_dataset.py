@@ -57,7 +57,7 @@ class ClusterTrainingData:
     training_set: TrainingSet
     leads: pd.DataFrame
     n_activities: int
-    example_activities: pd.DataFrame  # the touches of one partition's leads: the logged model's input example
+    example_activities: pd.DataFrame  # touches of some of one partition's leads: the logged model's input example
 
 
 # Touches of this many of one partition's leads go back for the logged model's input example (it shows two leads).
